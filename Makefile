@@ -1,0 +1,27 @@
+# Quick start: `make demo` (sets up, runs the main job) and `make test` (sets up, runs the tests).
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml scripts/setup_env.sh
+	sh scripts/setup_env.sh
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/batmann demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

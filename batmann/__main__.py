@@ -1,0 +1,5 @@
+import sys
+
+from batmann.cli import main
+
+sys.exit(main())

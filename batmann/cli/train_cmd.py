@@ -1,0 +1,154 @@
+"""``batmann train``, ``batmann evaluate``: the seed's ``main.py`` options, grouped.
+
+Every option of the seed has an equivalent (README: "Seed option mapping"); where the seed's
+name differs, the seed's name is accepted as an alias (``--class-num`` for ``--ways``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from batmann.config import CONTROLLERS, KEY_MODES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed
+from batmann.errors import ConfigError
+
+SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
+
+
+def _controller(value: str) -> str:
+    v = value.strip()
+    return SEED_CONTROLLER_NAMES.get(v.lower(), v)
+
+
+def add_episode_options(p: argparse.ArgumentParser, defaults: EpisodeOptions | None = None,
+                        train: bool = True) -> None:
+    d = defaults or EpisodeOptions()
+    g = p.add_argument_group("episodes (m-way n-shot)")
+    g.add_argument("--ways", "--class-num", dest="class_num", type=int, default=d.class_num,
+                   help=f"m, classes per episode (default {d.class_num})")
+    g.add_argument("--shots", "--num-shot", dest="num_shot", type=int, default=d.num_shot,
+                   help=f"n, supports per class (default {d.num_shot})")
+    if train:
+        g.add_argument("--pool-query-train", type=int, default=d.pool_query_train,
+                       help=f"images per class reserved for training queries (default {d.pool_query_train})")
+        g.add_argument("--pool-val-train", type=int, default=d.pool_val_train,
+                       help=f"images per class reserved for validation (default {d.pool_val_train})")
+        g.add_argument("--queries-train", "--batch-size-train", dest="batch_size_train", type=int,
+                       default=d.batch_size_train, help=f"training queries per class (default {d.batch_size_train})")
+        g.add_argument("--val-num-train", type=int, default=d.val_num_train,
+                       help=f"validation queries per class (default {d.val_num_train})")
+    g.add_argument("--pool-query-test", type=int, default=d.pool_query_test,
+                   help=f"images per class reserved for test queries (default {d.pool_query_test})")
+    g.add_argument("--queries-test", "--batch-size-test", dest="batch_size_test", type=int,
+                   default=d.batch_size_test, help=f"test queries per class (default {d.batch_size_test})")
+    g.add_argument("--split", choices=SPLITS, default=d.split,
+                   help="character split: seed (shuffled with seed 806, 964 train / 659 test) or lake "
+                        "(background alphabets train, evaluation alphabets test) (default seed)")
+
+
+def add_keys_options(p: argparse.ArgumentParser, default: str | None = "bipolar") -> None:
+    g = p.add_argument_group("inference keys")
+    g.add_argument("--keys", choices=KEY_MODES, default=None,
+                   help=f"key/query format at inference: real (cosine), bipolar ({{-1,1}}, q.k/d) or "
+                        f"binary ({{0,1}}, 1/2 + q.k/2d) (default {default or 'from the checkpoint'})")
+    g.add_argument("--quantization-infer", type=int, default=None, choices=(0, 1),
+                   help="seed alias: 0 = real keys, 1 = quantised keys (see --binary-id)")
+    g.add_argument("--binary-id", type=int, default=None, choices=(1, 2),
+                   help="seed alias: 1 = bipolar {-1,1}, 2 = binary {0,1} (with --quantization-infer 1)")
+
+
+def resolve_keys(args: argparse.Namespace, default: str) -> str:
+    if args.quantization_infer is not None or args.binary_id is not None:
+        seed_keys = keys_from_seed(1 if args.quantization_infer is None else args.quantization_infer,
+                                   1 if args.binary_id is None else args.binary_id)
+        if args.keys is not None and args.keys != seed_keys:
+            raise ConfigError(f"--keys {args.keys} contradicts --quantization-infer/--binary-id ({seed_keys})")
+        return seed_keys
+    return args.keys or default
+
+
+def episode_options(args: argparse.Namespace, base: EpisodeOptions | None = None) -> EpisodeOptions:
+    base = base or EpisodeOptions()
+    fields = {k: getattr(args, k) for k in EpisodeOptions.__dataclass_fields__ if hasattr(args, k)}
+    return EpisodeOptions(**{**base.__dict__, **fields})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a controller episodically (resumable)",
+                       description="Train a BATMANN controller on m-way n-shot Omniglot episodes. "
+                                   "Interrupt at any time; --resume continues from the last checkpoint.")
+    p.add_argument("--run-dir", "--log-dir", dest="run_dir", default=None,
+                   help="run folder for checkpoints and train.log (default runs/<ways>w<shots>s-<controller>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    m = p.add_argument_group("controller")
+    m.add_argument("--controller", "--quantization-learn", dest="controller", type=_controller,
+                   default=d.model.controller,
+                   help=f"one of {', '.join(CONTROLLERS)} (seed names No/XNOR/RBNN accepted) (default fp)")
+    m.add_argument("--input-channel", type=int, default=d.model.input_channel, help="input channels (default 1)")
+    m.add_argument("--feature-dim", type=int, default=d.model.feature_dim, help="feature/key dimension d (default 512)")
+    m.add_argument("--rotation-update", type=int, default=d.model.rotation_update,
+                   help="RBNN: update the rotation matrices every N epochs (default 1)")
+    m.add_argument("--a32", type=int, choices=(0, 1), default=int(d.model.a32),
+                   help="RBNN: 1 = full-precision activations (w1a32), 0 = binary activations (default 1)")
+    add_episode_options(p, d.episodes)
+    t = p.add_argument_group("schedule")
+    t.add_argument("--episodes", "--train-episode", dest="train_episode", type=int, default=d.train_episode,
+                   help=f"training episodes (default {d.train_episode})")
+    t.add_argument("--log-interval", type=int, default=d.log_interval, help=f"log every N episodes (default {d.log_interval})")
+    t.add_argument("--val-episode", type=int, default=d.val_episode,
+                   help=f"episodes per validation, 0 = none (default {d.val_episode})")
+    t.add_argument("--val-interval", type=int, default=d.val_interval,
+                   help=f"validate every N episodes (default {d.val_interval})")
+    t.add_argument("--test-episode", type=int, default=d.test_episode,
+                   help=f"test episodes for the best weights at the end, 0 = none (default {d.test_episode})")
+    t.add_argument("--checkpoint-interval", type=int, default=d.checkpoint_interval,
+                   help=f"save resumable state every N episodes (default {d.checkpoint_interval})")
+    t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=d.learning_rate,
+                   help=f"Adam learning rate (default {d.learning_rate})")
+    t.add_argument("--lr-step", type=int, default=d.lr_step, help=f"StepLR step size in episodes (default {d.lr_step})")
+    t.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help=f"StepLR factor (default {d.lr_gamma})")
+    t.add_argument("--sim-cal", choices=SIM_CALS, default=d.sim_cal,
+                   help="training similarity + sharpening (default cos_softabs, the paper's softabs)")
+    add_keys_options(p, d.keys)
+    r = p.add_argument_group("runtime")
+    r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help=f"fp32, or bf16 autocast with channels_last (default {d.precision})")
+    r.add_argument("--seed", type=int, default=d.seed, help="seed for every generator (default 0)")
+    r.add_argument("--device", "--gpu", dest="device", default=d.device,
+                   help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    d = TrainConfig()
+    model = ModelConfig(controller=args.controller, input_channel=args.input_channel,
+                        feature_dim=args.feature_dim, rotation_update=args.rotation_update, a32=bool(args.a32))
+    return TrainConfig(
+        model=model, episodes=episode_options(args), train_episode=args.train_episode,
+        log_interval=args.log_interval, val_episode=args.val_episode, val_interval=args.val_interval,
+        test_episode=args.test_episode, checkpoint_interval=args.checkpoint_interval,
+        learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
+        sim_cal=args.sim_cal, keys=resolve_keys(args, d.keys), precision=args.precision,
+        seed=args.seed, device=args.device,
+    ).validate()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from batmann.train import train
+
+    config = train_config_from_args(args)
+    run_dir = Path(args.run_dir or f"runs/{config.episodes.tag}-{config.model.controller}")
+    command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, command=command)
+    print(f"run folder: {result.run_dir}")
+    print(f"episodes: {result.episodes_done}, best validation: {result.best_val_pct:.2f}%, "
+          f"time: {result.seconds:.0f} s")
+    if result.test is not None:
+        print(f"test: {result.test.accuracy_pct:.2f}% +- {result.test.ci95_pct:.2f} "
+              f"({result.test.episodes} episodes)")
+    return 0

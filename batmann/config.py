@@ -1,0 +1,173 @@
+"""Configuration dataclasses shared by the Python API and the ``batmann`` CLI.
+
+Each dataclass validates itself once, in ``validate()``, raising :class:`ConfigError` with a
+one-line message naming the bad value and what was expected. The CLI builds these objects
+from its flags; the Python API takes them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from batmann.errors import ConfigError
+
+CONTROLLERS = ("fp", "xnor", "xnor-binary-fc", "rbnn", "rbnn-binary-fc")
+SIM_CALS = ("cos_softabs", "cos_softabs_seed", "cos_softmax", "dot_abs")
+KEY_MODES = ("real", "bipolar", "binary")
+PRECISIONS = ("fp32", "bf16")
+SPLITS = ("seed", "lake")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} (got {value!r})")
+
+
+def keys_from_seed(quantization_infer: int, binary_id: int) -> str:
+    """Map the seed's ``quantization_infer`` / ``binary_id`` pair to a key mode.
+
+    ``quantization_infer=0`` keeps real features (cosine); ``1`` with ``binary_id=1`` gives
+    bipolar {-1, 1} keys and queries, with ``binary_id=2`` binary {0, 1} ones.
+    """
+    if quantization_infer not in (0, 1):
+        raise ConfigError(f"quantization_infer must be 0 or 1 (got {quantization_infer!r})")
+    if binary_id not in (1, 2):
+        raise ConfigError(f"binary_id must be 1 ({{-1,1}}) or 2 ({{0,1}}) (got {binary_id!r})")
+    if quantization_infer == 0:
+        return "real"
+    return "bipolar" if binary_id == 1 else "binary"
+
+
+@dataclass
+class ModelConfig:
+    """The controller architecture (what a checkpoint must match to load)."""
+
+    controller: str = "fp"
+    input_channel: int = 1
+    feature_dim: int = 512
+    image_size: int = 32
+    rotation_update: int = 1
+    a32: bool = True
+
+    def validate(self) -> "ModelConfig":
+        _choice("controller", self.controller, CONTROLLERS)
+        _positive("input_channel", self.input_channel)
+        _positive("feature_dim", self.feature_dim)
+        _positive("rotation_update", self.rotation_update)
+        if self.image_size != 32:
+            raise ConfigError(
+                f"image_size {self.image_size} is not supported; the controller expects 32x32 images"
+            )
+        return self
+
+
+@dataclass
+class EpisodeOptions:
+    """The seed's m-way n-shot options (names follow the seed's ``main.py``)."""
+
+    class_num: int = 20
+    num_shot: int = 5
+    pool_query_train: int = 10
+    pool_val_train: int = 5
+    batch_size_train: int = 5
+    val_num_train: int = 3
+    pool_query_test: int = 15
+    batch_size_test: int = 5
+    split: str = "seed"
+
+    def validate(self) -> "EpisodeOptions":
+        _choice("split", self.split, SPLITS)
+        for name in ("class_num", "num_shot", "batch_size_train", "batch_size_test",
+                     "pool_query_train", "pool_query_test"):
+            _positive(name, getattr(self, name))
+        for name in ("pool_val_train", "val_num_train"):
+            _positive(name, getattr(self, name), minimum=0)
+        if self.class_num < 2:
+            raise ConfigError(f"class_num must be >= 2 (got {self.class_num})")
+        # the seed's rules (and m <= characters in the split) are checked by the data layer
+        from batmann.data.episodes import validate_seed_options
+
+        validate_seed_options(
+            num_shot=self.num_shot,
+            pool_query_train=self.pool_query_train,
+            pool_val_train=self.pool_val_train,
+            batch_size_train=self.batch_size_train,
+            val_num_train=self.val_num_train,
+            pool_query_test=self.pool_query_test,
+            batch_size_test=self.batch_size_test,
+            class_num=self.class_num,
+            **_split_sizes(self.split),
+        )
+        return self
+
+    @property
+    def tag(self) -> str:
+        return f"{self.class_num}w{self.num_shot}s"
+
+
+def _split_sizes(split: str) -> dict[str, int]:
+    """Number of train/test characters in each split (fixed by the data set)."""
+    return {"seed": {"n_train_chars": 964, "n_test_chars": 659},
+            "lake": {"n_train_chars": 964, "n_test_chars": 659}}[split]
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``batmann train`` needs; saved with every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    episodes: EpisodeOptions = field(default_factory=EpisodeOptions)
+    train_episode: int = 10000
+    log_interval: int = 100
+    val_episode: int = 250
+    val_interval: int = 500
+    test_episode: int = 1000
+    checkpoint_interval: int = 100
+    learning_rate: float = 1e-4
+    lr_step: int = 100000
+    lr_gamma: float = 0.5
+    sim_cal: str = "cos_softabs"
+    keys: str = "bipolar"
+    precision: str = "bf16"
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "TrainConfig":
+        self.model.validate()
+        self.episodes.validate()
+        _choice("sim_cal", self.sim_cal, SIM_CALS)
+        _choice("keys", self.keys, KEY_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        _positive("train_episode", self.train_episode)
+        for name in ("log_interval", "val_interval", "checkpoint_interval", "lr_step"):
+            _positive(name, getattr(self, name))
+        for name in ("val_episode", "test_episode"):
+            _positive(name, getattr(self, name), minimum=0)
+        if not (self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be > 0 (got {self.learning_rate!r})")
+        if not (0 < self.lr_gamma <= 1):
+            raise ConfigError(f"lr_gamma must be in (0, 1] (got {self.lr_gamma!r})")
+        if self.val_episode > 0 and self.episodes.val_num_train == 0:
+            raise ConfigError("val_episode > 0 needs val_num_train >= 1 (validation queries per class)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Rebuild from :meth:`to_dict`'s output; unknown keys are refused."""
+        try:
+            model = ModelConfig(**data.get("model", {}))
+            episodes = EpisodeOptions(**data.get("episodes", {}))
+            rest = {k: v for k, v in data.items() if k not in ("model", "episodes")}
+            return cls(model=model, episodes=episodes, **rest)
+        except TypeError as exc:
+            raise ConfigError(f"bad training configuration: {exc}") from None

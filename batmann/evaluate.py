@@ -1,0 +1,166 @@
+"""Episodic evaluation: the same loop for the digital system and for in-memory systems.
+
+A *system* turns images into features and scores queries against the keys written into its
+memory (see :class:`System`). :class:`DigitalSystem` is the BATMANN model on the CPU/GPU;
+``batmann.hardware`` wraps the crossbar simulation behind the same interface, so one
+evaluator runs both on the very same episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+
+from batmann.memory import class_logits, inference_similarity, quantize_keys
+
+
+class System(Protocol):
+    """What the evaluator needs from a (digital or in-memory) BATMANN system."""
+
+    def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) -> features (B, d). ``ids`` identify images for caching."""
+
+    def write(self, keys: torch.Tensor) -> None:
+        """Store support features (N, d) as keys (quantised by the system's key mode)."""
+
+    def similarities(self, queries: torch.Tensor) -> torch.Tensor:
+        """Query features (Q, d) -> similarities (Q, N) against the stored keys."""
+
+
+class DigitalSystem:
+    """The BATMANN controller and key memory, computed digitally.
+
+    ``keys`` is the key mode at inference: ``real`` (cosine on real features), ``bipolar``
+    ({-1, 1}: q.k/d) or ``binary`` ({0, 1}: 1/2 + q.k/(2d)). Features of images with known
+    ``ids`` are cached (the model is fixed in eval mode), so an image seen in an earlier
+    episode is never recomputed.
+    """
+
+    def __init__(self, model: torch.nn.Module, keys: str = "bipolar", cache_features: bool = True,
+                 autocast: bool = False) -> None:
+        self.model = model.eval()
+        self.keys_mode = keys
+        self.autocast = autocast
+        self._cache: dict[int, torch.Tensor] | None = {} if cache_features else None
+        self._keys: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.autocast and images.device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.model(images).float()
+        return self.model(images).float()
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if ids is None or self._cache is None:
+            return self._forward(images)
+        id_list = ids.tolist()
+        todo = [i for i, key in enumerate(id_list) if key not in self._cache]
+        if todo:
+            # the same image may appear twice in one batch: compute each id once
+            first: dict[int, int] = {}
+            for i in todo:
+                first.setdefault(id_list[i], i)
+            idx = torch.tensor(list(first.values()), device=images.device)
+            feats = self._forward(images[idx])
+            for key, f in zip(first.keys(), feats):
+                self._cache[key] = f
+        return torch.stack([self._cache[key] for key in id_list])
+
+    def write(self, keys: torch.Tensor) -> None:
+        self._keys = quantize_keys(keys, self.keys_mode)
+
+    def similarities(self, queries: torch.Tensor) -> torch.Tensor:
+        if self._keys is None:
+            raise RuntimeError("write() keys before asking for similarities")
+        return inference_similarity(quantize_keys(queries, self.keys_mode), self._keys, self.keys_mode)
+
+
+def image_ids(indices: torch.Tensor | None, rotation: int) -> torch.Tensor | None:
+    """Cache keys for images: the global image index and the rotation (0..3) of the episode."""
+    if indices is None:
+        return None
+    return indices.to("cpu", torch.int64) * 4 + (rotation // 90) % 4
+
+
+@dataclass
+class EpisodeScores:
+    """One episode's outcome for one system."""
+
+    predictions: torch.Tensor  # (Q,) predicted labels
+    similarities: torch.Tensor  # (Q, N) raw similarities
+    accuracy: float
+
+
+def score_episode(system: System, episode, use_val: bool = False) -> EpisodeScores:
+    """Write the episode's supports into ``system`` and classify its queries (or val images)."""
+    rot = int(episode.rotation)
+    s_ids = image_ids(getattr(episode, "support_index", None), rot)
+    queries = episode.val if use_val else episode.query
+    labels = episode.val_labels if use_val else episode.query_labels
+    q_idx = getattr(episode, "val_index" if use_val else "query_index", None)
+    keys = system.features(episode.support, s_ids)
+    q = system.features(queries, image_ids(q_idx, rot))
+    system.write(keys)
+    sims = system.similarities(q)
+    ways = int(episode.support_labels.max().item()) + 1
+    logits = class_logits(sims, episode.support_labels.to(sims.device), ways)
+    pred = logits.argmax(dim=1).cpu()
+    acc = (pred == labels.cpu()).float().mean().item()
+    return EpisodeScores(predictions=pred, similarities=sims.detach().cpu(), accuracy=acc)
+
+
+@dataclass
+class EvalResult:
+    """Mean accuracy over episodes with a 95 % confidence interval (normal approximation)."""
+
+    accuracy_pct: float
+    ci95_pct: float
+    episodes: int
+    ways: int
+    shots: int
+    queries_per_class: int
+    per_episode: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self, per_episode: bool = False) -> dict:
+        d = asdict(self)
+        if not per_episode:
+            d.pop("per_episode")
+        return d
+
+
+def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and 95 % CI half-width (1.96 standard errors) of per-episode accuracies, in %."""
+    arr = np.asarray(list(values), dtype=np.float64) * 100.0
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    if arr.size == 1:
+        return float(arr.mean()), 0.0
+    return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def evaluate_system(system: System, sampler, episodes: int, progress: bool = False,
+                    use_val: bool = False, desc: str = "evaluate") -> EvalResult:
+    """Run ``episodes`` episodes from ``sampler`` through ``system``."""
+    from tqdm import tqdm
+
+    accs: list[float] = []
+    ways = shots = queries = 0
+    bar = tqdm(range(episodes), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for _ in bar:
+        ep = sampler.sample()
+        res = score_episode(system, ep, use_val=use_val)
+        accs.append(res.accuracy)
+        ways = int(ep.support_labels.max().item()) + 1
+        shots = ep.support.shape[0] // ways
+        queries = (ep.val if use_val else ep.query).shape[0] // ways
+        if progress:
+            bar.set_postfix(acc=f"{100 * sum(accs) / len(accs):.2f}%")
+    mean, ci = mean_ci95(accs)
+    return EvalResult(accuracy_pct=mean, ci95_pct=ci, episodes=episodes, ways=ways, shots=shots,
+                      queries_per_class=queries, per_episode=accs)

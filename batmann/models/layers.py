@@ -1,0 +1,529 @@
+"""Binarised and 8-bit layers of the BATMANN controller, each exportable as a plain layer.
+
+Every quantised layer has ``export() -> (plain_layer, input_transform)``: ``plain_layer`` is an
+ordinary ``nn.Conv2d`` / ``nn.Linear`` holding the *effective* weights (exactly ``+-alpha`` for
+binary layers, the dequantised 8-bit values for 8-bit layers) and ``input_transform`` is the
+module to apply to the layer's input first (or ``None``), so that in eval mode
+``plain_layer(input_transform(x)) == layer(x)`` up to float rounding.
+
+Layer semantics (seed: ``quant/XNOR_module.py``, ``quant/RBNN_modules.py``):
+
+* :class:`XnorConv2d` / :class:`BinaryLinear` (XNOR-Net): weights standardised per output
+  channel (row), binarised with :func:`sign_pm1`; inputs standardised per sample and binarised;
+  ``out = (op(sign(x_std), sign(w_std)) + bias) * alpha``. ``alpha`` is a *learned* parameter,
+  initialised to ``mean|W|`` per output channel for the conv (a single scalar for the linear
+  layer, as in the seed). Since standardising does not change signs, the input transform is
+  ``sign(x - mean(x))`` per sample (:class:`SignActivation`); the standard deviation only
+  shapes the STE window.
+* :class:`RbnnConv2d` / :class:`RbnnLinear` (RBNN): the standardised weights ``w2``, viewed as
+  ``(out, a, b)`` with ``a * b = fan_in`` (``a`` the largest divisor <= sqrt), are rotated by
+  two orthogonal matrices, ``w3 = w2 + |sin(theta)| * (R1^T w2 R2 - w2)`` (the rotation term is
+  detached, ``theta`` is learned per output channel, initialised to pi/2), then binarised with
+  the RBNN surrogate gradient. ``a32=True`` (the seed default) keeps the standardised inputs
+  real (1-bit weights, 32-bit activations), so the input transform is
+  :class:`StandardizeActivation`; ``a32=False`` binarises them too.
+  ``rotation_update``: the rotations are re-fitted (three alternating steps of the RBNN
+  Procrustes problem) every ``rotation_update`` episodes via :meth:`RbnnConv2d.begin_episode`.
+  *Seed difference:* the seed's training loop sets ``module.episode`` while the layers test
+  ``self.epoch`` (always -1), so the seed never updates its rotations; it also sets the
+  schedule ``(k, t)`` on ``nn.Conv2d`` modules only, leaving the RBNN FC at ``k=10, t=0.1``.
+  We update rotations and the schedule on every RBNN layer, as the issue asks.
+* :class:`Int8Conv2d` / :class:`Int8Linear`: 8-bit weights (see
+  :mod:`batmann.models.quantizers`), real inputs (the seed does not quantise activations).
+
+Further differences from the seed, all numerical-safety or device related: standard deviations
+are clamped below at 1e-12 (the seed divides by zero on a constant input); the
+standardise / rotate / binarise path runs in float32 with autocast disabled (the tensors are
+small) so that bf16 autocast training binarises exactly as the float32 export does; the random
+rotations come from a ``torch.Generator`` (the seed uses scipy's global NumPy state); nothing
+calls ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from batmann.models import quantizers as q
+
+STD_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers and input-transform modules
+# ---------------------------------------------------------------------------------------------
+
+
+def _row_dims(x: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, x.dim()))
+
+
+def standardize_rows(x: Tensor) -> Tensor:
+    """``(x - mean) / std`` over all dims but the first (unbiased std, as ``torch.std``), in float32."""
+    xf = x.float()
+    dims = _row_dims(xf)
+    c = xf - xf.mean(dims, keepdim=True)
+    return c / c.std(dims, keepdim=True).clamp_min(STD_EPS)
+
+
+def _center_scale(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row ``(c, mu, s)``: ``c = x - mean`` (float32), ``s = std(c)`` (unbiased, clamped)."""
+    dims = _row_dims(x)
+    n = max(x[0].numel() - 1, 1)
+    mu = x.mean(dims, keepdim=True, dtype=torch.float32)
+    c = x - mu  # promotes a bf16 x to float32
+    s = (torch.linalg.vector_norm(c, 2, dims, keepdim=True) / math.sqrt(n)).clamp_min(STD_EPS)
+    return c, mu, s
+
+
+class _CenteredSign(torch.autograd.Function):
+    """``sign_pm1(x - mean(x))`` per row, with an STE through ``x_hat = (x - mean) / std``.
+
+    One fused function instead of an autograd chain of mean/sub/std/div (several times
+    faster on CPU). Backward: ``g_hat = g * surrogate(x_hat)`` (``"hardtanh"``: ``|x_hat| < 1``;
+    ``"rbnn"``: ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the
+    standardisation: ``(g_hat - mean(g_hat) - x_hat * sum(g_hat * x_hat) / (N - 1)) / std``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, surrogate: str, t: float) -> Tensor:  # noqa: D102
+        c, mu, s = _center_scale(x)
+        ctx.save_for_backward(x, mu, s)
+        ctx.surrogate, ctx.t = surrogate, float(t)
+        return q.sign_pm1(c).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        x, mu, s = ctx.saved_tensors
+        dims = _row_dims(x)
+        xh = (x - mu) / s
+        if ctx.surrogate == "hardtanh":
+            gh = torch.where(xh.abs() < 1, g.float(), 0.0)
+        else:
+            t = ctx.t
+            gh = g.float() * (math.sqrt(2.0) * t - (t * t) * xh.abs()).clamp_min(0.0)
+        n = max(x[0].numel() - 1, 1)
+        proj = (gh * xh).sum(dims, keepdim=True) / n
+        dx = (gh - gh.mean(dims, keepdim=True) - xh * proj) / s
+        return dx.to(x.dtype), None, None
+
+
+class _Standardize(torch.autograd.Function):
+    """``(x - mean) / std`` per row (float32 out) with the exact gradient, fused (see :class:`_CenteredSign`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        c, mu, s = _center_scale(x)
+        ctx.save_for_backward(x, mu, s)
+        return c / s
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        x, mu, s = ctx.saved_tensors
+        dims = _row_dims(x)
+        xh = (x - mu) / s
+        g = g.float()
+        n = max(x[0].numel() - 1, 1)
+        proj = (g * xh).sum(dims, keepdim=True) / n
+        return ((g - g.mean(dims, keepdim=True) - xh * proj) / s).to(x.dtype)
+
+
+def standardize_activations(x: Tensor) -> Tensor:
+    """Per-row ``(x - mean) / std`` in float32 (fused forward and backward); the RBNN ``a32`` input."""
+    return _Standardize.apply(x)
+
+
+def centered_sign(x: Tensor) -> Tensor:
+    """``sign_pm1(x - mean(x))`` per row (no gradient): the forward value of :func:`centered_sign_ste`."""
+    c, _, _ = _center_scale(x)
+    return q.sign_pm1(c).to(x.dtype)
+
+
+def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0) -> Tensor:
+    """Binarise activations per row with an STE (``"hardtanh"`` for XNOR, ``"rbnn"`` for RBNN)."""
+    return _CenteredSign.apply(x, surrogate, t)
+
+
+def _fp32(t: Tensor):
+    """Disable autocast on ``t``'s device (no-op where autocast is not supported)."""
+    try:
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    except RuntimeError:  # pragma: no cover - exotic device types
+        return nullcontext()
+
+
+def get_ab(n: int) -> tuple[int, int]:
+    """``(a, b)`` with ``a * b = n`` and ``a`` the largest divisor of ``n`` not above ``sqrt(n)``."""
+    for i in range(math.isqrt(n), 0, -1):
+        if n % i == 0:
+            return i, n // i
+    raise ValueError(f"cannot factor {n}")  # pragma: no cover - n >= 1 always factors
+
+
+def random_orthogonal(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """A Haar-distributed random ``n x n`` orthogonal matrix (float32, CPU)."""
+    g = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    qm, r = torch.linalg.qr(g)
+    qm = qm * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return qm.float()
+
+
+class SignActivation(nn.Module):
+    """``x -> +1 / -1``: the sign of ``x - mean(x)`` per sample (``center=True``) or of ``x``.
+
+    The mean runs over all non-batch dims. This is the input binarisation of XNOR layers
+    (and of RBNN layers with ``a32=False``) and the only transform a crossbar input needs.
+    """
+
+    def __init__(self, center: bool = True):
+        super().__init__()
+        self.center = center
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if self.center:
+            return centered_sign(x)
+        return q.sign_pm1(x)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"center={self.center}"
+
+
+class StandardizeActivation(nn.Module):
+    """``x -> (x - mean(x)) / std(x)`` per sample (all non-batch dims); RBNN ``a32`` input."""
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return standardize_activations(x)
+
+
+def _plain_like(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A plain ``nn.Conv2d`` / ``nn.Linear`` with ``layer``'s geometry and the given weights."""
+    kw = dict(device=weight.device, dtype=weight.dtype)
+    if isinstance(layer, nn.Conv2d):
+        plain = nn.Conv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, layer.groups, bias=bias is not None, padding_mode=layer.padding_mode, **kw,
+        )
+    elif isinstance(layer, nn.Linear):
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, **kw)
+    else:  # pragma: no cover - internal use only
+        raise TypeError(f"cannot export {type(layer).__name__}")
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if bias is not None:
+            plain.bias.copy_(bias)
+    plain.train(layer.training)
+    return plain
+
+
+def _op(layer: nn.Module, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(x, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return F.linear(x, w, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# XNOR-Net layers
+# ---------------------------------------------------------------------------------------------
+
+
+class _XnorMixin:
+    """Shared code of :class:`XnorConv2d` and :class:`BinaryLinear`."""
+
+    weight: Tensor
+    bias: Tensor | None
+    alpha: nn.Parameter
+
+    def _alpha_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _alpha_view(self) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_alpha(self) -> None:
+        """``alpha = mean|W|`` (per output channel for convs, over all weights for linears)."""
+        w = self.weight.detach().float()
+        if self.alpha.dim() == 0:
+            self.alpha.copy_(w.abs().mean())
+        else:
+            self.alpha.copy_(w.abs().flatten(1).mean(1))
+
+    def binary_weight(self) -> Tensor:
+        """The +-1 weights used in the forward pass (float32, no gradient)."""
+        with torch.no_grad(), _fp32(self.weight):
+            return q.sign_pm1(standardize_rows(self.weight))
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        with _fp32(x):
+            bw = q.xnor_weight_sign(standardize_rows(self.weight))
+            ba = centered_sign_ste(x, "hardtanh")  # == xnor_act_sign(standardize_rows(x))
+        out = _op(self, ba, bw, self.bias)
+        return out * self._alpha_view().to(out.dtype)
+
+    @torch.no_grad()
+    def effective_weight(self) -> tuple[Tensor, Tensor | None]:
+        """``(sign(W) * alpha, bias * alpha)``: weights exactly ``+-alpha`` per output channel."""
+        a = self._alpha_view_param().float()
+        w = self.binary_weight() * a
+        b = None if self.bias is None else self.bias.detach().float() * a.reshape(-1)
+        return w, b
+
+    def export(self) -> tuple[nn.Module, nn.Module]:
+        """``(plain layer with +-alpha weights, SignActivation(center=True))``."""
+        w, b = self.effective_weight()
+        return _plain_like(self, w, b), SignActivation(center=True)
+
+
+class XnorConv2d(_XnorMixin, nn.Conv2d):
+    """XNOR-Net binary convolution with a learned per-output-channel scale ``alpha``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = False, device=None, dtype=None):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           bias=bias, device=device, dtype=dtype)
+        self.alpha = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+        self.reset_alpha()
+
+    def _alpha_view(self) -> Tensor:
+        return self.alpha.view(1, -1, 1, 1)
+
+    def _alpha_view_param(self) -> Tensor:
+        return self.alpha.detach().view(-1, 1, 1, 1)
+
+
+class BinaryLinear(_XnorMixin, nn.Linear):
+    """XNOR-Net binary linear layer (seed ``binary_last_fc``) with one learned scalar ``alpha``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.alpha = nn.Parameter(torch.empty((), device=device, dtype=dtype))
+        self.reset_alpha()
+
+    def _alpha_view(self) -> Tensor:
+        return self.alpha
+
+    def _alpha_view_param(self) -> Tensor:
+        return self.alpha.detach().reshape(1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# RBNN layers
+# ---------------------------------------------------------------------------------------------
+
+
+class _RbnnMixin:
+    """Shared code of :class:`RbnnConv2d` and :class:`RbnnLinear`."""
+
+    weight: Tensor
+    bias: Tensor | None
+    alpha: nn.Parameter
+    rotate: nn.Parameter
+    R1: Tensor
+    R2: Tensor
+
+    def _init_rbnn(self, rotation_update: int, a32: bool, generator: torch.Generator | None) -> None:
+        if int(rotation_update) < 1:
+            raise ValueError(f"rotation_update must be >= 1, got {rotation_update}")
+        self.rotation_update = int(rotation_update)
+        self.a32 = bool(a32)
+        self.k = 10.0  # seed defaults, replaced by begin_episode()
+        self.t = 0.1
+        self.epoch = -1
+        fan_in = self.weight[0].numel()
+        self.a, self.b = get_ab(fan_in)
+        dev = self.weight.device
+        self.register_buffer("R1", random_orthogonal(self.a, generator).to(dev))
+        self.register_buffer("R2", random_orthogonal(self.b, generator).to(dev))
+
+    def _rotated(self) -> Tensor:
+        """``w3`` (float32, differentiable w.r.t. ``weight`` and ``rotate``)."""
+        w2 = standardize_rows(self.weight)
+        x = w2.reshape(w2.shape[0], self.a, self.b)
+        rw = (self.R1.float().t() @ x.detach() @ self.R2.float()).reshape(w2.shape)
+        return w2 + torch.abs(torch.sin(self.rotate.float())) * (rw - w2)
+
+    def binary_weight(self) -> Tensor:
+        """The +-1 weights used in the forward pass (float32, no gradient)."""
+        with torch.no_grad(), _fp32(self.weight):
+            return q.sign_pm1(self._rotated())
+
+    @torch.no_grad()
+    def update_rotation(self, iterations: int = 3) -> None:
+        """Re-fit ``R1``, ``R2`` to the current weights (the RBNN alternating Procrustes steps).
+
+        ``B = sign(R1^T X R2)``; ``R1 = V1 U1^T`` with ``U1 S V1^T = sum_i B_i R2^T X_i^T``;
+        ``R2 = U2 V2^T`` with ``U2 S V2^T = sum_i X_i^T R1 B_i`` (vectorised over ``i``).
+        """
+        with _fp32(self.weight):
+            w2 = standardize_rows(self.weight)
+            x = w2.reshape(w2.shape[0], self.a, self.b)
+            r1, r2 = self.R1.float(), self.R2.float()
+            for _ in range(iterations):
+                bmat = q.sign_pm1(r1.t() @ x @ r2)
+                d1 = torch.einsum("nab,ncb->ac", bmat @ r2.t(), x)
+                u1, _, v1h = torch.linalg.svd(d1)
+                r1 = v1h.t() @ u1.t()
+                d2 = torch.einsum("nab,nac->bc", x, r1 @ bmat)
+                u2, _, v2h = torch.linalg.svd(d2)
+                r2 = u2 @ v2h
+            self.R1.copy_(r1)
+            self.R2.copy_(r2)
+
+    def begin_episode(self, episode: int, k: float, t: float) -> None:
+        """Set the surrogate-gradient schedule and, every ``rotation_update`` episodes, the rotations."""
+        self.epoch = int(episode)
+        self.k = float(k)
+        self.t = float(t)
+        if self.epoch >= 0 and self.epoch % self.rotation_update == 0:
+            self.update_rotation()
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        with _fp32(x):
+            bw = q.rbnn_weight_sign(self._rotated(), self.k, self.t)
+            if self.a32:
+                ba = standardize_activations(x)
+            else:  # == rbnn_act_sign(standardize_rows(x), t): k = 1, t' = max(t, 1)
+                ba = centered_sign_ste(x, "rbnn", max(self.t, 1.0))
+        out = _op(self, ba, bw, self.bias)
+        return out * self._alpha_view().to(out.dtype)
+
+    @torch.no_grad()
+    def effective_weight(self) -> tuple[Tensor, Tensor | None]:
+        """``(sign(w3) * alpha, bias * alpha)``: weights exactly ``+-alpha``."""
+        a = self._alpha_view_param().float()
+        w = self.binary_weight() * a
+        b = None if self.bias is None else self.bias.detach().float() * a.reshape(-1)
+        return w, b
+
+    def export(self) -> tuple[nn.Module, nn.Module]:
+        """``(plain layer, StandardizeActivation())`` for ``a32``, else ``SignActivation``."""
+        w, b = self.effective_weight()
+        transform = StandardizeActivation() if self.a32 else SignActivation(center=True)
+        return _plain_like(self, w, b), transform
+
+
+class RbnnConv2d(_RbnnMixin, nn.Conv2d):
+    """Rotated binary convolution (RBNN) with per-output-channel ``alpha`` and ``theta``.
+
+    Has a bias (zero-initialised) as in the seed.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, rotation_update: int = 1, a32: bool = True,
+                 generator: torch.Generator | None = None, device=None, dtype=None):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           bias=bias, device=device, dtype=dtype)
+        self._init_rbnn(rotation_update, a32, generator)
+        self.alpha = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+        self.rotate = nn.Parameter(torch.full((out_channels, 1, 1, 1), math.pi / 2, device=device, dtype=dtype))
+        self.reset_alpha()
+
+    @torch.no_grad()
+    def reset_alpha(self) -> None:
+        """``alpha = mean|W|`` per output channel."""
+        self.alpha.copy_(self.weight.detach().float().abs().flatten(1).mean(1))
+
+    def _alpha_view(self) -> Tensor:
+        return self.alpha.view(1, -1, 1, 1)
+
+    def _alpha_view_param(self) -> Tensor:
+        return self.alpha.detach().view(-1, 1, 1, 1)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return super().extra_repr() + f", rotation_update={self.rotation_update}, a32={self.a32}"
+
+
+class RbnnLinear(_RbnnMixin, nn.Linear):
+    """Rotated binary linear layer (seed ``Binarize_last_fc``): scalar ``alpha``, per-row ``theta``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rotation_update: int = 1,
+                 a32: bool = True, generator: torch.Generator | None = None, device=None, dtype=None):
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_rbnn(rotation_update, a32, generator)
+        self.alpha = nn.Parameter(torch.empty((), device=device, dtype=dtype))
+        self.rotate = nn.Parameter(torch.full((out_features, 1), math.pi / 2, device=device, dtype=dtype))
+        self.reset_alpha()
+
+    @torch.no_grad()
+    def reset_alpha(self) -> None:
+        """``alpha = mean|W|`` over all weights."""
+        self.alpha.copy_(self.weight.detach().float().abs().mean())
+
+    def _alpha_view(self) -> Tensor:
+        return self.alpha
+
+    def _alpha_view_param(self) -> Tensor:
+        return self.alpha.detach().reshape(1, 1)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return super().extra_repr() + f", rotation_update={self.rotation_update}, a32={self.a32}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 8-bit layers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Int8Mixin:
+    weight: Tensor
+    bias: Tensor | None
+    scale_mode: str
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return _op(self, x, q.int8_quantize_ste(self.weight, self.scale_mode), self.bias)
+
+    def int8_levels(self) -> tuple[Tensor, Tensor]:
+        """``(levels, scale)``: integer-valued levels in [-127, 127] (``absmax``) and the scale."""
+        return q.int8_levels(self.weight, self.scale_mode)
+
+    @torch.no_grad()
+    def effective_weight(self) -> tuple[Tensor, Tensor | None]:
+        """The dequantised 8-bit weights and the (unquantised) bias."""
+        b = None if self.bias is None else self.bias.detach().clone()
+        return q.int8_dequantize(self.weight, self.scale_mode), b
+
+    def export(self) -> tuple[nn.Module, None]:
+        """``(plain layer with the dequantised 8-bit weights, None)``: inputs stay real."""
+        w, b = self.effective_weight()
+        return _plain_like(self, w, b), None
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return super().extra_repr() + f", scale_mode={self.scale_mode!r}"
+
+
+class Int8Conv2d(_Int8Mixin, nn.Conv2d):
+    """Convolution with 8-bit weights (seed ``first_conv``; no bias by default, as the seed)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = False, scale_mode: str = "absmax", device=None, dtype=None):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                           bias=bias, device=device, dtype=dtype)
+        q.int8_scale(torch.ones(1), scale_mode)  # validates the mode
+        self.scale_mode = scale_mode
+
+
+class Int8Linear(_Int8Mixin, nn.Linear):
+    """Linear layer with 8-bit weights (seed ``last_fc``)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 scale_mode: str = "absmax", device=None, dtype=None):
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        q.int8_scale(torch.ones(1), scale_mode)
+        self.scale_mode = scale_mode
+
+
+QUANTIZED_LAYERS = (XnorConv2d, BinaryLinear, RbnnConv2d, RbnnLinear, Int8Conv2d, Int8Linear)
+
+
+def export_layer(layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """Export one layer: quantised layers via their ``export()``, plain Conv2d/Linear as a copy."""
+    if isinstance(layer, QUANTIZED_LAYERS):
+        return layer.export()
+    if type(layer) in (nn.Conv2d, nn.Linear):
+        return copy.deepcopy(layer), None
+    raise TypeError(f"cannot export a {type(layer).__name__} layer")

@@ -1,0 +1,229 @@
+"""Episodic training of a BATMANN controller, resumable after any interruption.
+
+A run folder holds:
+
+- ``last.safetensors``: model, optimizer, scheduler, generator states and the episode counter,
+  rewritten atomically every ``checkpoint_interval`` episodes (and at the end or on Ctrl-C);
+- ``best.safetensors`` (+ ``best.json``): the weights with the best validation accuracy;
+- ``train.log``: the log; ``best.eval.json``: the test result of the best weights.
+
+Episode ``i`` of a run is drawn from a generator seeded with ``(seed, i)``, so a resumed run
+sees exactly the episodes an uninterrupted one would, and reproduces its weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from batmann.checkpoint import build_model, load_train_state, save_checkpoint, save_train_state
+from batmann.config import TrainConfig
+from batmann.errors import ConfigError
+from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system
+from batmann.memory import class_logits, sharpened_attention
+from batmann.tasks import make_sampler
+from batmann.utils.atomic import atomic_write_json
+from batmann.utils.device import resolve_device
+from batmann.utils.seeding import seed_everything
+
+VAL_SEED_OFFSET = 1_000_003
+TEST_SEED_OFFSET = 2_000_003
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    episodes_done: int
+    best_val_pct: float
+    test: EvalResult | None
+    seconds: float
+
+
+def _logger(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"batmann.train.{run_dir.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s | %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(fh)
+    return log
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfig,
+               device: torch.device) -> tuple[torch.Tensor, float]:
+    """Forward one episode (supports and queries in one batch); returns (loss, accuracy)."""
+    n_s = episode.support.shape[0]
+    images = torch.cat([episode.support, episode.query])
+    if config.precision == "bf16":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with _autocast(config, device):
+        feats = model(images)
+    feats = feats.float()
+    keys, queries = feats[:n_s], feats[n_s:]
+    ways = config.episodes.class_num
+    att = sharpened_attention(queries, keys, sim_cal)
+    logits = class_logits(att, episode.support_labels, ways)
+    loss = F.cross_entropy(logits, episode.query_labels)
+    acc = (logits.argmax(1) == episode.query_labels).float().mean().item()
+    return loss, acc
+
+
+def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device) -> EvalResult:
+    """Accuracy on ``val_episode`` fixed episodes from the training characters: supports from
+    the support pool, queries from the validation pool, inference key mode as at test time."""
+    sampler = make_sampler(cache, config.episodes, "train", config.seed + VAL_SEED_OFFSET, device)
+    system = DigitalSystem(model, keys=config.keys, cache_features=False,
+                           autocast=config.precision == "bf16")
+    was_training = model.training
+    try:
+        return evaluate_system(system, sampler, config.val_episode, use_val=True, desc="validate")
+    finally:
+        model.train(was_training)
+
+
+def test(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device,
+         episodes: int, seed: int | None = None, progress: bool = False) -> EvalResult:
+    """Accuracy on ``episodes`` test episodes (test characters, test query pool)."""
+    seed = config.seed + TEST_SEED_OFFSET if seed is None else seed
+    sampler = make_sampler(cache, config.episodes, "test", seed, device)
+    system = DigitalSystem(model, keys=config.keys, cache_features=True)
+    return evaluate_system(system, sampler, episodes, progress=progress, desc="test")
+
+
+def provenance(config: TrainConfig, episodes_done: int, seconds: float, command: str | None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Who made a checkpoint, how, and on what."""
+    from batmann import __version__
+
+    return {
+        "batmann_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "episodes_trained": episodes_done,
+        "train_seconds": round(seconds, 1),
+        "command": command,
+        **(extra or {}),
+    }
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          cache=None, command: str | None = None) -> TrainResult:
+    """Train a controller under ``config`` into ``run_dir``.
+
+    With ``resume`` and an existing ``last.safetensors``, training continues from the last
+    saved episode with every state restored; without ``resume`` an existing run is refused.
+    """
+    from tqdm import tqdm
+
+    config.validate()
+    run_dir = Path(run_dir)
+    last_path = run_dir / "last.safetensors"
+    if last_path.exists() and not resume:
+        raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
+                          "or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    log = _logger(run_dir)
+    seed_everything(config.seed)
+    if cache is None:
+        from batmann.data import load_image_cache
+
+        cache = load_image_cache(config.model.image_size)
+    sampler = make_sampler(cache, config.episodes, "train", config.seed, device)
+
+    model = build_model(config).to(device)
+    if config.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+
+    start, best_val, elapsed = 0, -1.0, 0.0
+    run_loss = run_acc = 0.0
+    if resume and last_path.exists():
+        scalars = load_train_state(last_path, model, optimizer, scheduler, config)
+        start, best_val, elapsed = scalars["episode"], scalars["best_val_pct"], scalars["seconds"]
+        log.info("resumed from %s at episode %d (best validation %.2f%%)", last_path, start, best_val)
+    else:
+        log.info("config %s", config.to_dict())
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+
+    def save_last(episode: int) -> None:
+        save_train_state(last_path, model, optimizer, scheduler, config,
+                         {"episode": episode, "best_val_pct": best_val,
+                          "seconds": elapsed + time.perf_counter() - t0})
+
+    t0 = time.perf_counter()
+    model.train()
+    episode = start
+    bar = tqdm(range(start, config.train_episode), initial=start, total=config.train_episode,
+               desc="train", disable=not progress, dynamic_ncols=True)
+    try:
+        for episode in bar:
+            ep = sampler.sample(index=episode)
+            model.begin_episode(episode, config.train_episode)  # RBNN schedule and rotations
+            loss, acc = train_step(model, ep, config.sim_cal, config, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            run_loss = 0.98 * run_loss + 0.02 * loss.item() if episode > start else loss.item()
+            run_acc = 0.98 * run_acc + 0.02 * acc if episode > start else acc
+            bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{100 * run_acc:.1f}%")
+            done = episode + 1
+            if done % config.log_interval == 0:
+                log.info("episode %d loss %.4f running-acc %.2f%% lr %.2e", done, run_loss, 100 * run_acc,
+                         scheduler.get_last_lr()[0])
+            if config.val_episode and done % config.val_interval == 0:
+                val = validate(model, config, cache, device)
+                log.info("episode %d validation %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
+                if val.accuracy_pct > best_val:
+                    best_val = val.accuracy_pct
+                    save_checkpoint(run_dir / "best.safetensors", model, config,
+                                    provenance(config, done, elapsed + time.perf_counter() - t0, command,
+                                               {"val_accuracy_pct": val.accuracy_pct}))
+                    log.info("episode %d new best: saved best.safetensors", done)
+            if done % config.checkpoint_interval == 0:
+                save_last(done)
+        episode = config.train_episode
+    except KeyboardInterrupt:
+        save_last(episode)
+        log.info("interrupted at episode %d; resume with --resume", episode)
+        raise
+    finally:
+        bar.close()
+    save_last(episode)
+    seconds = elapsed + time.perf_counter() - t0
+    log.info("training finished: %d episodes in %.0f s", episode, seconds)
+    best_path = run_dir / "best.safetensors"
+    if not best_path.exists():  # no validation ran: the final weights are the result
+        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command))
+    result = None
+    if config.test_episode:
+        from batmann.checkpoint import load_checkpoint
+
+        best = load_checkpoint(best_path, device)
+        result = test(best.model, config, cache, device, config.test_episode, progress=progress)
+        log.info("test (best weights) %.2f%% +- %.2f over %d episodes", result.accuracy_pct,
+                 result.ci95_pct, result.episodes)
+        atomic_write_json(run_dir / "best.eval.json", {**result.to_dict(), "keys": config.keys,
+                                                        "split": config.episodes.split,
+                                                        "command": " ".join(sys.argv)})
+    return TrainResult(run_dir=run_dir, episodes_done=episode, best_val_pct=best_val, test=result,
+                       seconds=seconds)

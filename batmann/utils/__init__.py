@@ -1,0 +1,1 @@
+"""Small helpers shared across batmann: atomic file writes, seeding, paths."""

@@ -1,0 +1,138 @@
+"""Seconds per 20-way 5-shot episode: digital vs keys-only analog vs whole-system analog.
+
+Uses a randomly initialised plain Sequential shaped like the BATMANN controller (conv 1->128 5x5,
+conv 128->128 5x5, maxpool, conv 128->128 3x3 x2, maxpool, FC 2048->512) and random 32x32 images;
+timings do not depend on the weights. One episode = features of 100 support + 100 query images,
+writing the 100 binarised keys, 100 x 100 similarities, class sums and argmax.
+
+    .venv/bin/python benchmarks/bench_crossbar.py                    # a few episodes per mode
+    .venv/bin/python benchmarks/bench_crossbar.py --memtorch-programming  # + MemTorch's own
+                                                   # per-device programming of the controller (~1 min)
+
+"cold" episodes use images the chip has not seen (the worst case); "cached" reruns an episode
+whose images (same ids) the same programmed chip has already seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crossbar import HardwareSpec, convert_system  # noqa: E402
+from crossbar.memtorch_compat import import_memtorch  # noqa: E402
+
+WAYS, SHOTS, QUERIES = 20, 5, 5
+
+
+def batmann_shaped_controller(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 128, 5), nn.ReLU(), nn.Conv2d(128, 128, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(128, 128, 3), nn.ReLU(), nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2048, 512),
+    ).eval()
+
+
+def run_episode(system, images: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    n_sup = WAYS * SHOTS
+    feats = system.features(images, ids)
+    keys, queries = torch.sign(feats[:n_sup]), torch.sign(feats[n_sup:])
+    system.write_keys(keys)
+    sim = system.similarities(queries)
+    labels = torch.arange(WAYS).repeat_interleave(SHOTS)
+    logits = torch.zeros(sim.shape[0], WAYS, dtype=sim.dtype).index_add_(1, labels, sim)
+    return logits.argmax(1)
+
+
+def time_mode(name: str, plain: nn.Module, spec: HardwareSpec | None, episodes: int, gen: torch.Generator) -> dict:
+    n_img = WAYS * (SHOTS + QUERIES)
+    t0 = time.perf_counter()
+    system = DigitalSystem(plain) if spec is None else convert_system(plain, spec)
+    t_program = time.perf_counter() - t0
+    times = []
+    for e in range(episodes):
+        images = torch.randn(n_img, 1, 32, 32, generator=gen)
+        ids = list(range(e * n_img, (e + 1) * n_img))
+        t0 = time.perf_counter()
+        run_episode(system, images, ids)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    run_episode(system, images, ids)  # same images, same chip: features come from the cache
+    t_cached = time.perf_counter() - t0
+    return {"mode": name, "program_s": t_program, "episode_s": sum(times) / len(times),
+            "episode_min_s": min(times), "cached_episode_s": t_cached, "episodes": episodes}
+
+
+class DigitalSystem:
+    """The digital reference with the same interface (and the same per-id cache)."""
+
+    def __init__(self, plain):
+        from crossbar.controller import AnalogController
+
+        self.ctrl = AnalogController(plain, HardwareSpec(), analog=False)
+
+    def features(self, images, ids=None):
+        return self.ctrl.features(images, ids)
+
+    def write_keys(self, keys):
+        self.keys = keys
+
+    def similarities(self, q):
+        return q @ self.keys.T
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--episodes", type=int, default=3)
+    ap.add_argument("--memtorch-programming", action="store_true",
+                    help="also time MemTorch's own per-device programming of the whole controller")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+
+    import_memtorch()  # import once, outside the timings
+    plain = batmann_shaped_controller()
+    gen = torch.Generator().manual_seed(0)
+    nonideal = dict(preset="vteam", variability=0.1, states=16, stuck_lrs=0.01, stuck_hrs=0.01)
+    modes = [
+        ("digital", None),
+        ("keys analog, ideal", HardwareSpec(analog="keys", preset="ideal")),
+        ("keys analog, non-ideal + 6-bit ADC, 128x128 tiles",
+         HardwareSpec(analog="keys", adc_bits=6, tile_shape=(128, 128), **nonideal)),
+        ("all analog, ideal (MemTorch forward)", HardwareSpec(analog="all", preset="ideal")),
+        ("all analog, non-ideal (MemTorch forward)", HardwareSpec(analog="all", **nonideal)),
+        ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles (vectorised read)",
+         HardwareSpec(analog="all", adc_bits=8, dac_bits=8, tile_shape=(256, 256), **nonideal)),
+    ]
+    rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
+    if args.memtorch_programming:
+        spec = HardwareSpec(analog="all", programming="memtorch", **nonideal)
+        t0 = time.perf_counter()
+        convert_system(plain, spec)
+        rows.append({"mode": "all analog, MemTorch per-device programming (programming only)",
+                     "program_s": time.perf_counter() - t0, "episode_s": None, "episode_min_s": None,
+                     "cached_episode_s": None, "episodes": 0})
+
+    digital = rows[0]["episode_s"]
+    print(f"# 20-way 5-shot episode = {WAYS * (SHOTS + QUERIES)} images; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"{'mode':<72} {'program s':>9} {'s/episode':>10} {'x digital':>9} {'cached s':>9}")
+    for r in rows:
+        ep = r["episode_s"]
+        print(f"{r['mode']:<72} {r['program_s']:>9.3f} "
+              + (f"{ep:>10.3f} {ep / digital:>9.2f} {r['cached_episode_s']:>9.4f}" if ep is not None else f"{'-':>10} {'-':>9} {'-':>9}"))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""The hardware specification: which parts are analog, on which device, with which non-idealities."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from device_models.errors import HardwareSpecError
+from device_models.nonidealities import (
+    ADC,
+    ConductanceStates,
+    DeviceVariability,
+    InputDAC,
+    NonIdeality,
+    StuckAtFaults,
+    TileShape,
+)
+from device_models.presets import DevicePreset, get_preset
+
+ANALOG_PARTS = ("keys", "controller", "all")
+WEIGHT_MAPPINGS = ("per_column", "naive")
+PROGRAMMING_ROUTES = ("fast", "memtorch")
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """What to simulate. Validated once, on construction (one-line :class:`HardwareSpecError`).
+
+    - ``analog``: ``"keys"`` (key memory on a crossbar, controller digital), ``"controller"``
+      (controller layers on crossbars, key memory digital) or ``"all"``.
+    - ``preset``: a device preset name (see ``device_models.PRESETS``) or a ``DevicePreset``.
+    - ``nonidealities``: specification objects (``device_models.nonidealities``), at most one
+      of each kind; or use the shortcut fields ``variability`` (relative sigma), ``states``
+      (levels), ``stuck_lrs`` / ``stuck_hrs`` (fractions), ``adc_bits``, ``tile_shape``
+      (rows, cols), ``read_voltage`` / ``dac_bits``. Giving a kind both ways is an error.
+    - ``seed``: the chip. Device variability and the stuck-at map are drawn from it (once per
+      chip), and ``seed_globals()`` seeds Python, NumPy and torch with it (MemTorch draws from
+      the global generators). Same seed, same results.
+    - ``weight_mapping``: ``"per_column"`` (default: each output column / key uses the full
+      device window, its scale restored digitally; binary layers with per-channel scales use
+      exactly two states per device) or ``"naive"`` (MemTorch's ``naive_map``: one scale per
+      layer).
+    - ``programming``: ``"fast"`` (default: MemTorch's ``patch_model`` builds the ``memtorch.mn``
+      layers but the per-device Python objects are skipped; conductances come from the vectorised
+      pipeline) or ``"memtorch"`` (MemTorch builds its device objects as usual, then the
+      conductance matrices are overwritten with the pipeline's; slow, for cross-checks).
+    """
+
+    analog: str = "keys"
+    preset: str | DevicePreset = "ideal"
+    nonidealities: Sequence[NonIdeality] = ()
+    variability: float | None = None
+    states: int | None = None
+    stuck_lrs: float | None = None
+    stuck_hrs: float | None = None
+    adc_bits: int | None = None
+    tile_shape: tuple[int, int] | None = None
+    read_voltage: float | None = None
+    dac_bits: int | None = None
+    seed: int = 0
+    weight_mapping: str = "per_column"
+    programming: str = "fast"
+    _chain: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.analog not in ANALOG_PARTS:
+            raise HardwareSpecError(f"analog must be one of {', '.join(ANALOG_PARTS)}, got {self.analog!r}")
+        object.__setattr__(self, "preset", get_preset(self.preset))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise HardwareSpecError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.weight_mapping not in WEIGHT_MAPPINGS:
+            raise HardwareSpecError(f"weight_mapping must be one of {', '.join(WEIGHT_MAPPINGS)}, got {self.weight_mapping!r}")
+        if self.programming not in PROGRAMMING_ROUTES:
+            raise HardwareSpecError(f"programming must be one of {', '.join(PROGRAMMING_ROUTES)}, got {self.programming!r}")
+        items = list(self.nonidealities) if self.nonidealities is not None else []
+        chain: dict[str, NonIdeality] = {}
+        for ni in items:
+            if not isinstance(ni, NonIdeality):
+                raise HardwareSpecError(f"nonidealities must be NonIdeality objects, got {type(ni).__name__}")
+            if ni.kind in chain:
+                raise HardwareSpecError(f"non-ideality {ni.kind!r} given twice")
+            chain[ni.kind] = ni
+        shortcuts: list[tuple[str, str, NonIdeality | None]] = []
+        if self.variability is not None:
+            shortcuts.append(("variability", "variability", DeviceVariability(_num(self.variability, "variability"))))
+        if self.states is not None:
+            shortcuts.append(("states", "states", ConductanceStates(self.states)))
+        if self.stuck_lrs is not None or self.stuck_hrs is not None:
+            shortcuts.append(("stuck", "stuck_lrs/stuck_hrs", StuckAtFaults(
+                _num(self.stuck_lrs or 0.0, "stuck_lrs"), _num(self.stuck_hrs or 0.0, "stuck_hrs"))))
+        if self.adc_bits is not None:
+            shortcuts.append(("adc", "adc_bits", ADC(self.adc_bits)))
+        if self.tile_shape is not None:
+            ts = self.tile_shape
+            if isinstance(ts, (str, bytes)) or not hasattr(ts, "__len__") or len(ts) != 2:
+                raise HardwareSpecError(f"tile_shape must be (rows, cols), got {ts!r}")
+            shortcuts.append(("tiles", "tile_shape", TileShape(ts[0], ts[1])))
+        if self.read_voltage is not None or self.dac_bits is not None:
+            v = 0.2 if self.read_voltage is None else _num(self.read_voltage, "read_voltage")
+            shortcuts.append(("dac", "read_voltage/dac_bits", InputDAC(v, self.dac_bits)))
+        for kind, fname, ni in shortcuts:
+            if kind in chain:
+                raise HardwareSpecError(f"non-ideality {kind!r} given twice (in nonidealities and as {fname})")
+            chain[kind] = ni
+        chain.setdefault("dac", InputDAC())
+        object.__setattr__(self, "_chain", chain)
+
+    # -- the resolved non-idealities ------------------------------------------------------------
+    @property
+    def device(self) -> DevicePreset:
+        return self.preset  # resolved in __post_init__
+
+    @property
+    def variability_spec(self) -> DeviceVariability | None:
+        return self._chain.get("variability")
+
+    @property
+    def states_spec(self) -> ConductanceStates | None:
+        return self._chain.get("states")
+
+    @property
+    def stuck_spec(self) -> StuckAtFaults | None:
+        return self._chain.get("stuck")
+
+    @property
+    def adc_spec(self) -> ADC | None:
+        return self._chain.get("adc")
+
+    @property
+    def dac_spec(self) -> InputDAC:
+        return self._chain["dac"]
+
+    @property
+    def tiles_spec(self) -> TileShape | None:
+        return self._chain.get("tiles")
+
+    @property
+    def resolved_nonidealities(self) -> tuple[NonIdeality, ...]:
+        return tuple(self._chain.values())
+
+    @property
+    def keys_analog(self) -> bool:
+        return self.analog in ("keys", "all")
+
+    @property
+    def controller_analog(self) -> bool:
+        return self.analog in ("controller", "all")
+
+    @property
+    def linear_read(self) -> bool:
+        """True when reading is exactly linear in the input (no ADC, no DAC quantisation)."""
+        return self.adc_spec is None and self.dac_spec.bits is None
+
+    @property
+    def is_ideal(self) -> bool:
+        """No non-ideality acts (any device preset is exact with the differential pair)."""
+        v, s, f = self.variability_spec, self.states_spec, self.stuck_spec
+        return ((v is None or v.sigma == 0) and s is None and (f is None or f.lrs + f.hrs == 0)
+                and self.linear_read)
+
+    def describe(self) -> dict:
+        """One flat dict with every parameter (absent non-idealities as None), for results tables."""
+        d = {"analog": self.analog, **self.device.describe(), "seed": int(self.seed),
+             "weight_mapping": self.weight_mapping}
+        d["variability_sigma"] = self.variability_spec.sigma if self.variability_spec else None
+        d["variability_mode"] = self.variability_spec.mode if self.variability_spec else None
+        d["states"] = self.states_spec.levels if self.states_spec else None
+        d["stuck_lrs"] = self.stuck_spec.lrs if self.stuck_spec else None
+        d["stuck_hrs"] = self.stuck_spec.hrs if self.stuck_spec else None
+        d["adc_bits"] = self.adc_spec.bits if self.adc_spec else None
+        d["adc_full_scale"] = self.adc_spec.full_scale if self.adc_spec else None
+        d["tile_rows"] = self.tiles_spec.rows if self.tiles_spec else None
+        d["tile_cols"] = self.tiles_spec.cols if self.tiles_spec else None
+        d["read_voltage"] = self.dac_spec.v_read
+        d["dac_bits"] = self.dac_spec.bits
+        return d
+
+    # -- seeding ----------------------------------------------------------------------------------
+    def seed_globals(self) -> None:
+        """Seed Python's ``random``, NumPy's global generator and torch with ``seed``."""
+        seed_globals(int(self.seed))
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A dedicated torch generator for one named stream of this chip (e.g. a layer)."""
+        return torch.Generator().manual_seed(derive_seed(int(self.seed), stream))
+
+
+def _num(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(float(v)):
+        raise HardwareSpecError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for ``stream`` derived from ``seed`` (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"batmann-rram:{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_globals(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,30 @@
+"""RRAM device presets and non-ideality specifications. Knows nothing about BATMANN.
+
+- :mod:`device_models.presets`: :class:`DevicePreset` (name, r_on, r_off, MemTorch model and
+  parameters, source) and :data:`PRESETS` (``ideal``, ``vteam``, ``linear_ion_drift``,
+  ``data_driven``, ``stanford_pku``); :func:`get_preset`.
+- :mod:`device_models.nonidealities`: :class:`DeviceVariability`, :class:`ConductanceStates`,
+  :class:`StuckAtFaults`, :class:`ADC`, :class:`InputDAC`, :class:`TileShape`, all behind
+  :class:`NonIdeality`.
+- :mod:`device_models.errors`: :class:`HardwareSpecError`.
+"""
+
+from device_models.errors import HardwareSpecError
+from device_models.nonidealities import (
+    ADC,
+    NONIDEALITY_TYPES,
+    ConductanceStates,
+    DeviceVariability,
+    InputDAC,
+    NonIdeality,
+    StuckAtFaults,
+    TileShape,
+    program_fraction,
+)
+from device_models.presets import PRESETS, DevicePreset, get_preset, list_presets
+
+__all__ = [
+    "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability",
+    "HardwareSpecError", "InputDAC", "NonIdeality", "StuckAtFaults", "TileShape", "get_preset",
+    "list_presets", "program_fraction",
+]

@@ -1,0 +1,167 @@
+"""The vectorised pipeline: each non-ideality changes exactly what it should (no MemTorch needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crossbar import HardwareSpec
+from crossbar import conductance as C
+from device_models import DeviceVariability, PRESETS
+
+R, K = 256, 96  # rows x columns of the test arrays
+
+
+def real(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def build(spec, weights, stream="t"):
+    planes = C.sample_planes(spec, weights.shape[0], weights.shape[1], spec.generator(stream), torch.float64)
+    return C.program(spec, planes, weights.to(torch.float64))
+
+
+@pytest.mark.parametrize("mapping", ["per_column", "naive"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_ideal_read_equals_the_matrix_product(mapping, preset):
+    w = real(R, K) * torch.linspace(0.1, 3, K, dtype=torch.float64)  # columns with different scales
+    spec = HardwareSpec(preset=preset, weight_mapping=mapping)
+    arr = build(spec, w)
+    x = real(20, R, seed=1)
+    assert torch.allclose(arr.effective_weights(), w, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(C.read(spec, arr, x), x @ w, rtol=1e-9, atol=1e-9)
+
+
+def test_binary_weights_use_two_states_per_device_even_with_per_column_scales():
+    alpha = torch.linspace(0.2, 2.0, K, dtype=torch.float64)
+    w = torch.sign(real(R, K)) * alpha  # XNOR-style layer: +-alpha_c
+    arr = build(HardwareSpec(preset="vteam"), w)
+    dev = PRESETS["vteam"]
+    assert arr.g.unique().tolist() == pytest.approx([dev.g_off, dev.g_on], rel=1e-12)
+    # one device of each pair at LRS, the other at HRS
+    assert torch.all((arr.g[0] > arr.g[1]) == (w > 0))
+    naive = build(HardwareSpec(preset="vteam", weight_mapping="naive"), w)
+    assert naive.g.unique().numel() > 2  # a single layer scale spreads the columns over the window
+
+
+def test_variability_spreads_lrs_and_hrs_with_the_requested_sigma():
+    sigma = 0.1
+    spec = HardwareSpec(preset="ideal", variability=sigma, seed=5)
+    w = torch.sign(real(512, 200))
+    arr = build(spec, w)
+    dev = spec.device
+    lrs = torch.where(w > 0, arr.g[0], arr.g[1])  # the device of each pair at LRS
+    hrs = torch.where(w > 0, arr.g[1], arr.g[0])
+    for g, nominal in ((lrs, dev.r_on), (hrs, dev.r_off)):
+        r = 1 / g
+        assert abs(r.mean().item() / nominal - 1) < 0.005
+        assert abs(r.std().item() / nominal - sigma) < 0.005
+    # the ideal spec leaves them at the nominal values
+    ideal = build(HardwareSpec(preset="ideal"), w)
+    assert ideal.g.unique().numel() == 2
+
+
+def test_memtorch_clip_mode_spreads_one_sided_and_less():
+    w = torch.sign(real(512, 200))
+    spec = HardwareSpec(nonidealities=[DeviceVariability(0.1, mode="memtorch_clip")], seed=5)
+    arr = build(spec, w)
+    lrs = torch.where(w > 0, arr.g[0], arr.g[1])
+    assert (lrs <= spec.device.g_on * (1 + 1e-12)).all()  # never above the nominal target
+    frac_moved = (lrs < spec.device.g_on * (1 - 1e-9)).double().mean().item()
+    assert 0.45 < frac_moved < 0.55
+    assert (1 / lrs).std().item() / spec.device.r_on < 0.08
+
+
+@pytest.mark.parametrize("levels", [2, 4, 16])
+def test_finite_states_give_exactly_the_requested_number_of_levels(levels):
+    w = real(R, K)
+    arr = build(HardwareSpec(states=levels), w)
+    assert arr.g.unique().numel() == levels
+    continuous = build(HardwareSpec(), w)
+    assert continuous.g.unique().numel() > 1000
+
+
+def test_finite_states_with_variability_sit_on_each_devices_own_grid():
+    levels = 5
+    arr = build(HardwareSpec(states=levels, variability=0.1), real(R, K))
+    p = arr.planes
+    k = (arr.g - p.g_lo) / (p.g_hi - p.g_lo) * (levels - 1)
+    assert torch.allclose(k, k.round(), atol=1e-6)
+    assert k.round().unique().numel() == levels
+
+
+def test_stuck_fraction_matches_and_faults_survive_everything_else():
+    p_lrs, p_hrs = 0.02, 0.05
+    spec = HardwareSpec(variability=0.1, states=4, stuck_lrs=p_lrs, stuck_hrs=p_hrs, seed=3)
+    w = real(512, 200)
+    arr = build(spec, w)
+    p = arr.planes
+    n = p.stuck_lrs.numel()
+    for mask, want in ((p.stuck_lrs, p_lrs), (p.stuck_hrs, p_hrs)):
+        assert abs(mask.double().mean().item() - want) < 5 * math.sqrt(want * (1 - want) / n)
+    # after variability and finite states, every stuck device holds its own bound
+    assert torch.equal(arr.g[p.stuck_lrs], p.g_hi[p.stuck_lrs])
+    assert torch.equal(arr.g[p.stuck_hrs], p.g_lo[p.stuck_hrs])
+    # ... and still does when other weights are written into the same devices
+    again = C.program(spec, p, -w)
+    assert torch.equal(again.g[p.stuck_lrs], p.g_hi[p.stuck_lrs])
+    assert torch.equal(again.g[p.stuck_hrs], p.g_lo[p.stuck_hrs])
+    # the healthy devices were programmed as without faults
+    no_faults = build(HardwareSpec(variability=0.1, states=4, seed=3), w)
+    healthy = ~(p.stuck_lrs | p.stuck_hrs)
+    assert torch.equal(arr.g[healthy], no_faults.g[healthy])
+
+
+def test_adc_resolution_changes_the_outputs_and_more_bits_get_closer():
+    w = torch.sign(real(R, K))
+    x = torch.sign(real(50, R, seed=1))
+    exact = x @ w
+    errors = []
+    for bits in (2, 4, 6, 8, 12):
+        spec = HardwareSpec(adc_bits=bits)
+        y = C.read(spec, build(spec, w), x)
+        assert not torch.allclose(y, exact)
+        assert y.unique().numel() <= 2 ** bits
+        errors.append((y - exact).abs().mean().item())
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.2
+
+
+def test_tiles_matter_only_with_an_adc():
+    w, x = real(R, K), real(30, R, seed=1)
+    y_plain = C.read(HardwareSpec(), build(HardwareSpec(), w), x)
+    spec_t = HardwareSpec(tile_shape=(64, 32))
+    assert torch.allclose(C.read(spec_t, build(spec_t, w), x), y_plain, rtol=1e-9, atol=1e-9)
+    s1, s4 = HardwareSpec(adc_bits=5), HardwareSpec(adc_bits=5, tile_shape=(64, 64))
+    y1, y4 = C.read(s1, build(s1, w), x), C.read(s4, build(s4, w), x)
+    assert not torch.allclose(y1, y4)
+    assert C.tile_count(s4, R, K) == 4 * 2  # 4 row tiles x 2 column tiles
+
+
+def test_dac_bits_change_the_outputs():
+    w, x = real(R, K), real(30, R, seed=1)
+    y = C.read(HardwareSpec(), build(HardwareSpec(), w), x)
+    s = HardwareSpec(dac_bits=3)
+    y3 = C.read(s, build(s, w), x)
+    assert not torch.allclose(y, y3)
+    assert torch.allclose(y, y3, rtol=0.5, atol=0.5 * y.abs().max().item())
+
+
+def test_reads_do_not_depend_on_the_batch():
+    spec = HardwareSpec(adc_bits=4, dac_bits=4, tile_shape=(64, 64), variability=0.05, stuck_lrs=0.01)
+    arr = build(spec, real(R, K))
+    x = real(12, R, seed=1)
+    x[3] *= 100
+    together = C.read(spec, arr, x)
+    alone = torch.cat([C.read(spec, arr, x[i:i + 1]) for i in range(12)])
+    assert torch.equal(together, alone)
+
+
+def test_same_seed_same_chip_other_seed_other_chip():
+    kw = dict(variability=0.1, states=8, stuck_lrs=0.01, stuck_hrs=0.01, adc_bits=6)
+    w = real(R, K)
+    a, b = build(HardwareSpec(seed=1, **kw), w), build(HardwareSpec(seed=1, **kw), w)
+    c = build(HardwareSpec(seed=2, **kw), w)
+    assert torch.equal(a.g, b.g)
+    assert not torch.equal(a.g, c.g)

@@ -1,0 +1,68 @@
+"""HardwareSpec: validation once, resolution of shortcuts, description, seeding."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from crossbar import HardwareSpec
+from crossbar.spec import derive_seed
+from device_models import ADC, PRESETS, ConductanceStates, DeviceVariability, HardwareSpecError, InputDAC, StuckAtFaults
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(analog="both"), dict(preset="nope"), dict(variability=-0.1), dict(states=1), dict(states=0),
+    dict(stuck_lrs=0.7, stuck_hrs=0.5), dict(stuck_lrs=-0.1), dict(adc_bits=0), dict(tile_shape=(0, 4)),
+    dict(tile_shape=64), dict(read_voltage=0), dict(dac_bits=1), dict(seed=-1), dict(seed=1.5),
+    dict(weight_mapping="row"), dict(programming="slow"), dict(nonidealities=[ADC(4)], adc_bits=6),
+    dict(nonidealities=[ConductanceStates(4), ConductanceStates(8)]), dict(nonidealities=["adc"]),
+    dict(variability="high"),
+])
+def test_bad_specs_raise_one_line_errors(kwargs):
+    with pytest.raises(HardwareSpecError) as e:
+        HardwareSpec(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_shortcuts_and_list_resolve_to_one_chain():
+    a = HardwareSpec(analog="all", preset="vteam", variability=0.05, states=16, stuck_lrs=0.01,
+                     stuck_hrs=0.02, adc_bits=6, tile_shape=(128, 128), read_voltage=0.1, dac_bits=8, seed=3)
+    b = HardwareSpec(analog="all", preset=PRESETS["vteam"], seed=3, tile_shape=(128, 128), nonidealities=[
+        DeviceVariability(0.05), ConductanceStates(16), StuckAtFaults(0.01, 0.02), ADC(6), InputDAC(0.1, 8)])
+    assert a.describe() == b.describe()
+    assert a.variability_spec == DeviceVariability(0.05) and a.adc_spec == ADC(6)
+    assert a.device is PRESETS["vteam"]
+    assert not a.linear_read and not a.is_ideal and a.keys_analog and a.controller_analog
+
+
+def test_defaults_are_ideal_keys_only():
+    s = HardwareSpec()
+    assert s.analog == "keys" and s.device.name == "ideal" and s.is_ideal and s.linear_read
+    assert s.keys_analog and not s.controller_analog
+    assert s.dac_spec == InputDAC()
+    d = s.describe()
+    for key in ("analog", "preset", "r_on", "r_off", "seed", "variability_sigma", "states", "stuck_lrs",
+                "stuck_hrs", "adc_bits", "tile_rows", "tile_cols", "read_voltage", "dac_bits"):
+        assert key in d
+
+
+def test_replace_revalidates():
+    s = HardwareSpec(adc_bits=4)
+    assert dataclasses.replace(s, seed=7).adc_spec == ADC(4)
+    with pytest.raises(HardwareSpecError):
+        dataclasses.replace(s, adc_bits=0)
+
+
+def test_seeding_is_reproducible():
+    s = HardwareSpec(seed=11)
+    s.seed_globals()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    s.seed_globals()
+    assert first == (random.random(), np.random.rand(), torch.rand(1).item())
+    g1, g2 = s.generator("x"), s.generator("x")
+    assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))
+    assert derive_seed(11, "x") != derive_seed(11, "y") != derive_seed(12, "x")

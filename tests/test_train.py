@@ -1,0 +1,230 @@
+"""Training, resume, checkpoints, evaluation and classification on real Omniglot episodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from batmann.checkpoint import load_checkpoint, save_checkpoint
+from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
+from batmann.errors import CheckpointError, ConfigError
+from batmann.train import train
+
+
+def tiny_config(**over) -> TrainConfig:
+    cfg = TrainConfig(
+        model=ModelConfig(controller=over.pop("controller", "fp"), feature_dim=over.pop("feature_dim", 64)),
+        episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_train=4, pool_val_train=2,
+                                batch_size_train=2, val_num_train=2, pool_query_test=4, batch_size_test=2),
+        train_episode=6, log_interval=2, val_episode=2, val_interval=3, test_episode=0,
+        checkpoint_interval=3, learning_rate=1e-3, precision="fp32", seed=3, device="cpu",
+    )
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from batmann.checkpoint import read_safetensors
+
+    tensors, _ = read_safetensors(run / "last.safetensors")
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}
+
+
+@pytest.mark.parametrize("controller", ["fp", "xnor"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controller):
+    straight = train(tiny_config(controller=controller), tmp_path / "a", progress=False, cache=omniglot_cache)
+    assert straight.episodes_done == 6
+    # the same run, stopped after 3 episodes and resumed to 6
+    train(tiny_config(controller=controller, train_episode=3), tmp_path / "b", progress=False, cache=omniglot_cache)
+    train(tiny_config(controller=controller), tmp_path / "b", resume=True, progress=False, cache=omniglot_cache)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and len(a) > 4
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_survives_sigkill(tmp_path, omniglot_cache):
+    """A run killed with SIGKILL mid-way resumes from its last checkpoint (never half-written)."""
+    run = tmp_path / "killed"
+    code = (
+        "import os, signal, batmann.train as T\n"
+        "from batmann.data import load_image_cache\n"
+        "orig = T.save_train_state\n"
+        "n = [0]\n"
+        "def save(*a, **k):\n"
+        "    orig(*a, **k); n[0] += 1\n"
+        "    if n[0] == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "T.save_train_state = save\n"
+        "from tests.test_train import tiny_config\n"
+        f"T.train(tiny_config(), {str(run)!r}, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (run / "last.safetensors").exists()
+    assert not list(run.glob(".*.tmp"))
+    resumed = train(tiny_config(), run, resume=True, progress=False, cache=omniglot_cache)
+    assert resumed.episodes_done == 6
+    train(tiny_config(), tmp_path / "ref", progress=False, cache=omniglot_cache)
+    a, b = _weights(run), _weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
+    train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(), tmp_path, progress=False, cache=omniglot_cache)
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        train(tiny_config(learning_rate=5e-4), tmp_path, resume=True, progress=False, cache=omniglot_cache)
+
+
+def test_short_training_learns(tmp_path, omniglot_cache):
+    """5-way 1-shot, 60 episodes: the loss falls and held-out accuracy is well above chance."""
+    cfg = tiny_config(feature_dim=128, train_episode=60, val_episode=0, test_episode=100, log_interval=10,
+                      checkpoint_interval=60)
+    cfg.episodes.batch_size_train = 4
+    losses: list[float] = []
+    import batmann.train as T
+
+    orig = T.train_step
+
+    def spy(*a, **k):
+        loss, acc = orig(*a, **k)
+        losses.append(loss.item())
+        return loss, acc
+
+    T.train_step = spy
+    try:
+        res = train(cfg, tmp_path, progress=False, cache=omniglot_cache)
+    finally:
+        T.train_step = orig
+    assert np.mean(losses[-15:]) < np.mean(losses[:15])
+    assert res.test is not None and res.test.episodes == 100
+    # chance is 20 %; the CI is a few points wide
+    assert res.test.accuracy_pct - res.test.ci95_pct > 35.0, res.test
+    assert json.loads((tmp_path / "best.eval.json").read_text())["episodes"] == 100
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from batmann.checkpoint import build_model
+
+    cfg = tiny_config(controller="xnor")
+    model = build_model(cfg)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, cfg, {"note": "test"})
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["model"]["controller"] == "xnor"
+    ck = load_checkpoint(path)
+    assert ck.config.model == cfg.model and ck.provenance == {"note": "test"}
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(ck.model(x), model.eval()(x))
+
+
+def test_bad_checkpoints_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from batmann.checkpoint import build_model
+
+    cfg = tiny_config()
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg), cfg, {})
+    # truncated
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "trunc.safetensors")
+    # a missing tensor
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    first = sorted(tensors)[0]
+    tensors.pop(first)
+    save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=f"lacks tensor '{first}'"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    # another architecture
+    other = tiny_config(controller="xnor")
+    with pytest.raises(CheckpointError, match="not controller xnor"):
+        load_checkpoint(path, expect=other)
+    xnor_path = save_checkpoint(tmp_path / "x.safetensors", build_model(other), other, {})
+    save_file(load_file(str(xnor_path)), str(tmp_path / "mixed.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_checkpoint(tmp_path / "mixed.safetensors")
+    # not a checkpoint at all
+    (tmp_path / "junk.safetensors").write_bytes(b"hello world, not safetensors")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="neither a file"):
+        load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("sim_cal", "cos_nope", "sim_cal 'cos_nope' is not one of"),
+    ("keys", "ternary", "keys 'ternary' is not one of"),
+    ("precision", "fp8", "precision 'fp8'"),
+    ("train_episode", 0, "train_episode must be an integer >= 1"),
+    ("learning_rate", -1.0, "learning_rate must be > 0"),
+])
+def test_bad_options_refused(field, value, msg):
+    cfg = tiny_config()
+    setattr(cfg, field, value)
+    with pytest.raises(ConfigError, match=msg):
+        cfg.validate()
+
+
+def test_seed_rules_enforced_through_config():
+    cfg = tiny_config()
+    cfg.episodes.pool_query_train = 18
+    with pytest.raises(ConfigError, match="num_shot \\+ pool_query_train \\+ pool_val_train"):
+        cfg.validate()
+
+
+def _write_png(path: Path, arr: np.ndarray, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr)
+    if mode != "L":
+        img = img.convert(mode)
+    img.save(path)
+
+
+def test_classify_tiny_folder(tmp_path, omniglot_cache):
+    """Two Omniglot characters as the support set; their other drawings are the queries."""
+    from batmann.checkpoint import build_model
+    from batmann.classify import classify_folders
+
+    cfg = tiny_config(train_episode=40, val_episode=0, test_episode=0, checkpoint_interval=40, feature_dim=128)
+    res = train(cfg, tmp_path / "run", progress=False, cache=omniglot_cache)
+    imgs, chars = omniglot_cache.images, omniglot_cache.char_index
+    picks = {}
+    for name, ch in (("alpha", 1000), ("beta", 1300)):
+        idx = np.flatnonzero(chars == ch)
+        picks[name] = idx
+        for j in idx[:3]:  # three shots, written large and in RGB (any size or mode is fine)
+            big = np.array(Image.fromarray(imgs[j]).resize((105, 105)))
+            _write_png(tmp_path / "support" / name / f"{j}.png", big, mode="RGB")
+    truth = {}
+    for name, idx in picks.items():
+        for j in idx[3:8]:
+            _write_png(tmp_path / "query" / f"{name}_{j}.png", imgs[j])
+            truth[f"{name}_{j}.png"] = name
+    preds = classify_folders(res.run_dir, tmp_path / "support", tmp_path / "query", device="cpu")
+    assert set(preds) == set(truth)
+    correct = sum(preds[k] == v for k, v in truth.items())
+    assert correct >= 7, (preds, truth)
+    # the CLI prints the same as JSON
+    from batmann.cli import main
+
+    out = subprocess.run([sys.executable, "-m", "batmann", "classify", "--checkpoint", str(res.run_dir),
+                          "--support", str(tmp_path / "support"), "--query", str(tmp_path / "query"), "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"] == preds
+    assert main(["classify", "--checkpoint", str(res.run_dir), "--support", str(tmp_path / "query"),
+                 "--query", str(tmp_path / "query")]) == 2
