@@ -2,6 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+# Omniglot: $BATMANN_OMNIGLOT_SOURCE if set, else ../shared/data/omniglot if present, else download.
+export BATMANN_OMNIGLOT_SOURCE ?= $(wildcard $(abspath ../shared/data/omniglot))
 
 .PHONY: setup demo test test-all bench clean
 

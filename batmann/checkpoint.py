@@ -105,13 +105,13 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pa
     """Copy ``tensors`` into ``model``; a missing, extra or mis-shaped tensor is a one-line error."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
-    if missing:
-        raise CheckpointError(f"{path} lacks tensor '{missing[0]}' needed by {description}"
-                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
     extra = [k for k in tensors if k not in expected]
     if extra:
         raise CheckpointError(f"{path} has tensor '{extra[0]}' that {description} does not have; "
                               "it is a checkpoint for another architecture")
+    if missing:
+        raise CheckpointError(f"{path} lacks tensor '{missing[0]}' needed by {description}"
+                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
     for k, v in expected.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: tensor '{k}' has shape {tuple(tensors[k].shape)} but "

@@ -6,8 +6,9 @@ timings do not depend on the weights. One episode = features of 100 support + 10
 writing the 100 binarised keys, 100 x 100 similarities, class sums and argmax.
 
     .venv/bin/python benchmarks/bench_crossbar.py                    # a few episodes per mode
-    .venv/bin/python benchmarks/bench_crossbar.py --memtorch-programming  # + MemTorch's own
-                                                   # per-device programming of the controller (~1 min)
+    .venv/bin/python benchmarks/bench_crossbar.py --memtorch-forward --memtorch-programming
+        # + the whole system through MemTorch's own forward, and MemTorch's own per-device
+        #   programming of the controller (~1 min, ~1.5 GB)
 
 "cold" episodes use images the chip has not seen (the worst case); "cached" reruns an episode
 whose images (same ids) the same programmed chip has already seen.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,22 +55,24 @@ def run_episode(system, images: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def time_mode(name: str, plain: nn.Module, spec: HardwareSpec | None, episodes: int, gen: torch.Generator) -> dict:
+def time_mode(name: str, plain: nn.Module, spec: HardwareSpec | None, episodes: int, gen: torch.Generator,
+              read: str = "vectorised") -> dict:
     n_img = WAYS * (SHOTS + QUERIES)
     t0 = time.perf_counter()
-    system = DigitalSystem(plain) if spec is None else convert_system(plain, spec)
+    system = DigitalSystem(plain) if spec is None else convert_system(plain, spec, read=read)
     t_program = time.perf_counter() - t0
     times = []
-    for e in range(episodes):
+    for e in range(episodes + 1):  # episode 0 warms up (allocator, oneDNN kernels), not counted
         images = torch.randn(n_img, 1, 32, 32, generator=gen)
         ids = list(range(e * n_img, (e + 1) * n_img))
         t0 = time.perf_counter()
         run_episode(system, images, ids)
-        times.append(time.perf_counter() - t0)
+        if e:
+            times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     run_episode(system, images, ids)  # same images, same chip: features come from the cache
     t_cached = time.perf_counter() - t0
-    return {"mode": name, "program_s": t_program, "episode_s": sum(times) / len(times),
+    return {"mode": name, "program_s": t_program, "episode_s": statistics.median(times),
             "episode_min_s": min(times), "cached_episode_s": t_cached, "episodes": episodes}
 
 
@@ -95,8 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=3)
     ap.add_argument("--memtorch-programming", action="store_true",
                     help="also time MemTorch's own per-device programming of the whole controller")
+    ap.add_argument("--memtorch-forward", action="store_true",
+                    help="also time the whole system with MemTorch's own memtorch.mn forward (slow)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import_memtorch()  # import once, outside the timings
     plain = batmann_shaped_controller()
@@ -107,12 +116,15 @@ def main(argv=None) -> int:
         ("keys analog, ideal", HardwareSpec(analog="keys", preset="ideal")),
         ("keys analog, non-ideal + 6-bit ADC, 128x128 tiles",
          HardwareSpec(analog="keys", adc_bits=6, tile_shape=(128, 128), **nonideal)),
-        ("all analog, ideal (MemTorch forward)", HardwareSpec(analog="all", preset="ideal")),
-        ("all analog, non-ideal (MemTorch forward)", HardwareSpec(analog="all", **nonideal)),
-        ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles (vectorised read)",
+        ("all analog, ideal", HardwareSpec(analog="all", preset="ideal")),
+        ("all analog, non-ideal", HardwareSpec(analog="all", **nonideal)),
+        ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles",
          HardwareSpec(analog="all", adc_bits=8, dac_bits=8, tile_shape=(256, 256), **nonideal)),
     ]
     rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
+    if args.memtorch_forward:
+        rows.append(time_mode("all analog, non-ideal, MemTorch's memtorch.mn forward", plain,
+                              HardwareSpec(analog="all", **nonideal), args.episodes, gen, read="memtorch"))
     if args.memtorch_programming:
         spec = HardwareSpec(analog="all", programming="memtorch", **nonideal)
         t0 = time.perf_counter()
@@ -124,11 +136,13 @@ def main(argv=None) -> int:
     digital = rows[0]["episode_s"]
     print(f"# 20-way 5-shot episode = {WAYS * (SHOTS + QUERIES)} images; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'mode':<72} {'program s':>9} {'s/episode':>10} {'x digital':>9} {'cached s':>9}")
+    print("# s/episode: median over the episodes; min in brackets; cached: the same episode again")
+    print(f"{'mode':<72} {'program s':>9} {'s/episode':>10} {'(min)':>7} {'x digital':>9} {'cached s':>9}")
     for r in rows:
         ep = r["episode_s"]
         print(f"{r['mode']:<72} {r['program_s']:>9.3f} "
-              + (f"{ep:>10.3f} {ep / digital:>9.2f} {r['cached_episode_s']:>9.4f}" if ep is not None else f"{'-':>10} {'-':>9} {'-':>9}"))
+              + (f"{ep:>10.3f} {r['episode_min_s']:>7.3f} {ep / digital:>9.2f} {r['cached_episode_s']:>9.4f}"
+                 if ep is not None else f"{'-':>10} {'-':>7} {'-':>9} {'-':>9}"))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=1))
     return 0

@@ -167,6 +167,47 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
     return current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
 
 
+def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kernel_size: int,
+              stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The analog convolution of images ``x`` (B, C_in, H, W) -> (B, C_out, H', W'), weight units.
+
+    Same maths as :func:`read` on the unfolded patches (rows = C_in * k * k in (c, kh, kw) order,
+    one input full scale per image, zero padding at 0 V), computed as convolutions with the
+    conductance planes: a row tile is a range of (c, kh, kw) rows, i.e. a group of input channels
+    with the rows outside the tile masked to zero. Much faster than unfolding each image.
+    """
+    from torch.nn import functional as F
+
+    dac, adc, tiles = spec.dac_spec, spec.adc_spec, spec.tiles_spec
+    dtype = array.g.dtype
+    b, c_in = x.shape[:2]
+    kk = kernel_size * kernel_size
+    if array.rows != c_in * kk:
+        raise ValueError(f"array has {array.rows} rows, the input gives {c_in} x {kk}")
+    x = x.to(dtype)
+    flat, s = dac.encode(x.reshape(b, -1), x.reshape(b, -1).abs().amax(dim=1))
+    v = flat.reshape(x.shape)
+    window = array.g_on - array.g_off
+    gd = array.g_diff  # (R, C_out)
+    kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
+    if adc is None:
+        current = F.conv2d(v, kernel, stride=stride, padding=padding)
+    else:
+        current = None
+        slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
+        for rs in slices:
+            c0, c1 = rs.start // kk, (rs.stop - 1) // kk + 1
+            w = gd[c0 * kk:c1 * kk].clone()
+            w[: rs.start - c0 * kk] = 0  # rows of the first/last channel that are not in this tile
+            w[rs.stop - c0 * kk:] = 0
+            wt = w.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size)
+            part = F.conv2d(v[:, c0:c1], wt, stride=stride, padding=padding)
+            fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
+            part = adc.quantize(part, fs)
+            current = part if current is None else current + part
+    return current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
+
+
 def tile_count(spec: HardwareSpec, rows: int, cols: int) -> int:
     """Number of physical arrays (pairs of planes) a (rows x cols) matrix needs."""
     t = spec.tiles_spec

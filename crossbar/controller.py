@@ -11,19 +11,22 @@ conductance matrices of those crossbars are then the ones of :mod:`crossbar.cond
 - ``"fast"`` (default): while ``patch_model`` runs, MemTorch's ``init_crossbar`` is swapped for a
   function that returns MemTorch-compatible crossbars holding our conductance matrices, so
   MemTorch never builds its one-Python-object-per-device arrays. The result is the same
-  ``memtorch.mn`` modules with the same forward code, in well under a second for the whole
-  BATMANN controller (1.76 M weights, 3.5 M devices).
-- ``"memtorch"``: MemTorch builds every device object as usual (about 15 us and 0.4 KB per device
-  here; close to a minute and 1.5 GB for the controller), then the conductance matrices are
-  overwritten with ours. Same results; kept to cross-check the fast route.
+  ``memtorch.mn`` modules with the same forward code, in 0.1-2 s for the whole BATMANN
+  controller (1.76 M weights, 3.5 M devices; measured here on 2 shared cores).
+- ``"memtorch"``: MemTorch builds every device object as usual (about 15 us and 0.4 KB per device;
+  59 s and 1.2 GB for the controller, measured here), then the conductance matrices are
+  overwritten with ours (the device objects are left as they were). Identical features; kept to
+  cross-check the fast route.
 
-Reading. With a linear read (no ADC, no DAC bits) the layers use MemTorch's own forward
-(``forward_legacy(False)``: unfold + matmul with G+ - G-), whose output is scaled back to weight
-units exactly (``transform_output``; MemTorch's ``tune_()`` would fit a regression on random
-inputs instead). With an ADC or DAC bits the forward is replaced by the vectorised
-:func:`crossbar.conductance.read` (per-tile ADC with a fixed full scale), because MemTorch's ADC
-(``quantize(..., 'linear')``) picks its range from each tensor it is given, so an image's
-features would depend on its batch.
+Reading. By default (``read="vectorised"``) each patched module's forward is replaced by the
+vectorised read of :mod:`crossbar.conductance` on the module's programmed arrays (for a conv layer:
+convolutions with the G+ - G- planes, one per row tile, each through the ADC), scaled back to
+weight units exactly. MemTorch's own forward (``read="memtorch"``: ``forward_legacy(False)``,
+unfolding each image separately, then a matmul with G+ - G-; output scaled back through
+``transform_output`` instead of ``tune_()``'s regression on random inputs) gives the same
+features within float rounding (tested) but is about 20x slower than digital for the 128->128
+5x5 conv here, and cannot model a fixed-range ADC: its ``quantize(..., 'linear')`` picks its
+range from each tensor it is given, so an image's features would depend on its batch.
 
 Every result is per image (inputs are scaled per image), so features can be cached by image id:
 :class:`AnalogController` never pushes the same image through the same programmed chip twice.
@@ -39,7 +42,6 @@ from typing import Hashable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from crossbar import conductance
 from crossbar.memtorch_compat import import_memtorch
@@ -151,19 +153,8 @@ def _vectorised_forward(spec: HardwareSpec, array: conductance.ProgrammedArray):
         y = y.reshape(*x.shape[:-1], -1)
         return y + self.bias if self.bias is not None else y
 
-    def conv_forward(self, x, chunk: int = 8):
-        b, _, h, w = x.shape
-        k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        ho, wo = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
-        outs = []
-        for i in range(0, b, chunk):
-            xb = x[i:i + chunk]
-            cols = F.unfold(xb, k, padding=p, stride=st)  # (b, R, L)
-            bb, r, l = cols.shape
-            scale = xb.reshape(bb, -1).abs().amax(dim=1).repeat_interleave(l)  # one full scale per image
-            y = conductance.read(spec, array, cols.transpose(1, 2).reshape(bb * l, r), row_scale=scale)
-            outs.append(y.float().reshape(bb, l, -1).transpose(1, 2).reshape(bb, -1, ho, wo))
-        y = torch.cat(outs)
+    def conv_forward(self, x):
+        y = conductance.read_conv(spec, array, x, self.kernel_size[0], self.stride[0], self.padding[0]).float()
         return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
 
     return linear_forward, conv_forward
@@ -225,15 +216,15 @@ class AnalogController:
         return rows
 
 
-def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "auto") -> AnalogController:
+def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "vectorised") -> AnalogController:
     """The controller as ``spec`` says: digital (``analog="keys"``) or patched onto crossbars.
 
-    ``read``: ``"auto"`` (MemTorch's forward for a linear read, the vectorised read with an ADC or
-    DAC bits), ``"memtorch"`` (always MemTorch's forward; refused with an ADC / DAC bits) or
-    ``"vectorised"`` (always ours). Seeds Python, NumPy and torch with ``spec.seed``.
+    ``read``: ``"vectorised"`` (default; the fast read of :mod:`crossbar.conductance`) or
+    ``"memtorch"`` (MemTorch's own ``memtorch.mn`` forward; only for a linear read, i.e. without
+    ADC or DAC bits). Seeds Python, NumPy and torch with ``spec.seed`` (MemTorch draws from them).
     """
-    if read not in ("auto", "memtorch", "vectorised"):
-        raise ValueError(f"read must be auto, memtorch or vectorised, got {read!r}")
+    if read not in ("memtorch", "vectorised"):
+        raise ValueError(f"read must be 'vectorised' or 'memtorch', got {read!r}")
     model = copy.deepcopy(plain_controller).cpu().float().eval()
     if not spec.controller_analog:
         return AnalogController(model, spec, analog=False)
@@ -249,6 +240,9 @@ def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "auto")
     dev = spec.device
     model_cls = getattr(memtorch.bh.memristor, dev.memtorch_model)
     names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    # MemTorch builds its modules with bias=True and copies the bias only when there is one, so
+    # a bias-free layer would get a random bias: remember which layers have none (zeroed below).
+    no_bias = {n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear) and m.bias is None}
     names_by_ptr = {m.weight.data_ptr(): n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
     programmer = _Programmer(spec, names_by_ptr)
     kwargs = dict(memristor_model=model_cls, memristor_model_params=dict(dev.memtorch_params),
@@ -266,7 +260,7 @@ def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "auto")
     if len(patched) != len(names):
         raise HardwareSpecError(f"MemTorch patched {len(patched)} of {len(names)} weight layers")
     arrays: dict[str, conductance.ProgrammedArray] = {}
-    use_ours = read == "vectorised" or (read == "auto" and not spec.linear_read)
+    use_ours = read == "vectorised"
     for name, m in patched:
         if spec.programming == "fast":
             array = m.crossbars[0].array
@@ -276,6 +270,8 @@ def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "auto")
                 cb.conductance_matrix = array.g[plane].float().contiguous()
                 cb.max_abs_conductance = cb.conductance_matrix.abs().max()
         arrays[name] = array
+        if name in no_bias and m.bias is not None:
+            m.bias.data.zero_()
         is_conv = isinstance(m, memtorch.mn.Conv2d)
         m.transform_output = _scale_back(array, is_conv)
         if use_ours:

@@ -54,6 +54,9 @@ class InMemorySystem:
         return self.spec.describe()
 
 
-def convert_system(plain_controller: nn.Module, spec: HardwareSpec) -> InMemorySystem:
-    """Build the in-memory system for ``spec`` from the exported plain controller."""
-    return InMemorySystem(convert(plain_controller, spec), spec)
+def convert_system(plain_controller: nn.Module, spec: HardwareSpec, read: str = "vectorised") -> InMemorySystem:
+    """Build the in-memory system for ``spec`` from the exported plain controller.
+
+    ``read`` is passed to :func:`crossbar.convert` (``"vectorised"`` or ``"memtorch"``).
+    """
+    return InMemorySystem(convert(plain_controller, spec, read=read), spec)

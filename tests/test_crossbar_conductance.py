@@ -14,6 +14,16 @@ from device_models import DeviceVariability, PRESETS
 R, K = 256, 96  # rows x columns of the test arrays
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
+    process holds a core (100x here), so these tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def real(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
@@ -165,3 +175,25 @@ def test_same_seed_same_chip_other_seed_other_chip():
     c = build(HardwareSpec(seed=2, **kw), w)
     assert torch.equal(a.g, b.g)
     assert not torch.equal(a.g, c.g)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(adc_bits=5, tile_shape=(20, 4), dac_bits=5, variability=0.1),
+                                dict(adc_bits=3), dict(adc_bits=6, tile_shape=(9, 9), stuck_lrs=0.05)])
+@pytest.mark.parametrize("padding,stride", [(0, 1), (1, 1), (1, 2)])
+def test_conv_read_equals_the_read_of_unfolded_patches(kw, padding, stride):
+    from torch.nn import functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 6, 10, 10, generator=g), torch.randn(7, 6, 3, 3, generator=g)
+    spec = HardwareSpec(**kw)
+    arr = C.program(spec, C.sample_planes(spec, 54, 7, spec.generator("c"), torch.float32), w.reshape(7, -1).T)
+    y = C.read_conv(spec, arr, x, 3, stride, padding)
+    cols = F.unfold(x, 3, padding=padding, stride=stride)  # (B, R, L): tile rows 20 split channels
+    b, r, l = cols.shape
+    scale = x.reshape(b, -1).abs().amax(1).repeat_interleave(l)
+    ref = C.read(spec, arr, cols.transpose(1, 2).reshape(b * l, r), row_scale=scale)
+    ref = ref.reshape(b, l, -1).transpose(1, 2).reshape(y.shape)
+    if spec.adc_spec is None:
+        assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    else:  # summation order may move a value across an ADC threshold, very rarely
+        assert (y != ref).float().mean().item() < 0.01

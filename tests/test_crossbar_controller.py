@@ -17,6 +17,16 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
+    process holds a core (100x here), so these tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Sign(nn.Module):  # stands in for batmann's SignActivation (an unpatched module in between)
     def forward(self, x):
         return torch.where(x >= 0, 1.0, -1.0)
@@ -167,3 +177,20 @@ def test_unsupported_layers_are_refused():
         convert(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), HardwareSpec(analog="all"))
     with pytest.raises(HardwareSpecError):
         convert(nn.Sequential(nn.ReLU()), HardwareSpec(analog="all"))
+
+
+def test_bias_free_layers_stay_bias_free_on_ideal_crossbars():
+    """MemTorch's patch_model gives a bias-free layer a random bias (it builds its modules with
+    bias=True and copies only existing biases); convert must undo that, so the ideal device
+    reproduces a bias-free controller exactly."""
+    from crossbar import HardwareSpec, convert
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 12 * 12, 16, bias=False)).eval()
+    x = torch.randn(3, 1, 16, 16)
+    analog = convert(plain, HardwareSpec(analog="controller", preset="ideal"))
+    with torch.no_grad():
+        ref = plain(x)
+    out = analog.features(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

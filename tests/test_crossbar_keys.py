@@ -13,6 +13,16 @@ from device_models import HardwareSpecError
 WAYS, SHOTS, QUERIES, DIM = 20, 5, 5, 512
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
+    process holds a core (100x here), so these tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def episode(gen: torch.Generator, flip_support=0.3, flip_query=0.42):
     """Synthetic 20-way 5-shot episode of bipolar features: class prototype + random flips."""
     proto = torch.randint(0, 2, (WAYS, DIM), generator=gen).float() * 2 - 1
@@ -133,7 +143,8 @@ def test_reprogramming_an_episode_is_fast():
         chip.program(keys)
         chip.similarities(q)
     per_episode = (time.perf_counter() - t0) / 10
-    assert per_episode < 0.25, f"{per_episode:.3f} s per episode"
+    # ~3 ms here; MemTorch's device objects would take ~1.5 s (2 x 51,200 devices x ~15 us)
+    assert per_episode < 0.5, f"{per_episode:.3f} s per episode"
 
 
 def test_bad_shapes_are_refused():

@@ -63,7 +63,8 @@ def test_resume_survives_sigkill(tmp_path, omniglot_cache):
         "    orig(*a, **k); n[0] += 1\n"
         "    if n[0] == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
         "T.save_train_state = save\n"
-        "from tests.test_train import tiny_config\n"
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from test_train import tiny_config\n"
         f"T.train(tiny_config(), {str(run)!r}, progress=False)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],

@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batmann.cli.train_cmd",
     "batmann.cli.evaluate_cmd",
     "batmann.cli.classify_cmd",
+    "batmann.cli.crossbar_cmd",
+    "batmann.cli.demo_cmd",
 )
 
 

@@ -1,0 +1,80 @@
+"""``batmann crossbar evaluate | presets``: digital versus RRAM-crossbar few-shot accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _tile(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile shape {text!r} is not ROWSxCOLS, e.g. 128x128") from None
+    return r, c
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from batmann.cli import OneLineParser
+
+    p = sub.add_parser("crossbar", help="evaluate a checkpoint on simulated RRAM crossbars",
+                       description="Put a trained controller and/or its key memory on simulated RRAM crossbars "
+                                   "(MemTorch) and compare with the digital system on the same episodes.")
+    cs = p.add_subparsers(dest="crossbar_command", metavar="ACTION", parser_class=OneLineParser)
+    cs.required = True
+    e = cs.add_parser("evaluate", help="digital vs crossbar accuracy on the same episodes")
+    e.add_argument("--checkpoint", default="20w5s-binary",
+                   help="a shipped name, a .safetensors file or a run folder (default 20w5s-binary)")
+    e.add_argument("--preset", default="ideal", help="device preset (see `batmann crossbar presets`; default ideal)")
+    e.add_argument("--analog", choices=("keys", "controller", "all"), default="keys",
+                   help="which parts run on crossbars (default keys)")
+    e.add_argument("--variability", type=float, default=0.0, help="device-to-device relative sigma (default 0)")
+    e.add_argument("--states", type=int, default=None, help="finite conductance levels (default continuous)")
+    e.add_argument("--stuck-lrs", type=float, default=0.0, help="fraction of devices stuck at LRS (default 0)")
+    e.add_argument("--stuck-hrs", type=float, default=0.0, help="fraction of devices stuck at HRS (default 0)")
+    e.add_argument("--adc-bits", type=int, default=None, help="ADC resolution in bits (default: no ADC)")
+    e.add_argument("--tile", type=_tile, default=None, metavar="RxC", help="tile shape, e.g. 128x128 (default: one array)")
+    e.add_argument("--episodes", type=int, default=200, help="episodes (default 200)")
+    e.add_argument("--ways", type=int, default=None, help="m (default: the checkpoint's)")
+    e.add_argument("--shots", type=int, default=None, help="n (default: the checkpoint's)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the chip (default 0)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=run_evaluate)
+    pr = cs.add_parser("presets", help="list the RRAM device presets")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=run_presets)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from batmann.checkpoint import load_checkpoint
+    from batmann.hardware import compare, format_comparison, hardware_spec
+
+    spec = hardware_spec(analog=args.analog, preset=args.preset, variability=args.variability,
+                         states=args.states, stuck_lrs=args.stuck_lrs, stuck_hrs=args.stuck_hrs,
+                         adc_bits=args.adc_bits, tile_shape=args.tile, seed=args.seed)
+    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    opts = ckpt.config.episodes
+    overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots)) if v is not None}
+    result = compare(ckpt, spec, episodes=args.episodes, seed=args.seed,
+                     episode_options=replace(opts, **overrides), progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_comparison(result, ckpt.path.stem))
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from device_models import PRESETS
+
+    rows = [{"name": p.name, "r_on_ohm": p.r_on, "r_off_ohm": p.r_off, "memtorch_model": p.memtorch_model,
+             "source": p.source} for p in PRESETS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<18} r_on {r['r_on_ohm']:>9.0f} ohm  r_off {r['r_off_ohm']:>9.0f} ohm  "
+                  f"{r['memtorch_model']:<16} {r['source']}")
+    return 0

@@ -1,0 +1,198 @@
+"""Digital versus in-memory (RRAM crossbar) evaluation of a BATMANN checkpoint.
+
+Both systems see the very same episodes. The in-memory system comes from
+:func:`crossbar.convert_system` on the controller's exported plain layers
+(:func:`batmann.models.export_plain`); keys and queries are quantised exactly as digitally
+(the key mode of the checkpoint), and the crossbar's dot products are put on the digital
+similarity's scale (bipolar ``q.k/d``, binary ``1/2 + q.k/(2d)``, real: cosine).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from batmann.checkpoint import Checkpoint, load_checkpoint
+from batmann.config import EpisodeOptions
+from batmann.errors import ConfigError
+from batmann.evaluate import DigitalSystem, mean_ci95, score_episode
+from batmann.memory import quantize_keys
+
+
+class CrossbarSystem:
+    """A :class:`crossbar.InMemorySystem` behind the evaluator's ``System`` interface."""
+
+    def __init__(self, system, keys: str, digital_features: DigitalSystem | None = None) -> None:
+        self.system = system
+        self.keys_mode = keys
+        self.digital_features = digital_features
+        self._key_norms: torch.Tensor | None = None
+
+    def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.digital_features is not None:  # digital controller: share its (cached) features
+            return self.digital_features.features(images, ids).cpu()
+        return self.system.features(images, None if ids is None else ids.tolist())
+
+    def write(self, keys: torch.Tensor) -> None:
+        k = quantize_keys(keys.float().cpu(), self.keys_mode)
+        self._key_norms = k.norm(dim=1).clamp_min(1e-12)
+        self.system.write_keys(k)
+
+    def similarities(self, queries: torch.Tensor) -> torch.Tensor:
+        q = quantize_keys(queries.float().cpu(), self.keys_mode)
+        dots = self.system.similarities(q)
+        d = q.shape[1]
+        if self.keys_mode == "bipolar":
+            return dots / d
+        if self.keys_mode == "binary":
+            return 0.5 + dots / (2 * d)
+        return dots / (q.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._key_norms[None, :])
+
+
+@dataclass
+class Comparison:
+    """Digital and crossbar accuracy on the same episodes, and how closely they agree."""
+
+    digital_accuracy_pct: float
+    digital_ci95_pct: float
+    crossbar_accuracy_pct: float
+    crossbar_ci95_pct: float
+    top1_agreement: float
+    score_correlation: float
+    episodes: int
+    seconds_digital: float
+    seconds_crossbar: float
+    hardware: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digital": {"accuracy_pct": self.digital_accuracy_pct, "ci95_pct": self.digital_ci95_pct},
+            "crossbar": {"accuracy_pct": self.crossbar_accuracy_pct, "ci95_pct": self.crossbar_ci95_pct},
+            "difference_pp": self.crossbar_accuracy_pct - self.digital_accuracy_pct,
+            "top1_agreement": self.top1_agreement,
+            "score_correlation": self.score_correlation,
+            "episodes": self.episodes,
+            "seconds": {"digital": self.seconds_digital, "crossbar": self.seconds_crossbar},
+            "hardware": self.hardware,
+        }
+
+
+class _Pearson:
+    """Streaming Pearson correlation of two equally long sequences of numbers."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = x.double().flatten(), y.double().flatten()
+        self.n += x.numel()
+        self.sx += x.sum().item()
+        self.sy += y.sum().item()
+        self.sxx += (x * x).sum().item()
+        self.syy += (y * y).sum().item()
+        self.sxy += (x * y).sum().item()
+
+    def value(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        cov = self.sxy - self.sx * self.sy / self.n
+        vx = self.sxx - self.sx ** 2 / self.n
+        vy = self.syy - self.sy ** 2 / self.n
+        if vx <= 0 or vy <= 0:
+            return 1.0 if vx <= 0 and vy <= 0 else float("nan")
+        return cov / math.sqrt(vx * vy)
+
+
+def hardware_spec(analog: str = "keys", preset: str = "ideal", variability: float | None = None,
+                  states: int | None = None, stuck_lrs: float | None = None, stuck_hrs: float | None = None,
+                  adc_bits: int | None = None, tile_shape: tuple[int, int] | None = None, seed: int = 0):
+    """A validated :class:`crossbar.HardwareSpec` (one-line error on bad values)."""
+    from crossbar import HardwareSpec
+
+    return HardwareSpec(analog=analog, preset=preset, variability=variability or None, states=states,
+                        stuck_lrs=stuck_lrs or None, stuck_hrs=stuck_hrs or None, adc_bits=adc_bits,
+                        tile_shape=tile_shape, seed=seed)
+
+
+def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int = 0,
+            episode_options: EpisodeOptions | None = None, progress: bool = False, cache=None) -> Comparison:
+    """Evaluate ``checkpoint`` digitally and on the crossbars of ``spec``, same episodes.
+
+    ``seed`` draws the episodes; ``spec.seed`` draws the chip (variability, faults).
+    """
+    from tqdm import tqdm
+
+    from batmann.models import export_plain
+    from batmann.tasks import make_sampler
+    from crossbar import convert_system
+
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1 (got {episodes})")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    opts = (episode_options or ckpt.config.episodes).validate()
+    if cache is None:
+        from batmann.data import load_image_cache
+
+        cache = load_image_cache(ckpt.config.model.image_size)
+    keys = ckpt.config.keys
+    model = ckpt.model.cpu().eval()
+    digital = DigitalSystem(model, keys=keys)
+    t0 = time.perf_counter()
+    # keys-only: the controller is digital, so both systems use the very same features
+    analog = CrossbarSystem(convert_system(export_plain(model), spec), keys,
+                            digital_features=None if spec.controller_analog else digital)
+    t_crossbar = time.perf_counter() - t0
+    t_digital = 0.0
+    sampler = make_sampler(cache, opts, "test", seed)
+    acc_d, acc_a, agree, total = [], [], 0, 0
+    corr = _Pearson()
+    bar = tqdm(range(episodes), desc="digital vs crossbar", disable=not progress, leave=False, dynamic_ncols=True)
+    for i in bar:
+        ep = sampler.sample(index=i)
+        t0 = time.perf_counter()
+        rd = score_episode(digital, ep)
+        t1 = time.perf_counter()
+        ra = score_episode(analog, ep)
+        t2 = time.perf_counter()
+        t_digital += t1 - t0
+        t_crossbar += t2 - t1
+        acc_d.append(rd.accuracy)
+        acc_a.append(ra.accuracy)
+        agree += int((rd.predictions == ra.predictions).sum())
+        total += rd.predictions.numel()
+        corr.add(rd.similarities, ra.similarities)
+        if progress:
+            bar.set_postfix(digital=f"{100 * sum(acc_d) / len(acc_d):.2f}%",
+                            crossbar=f"{100 * sum(acc_a) / len(acc_a):.2f}%")
+    md, cd = mean_ci95(acc_d)
+    ma, ca = mean_ci95(acc_a)
+    return Comparison(digital_accuracy_pct=md, digital_ci95_pct=cd, crossbar_accuracy_pct=ma,
+                      crossbar_ci95_pct=ca, top1_agreement=agree / max(total, 1),
+                      score_correlation=corr.value(), episodes=episodes, seconds_digital=t_digital,
+                      seconds_crossbar=t_crossbar,
+                      hardware={**spec.describe(), "keys": keys, "ways": opts.class_num,
+                                "shots": opts.num_shot, "episode_seed": seed})
+
+
+def format_comparison(c: Comparison, name: str = "") -> str:
+    """A small text table of a :class:`Comparison`."""
+    h = c.hardware
+    lines = [
+        f"{name} {h.get('ways')}-way {h.get('shots')}-shot, {h.get('keys')} keys, {c.episodes} episodes".strip(),
+        f"{'system':<10} {'accuracy (%)':>14}  {'95% CI':>7}",
+        f"{'digital':<10} {c.digital_accuracy_pct:>14.2f}  {c.digital_ci95_pct:>7.2f}",
+        f"{'crossbar':<10} {c.crossbar_accuracy_pct:>14.2f}  {c.crossbar_ci95_pct:>7.2f}",
+        f"difference {c.crossbar_accuracy_pct - c.digital_accuracy_pct:+.2f} pp, top-1 agreement "
+        f"{100 * c.top1_agreement:.2f} %, score correlation {c.score_correlation:.4f}",
+    ]
+    return "\n".join(lines)
+
+
+def comparison_row(c: Comparison) -> dict[str, Any]:
+    """One tidy-table row: every hardware parameter plus the results."""
+    return {**c.hardware, **{k: v for k, v in asdict(c).items() if k != "hardware"}}
