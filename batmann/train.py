@@ -59,7 +59,7 @@ def _logger(run_dir: Path) -> logging.Logger:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    if config.precision == "bf16":
+    if config.effective_precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
@@ -69,7 +69,7 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
     """Forward one episode (supports and queries in one batch); returns (loss, accuracy)."""
     n_s = episode.support.shape[0]
     images = torch.cat([episode.support, episode.query])
-    if config.precision == "bf16":
+    if config.effective_precision == "bf16":
         images = images.contiguous(memory_format=torch.channels_last)
     with _autocast(config, device):
         feats = model(images)
@@ -88,7 +88,7 @@ def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.d
     the support pool, queries from the validation pool, inference key mode as at test time."""
     sampler = make_sampler(cache, config.episodes, "train", config.seed + VAL_SEED_OFFSET, device)
     system = DigitalSystem(model, keys=config.keys, cache_features=False,
-                           autocast=config.precision == "bf16")
+                           autocast=config.effective_precision == "bf16")
     was_training = model.training
     try:
         return evaluate_system(system, sampler, config.val_episode, use_val=True, desc="validate")
@@ -149,7 +149,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     sampler = make_sampler(cache, config.episodes, "train", config.seed, device)
 
     model = build_model(config).to(device)
-    if config.precision == "bf16":
+    if config.effective_precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
@@ -222,8 +222,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
         result = test(best.model, config, cache, device, config.test_episode, progress=progress)
         log.info("test (best weights) %.2f%% +- %.2f over %d episodes", result.accuracy_pct,
                  result.ci95_pct, result.episodes)
-        atomic_write_json(run_dir / "best.eval.json", {**result.to_dict(), "keys": config.keys,
-                                                        "split": config.episodes.split,
-                                                        "command": " ".join(sys.argv)})
+        from batmann.api import save_eval_result
+
+        opts = config.episodes
+        save_eval_result(best_path, result, {"ways": opts.class_num, "shots": opts.num_shot,
+                                             "queries": opts.batch_size_test, "split": opts.split,
+                                             "keys": config.keys, "episodes": config.test_episode,
+                                             "seed": config.seed + TEST_SEED_OFFSET},
+                         command or "batmann.train.train(...)")
     return TrainResult(run_dir=run_dir, episodes_done=episode, best_val_pct=best_val, test=result,
                        seconds=seconds)

@@ -36,3 +36,36 @@ def omniglot_cache():
 def omniglot_home(omniglot_cache) -> Path:
     """``$BATMANN_HOME`` holding the fetched Omniglot and its 32x32 cache."""
     return Path(os.environ["BATMANN_HOME"])
+
+
+@pytest.fixture(scope="session")
+def trained_run(omniglot_cache, tmp_path_factory):
+    """A small fp controller trained for 60 5-way 1-shot episodes (about 15 s), shared by tests.
+
+    Returns ``(TrainResult, losses)``: the run (folder with best.safetensors, tested on 100
+    episodes) and the training loss of every episode.
+    """
+    import batmann.train as T
+    from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
+
+    cfg = TrainConfig(
+        model=ModelConfig(controller="fp", feature_dim=128),
+        episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_train=4, pool_val_train=2,
+                                batch_size_train=4, val_num_train=2, pool_query_test=4, batch_size_test=2),
+        train_episode=60, log_interval=10, val_episode=0, val_interval=60, test_episode=100,
+        checkpoint_interval=60, learning_rate=1e-3, precision="fp32", seed=3, device="cpu",
+    )
+    losses: list[float] = []
+    orig = T.train_step
+
+    def spy(*a, **k):
+        loss, acc = orig(*a, **k)
+        losses.append(loss.item())
+        return loss, acc
+
+    T.train_step = spy
+    try:
+        result = T.train(cfg, tmp_path_factory.mktemp("trained_run"), progress=False, cache=omniglot_cache)
+    finally:
+        T.train_step = orig
+    return result, losses

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,31 +89,16 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
         train(tiny_config(learning_rate=5e-4), tmp_path, resume=True, progress=False, cache=omniglot_cache)
 
 
-def test_short_training_learns(tmp_path, omniglot_cache):
+def test_short_training_learns(trained_run):
     """5-way 1-shot, 60 episodes: the loss falls and held-out accuracy is well above chance."""
-    cfg = tiny_config(feature_dim=128, train_episode=60, val_episode=0, test_episode=100, log_interval=10,
-                      checkpoint_interval=60)
-    cfg.episodes.batch_size_train = 4
-    losses: list[float] = []
-    import batmann.train as T
-
-    orig = T.train_step
-
-    def spy(*a, **k):
-        loss, acc = orig(*a, **k)
-        losses.append(loss.item())
-        return loss, acc
-
-    T.train_step = spy
-    try:
-        res = train(cfg, tmp_path, progress=False, cache=omniglot_cache)
-    finally:
-        T.train_step = orig
+    res, losses = trained_run
+    assert len(losses) == 60
     assert np.mean(losses[-15:]) < np.mean(losses[:15])
     assert res.test is not None and res.test.episodes == 100
     # chance is 20 %; the CI is a few points wide
     assert res.test.accuracy_pct - res.test.ci95_pct > 35.0, res.test
-    assert json.loads((tmp_path / "best.eval.json").read_text())["episodes"] == 100
+    saved = json.loads((res.run_dir / "best.eval.json").read_text())["results"]
+    assert [r["episodes"] for r in saved if r["settings"]["episodes"] == 100] == [100]
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -195,26 +182,23 @@ def _write_png(path: Path, arr: np.ndarray, mode: str = "L") -> None:
     img.save(path)
 
 
-def test_classify_tiny_folder(tmp_path, omniglot_cache):
+def test_classify_tiny_folder(tmp_path, omniglot_cache, trained_run):
     """Two Omniglot characters as the support set; their other drawings are the queries."""
-    from batmann.checkpoint import build_model
     from batmann.classify import classify_folders
 
-    cfg = tiny_config(train_episode=40, val_episode=0, test_episode=0, checkpoint_interval=40, feature_dim=128)
-    res = train(cfg, tmp_path / "run", progress=False, cache=omniglot_cache)
-    imgs, chars = omniglot_cache.images, omniglot_cache.char_index
-    picks = {}
-    for name, ch in (("alpha", 1000), ("beta", 1300)):
-        idx = np.flatnonzero(chars == ch)
-        picks[name] = idx
-        for j in idx[:3]:  # three shots, written large and in RGB (any size or mode is fine)
-            big = np.array(Image.fromarray(imgs[j]).resize((105, 105)))
-            _write_png(tmp_path / "support" / name / f"{j}.png", big, mode="RGB")
+    res = trained_run[0]
+    home = Path(os.environ["BATMANN_HOME"]) / "omniglot" / "images_background"
+    alphabet = sorted(p for p in home.iterdir() if p.is_dir())[0]
     truth = {}
-    for name, idx in picks.items():
-        for j in idx[3:8]:
-            _write_png(tmp_path / "query" / f"{name}_{j}.png", imgs[j])
-            truth[f"{name}_{j}.png"] = name
+    for name in ("character01", "character02"):  # the original 105x105 1-bit PNGs
+        files = sorted((alphabet / name).glob("*.png"))
+        for f in files[:3]:  # three shots, converted to RGB (any size or mode is fine)
+            (tmp_path / "support" / name).mkdir(parents=True, exist_ok=True)
+            Image.open(f).convert("RGB").save(tmp_path / "support" / name / f.name)
+        for f in files[3:8]:
+            (tmp_path / "query").mkdir(exist_ok=True)
+            shutil.copy(f, tmp_path / "query" / f.name)
+            truth[f.name] = name
     preds = classify_folders(res.run_dir, tmp_path / "support", tmp_path / "query", device="cpu")
     assert set(preds) == set(truth)
     correct = sum(preds[k] == v for k, v in truth.items())

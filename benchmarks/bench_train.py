@@ -1,0 +1,102 @@
+"""Training and test throughput (episodes per second), fp32 versus bf16, on this machine.
+
+For 20-way 5-shot and 100-way 5-shot (5 queries per class), each controller kind and precision:
+training episodes/s (forward + backward + Adam step, supports and queries in one batch) and
+test episodes/s, the latter both plain (every image through the controller) and with the
+feature cache that `batmann evaluate` uses (an image seen in an earlier episode, under the same
+rotation, is not recomputed; the cache warms up over the first few hundred episodes, so the
+cached figure is measured over a stretch of `--cached-episodes` after `--cached-warmup`).
+
+Reference (issue 3): the seed's own code made CPU-only ran 0.71 training and 1.5 test
+episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
+
+    .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from batmann.checkpoint import build_model
+from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
+from batmann.data import load_image_cache
+from batmann.evaluate import DigitalSystem, score_episode
+from batmann.tasks import make_sampler
+from batmann.train import train_step
+
+SEED_TRAIN_EPS, SEED_TEST_EPS = 0.71, 1.5
+
+
+def task(tag: str) -> EpisodeOptions:
+    ways, shots = tag.rstrip("s").split("w")
+    return EpisodeOptions(class_num=int(ways), num_shot=int(shots), batch_size_train=5, pool_query_train=10,
+                          pool_val_train=5, val_num_train=3, pool_query_test=15, batch_size_test=5)
+
+
+def train_rate(cfg: TrainConfig, cache, steps: int) -> float:
+    model = build_model(cfg)
+    if cfg.effective_precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    sampler = make_sampler(cache, cfg.episodes, "train", 0)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        model.begin_episode(i, 10000)
+        loss, _ = train_step(model, sampler.sample(index=i), cfg.sim_cal, cfg, torch.device("cpu"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
+
+
+def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int = 0) -> float:
+    model = build_model(cfg).eval()
+    system = DigitalSystem(model, keys="bipolar", cache_features=cached,
+                           autocast=cfg.effective_precision == "bf16")
+    sampler = make_sampler(cache, cfg.episodes, "test", 0)
+    for i in range(warmup):
+        score_episode(system, sampler.sample(index=i))
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + episodes):
+        score_episode(system, sampler.sample(index=i))
+    return episodes / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="20w5s,100w5s")
+    ap.add_argument("--controllers", default="fp,xnor")
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
+    ap.add_argument("--test-episodes", type=int, default=4)
+    ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
+    ap.add_argument("--cached-warmup", type=int, default=300, help="episodes that warm the feature cache")
+    ap.add_argument("--cached-episodes", type=int, default=100)
+    args = ap.parse_args()
+    cache = load_image_cache(32)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| task | controller | precision | train ep/s | x seed | test ep/s | x seed | test ep/s, feature cache | x seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for tag in args.tasks.split(","):
+        for kind in args.controllers.split(","):
+            for prec in ("fp32", "bf16"):
+                cfg = TrainConfig(model=ModelConfig(controller=kind), episodes=task(tag), precision=prec, device="cpu")
+                steps = args.steps if tag.startswith("20") else max(2, args.steps // 2)
+                tr = train_rate(cfg, cache, steps)
+                te = test_rate(cfg, cache, args.test_episodes, cached=False)
+                tc = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup) \
+                    if args.cached else float("nan")
+                ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
+                r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
+                print(f"| {tag} | {kind} | {prec} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | {te:.2f} | "
+                      f"{r(te, SEED_TEST_EPS)} | {tc:.1f} | {r(tc, SEED_TEST_EPS)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
