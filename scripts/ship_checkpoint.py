@@ -1,0 +1,56 @@
+"""Copy a run's best weights into the package as a shipped checkpoint (``batmann/checkpoints``).
+
+Floating tensors are stored as fp16 when that changes nothing measurable: the fp16 and fp32
+weights are evaluated on the same test episodes and fp16 is kept only if every prediction is
+the same (else fp32 is shipped). The measurement goes into the checkpoint's provenance.
+
+    .venv/bin/python scripts/ship_checkpoint.py runs/20w5s-binary 20w5s-binary [--check-episodes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from batmann.checkpoint import SHIPPED_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
+from batmann.data import load_image_cache
+from batmann.evaluate import DigitalSystem, score_episode
+from batmann.tasks import make_sampler
+
+
+def predictions(model, config, cache, episodes: int) -> torch.Tensor:
+    sampler = make_sampler(cache, config.episodes, "test", seed=12345)
+    system = DigitalSystem(model, keys=config.keys)
+    return torch.cat([score_episode(system, sampler.sample(index=i)).predictions for i in range(episodes)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="run folder or .safetensors file")
+    ap.add_argument("name", help="short name, e.g. 20w5s-binary")
+    ap.add_argument("--check-episodes", type=int, default=100)
+    args = ap.parse_args()
+    src = load_checkpoint(args.run)
+    cache = load_image_cache(src.config.model.image_size)
+    dest = SHIPPED_DIR / f"{args.name}.safetensors"
+    provenance = dict(src.provenance, shipped_from=str(resolve_checkpoint(args.run)))
+    save_checkpoint(dest, src.model, src.config, provenance, half=True)
+    half = load_checkpoint(dest)
+    ref = predictions(src.model, src.config, cache, args.check_episodes)
+    got = predictions(half.model, half.config, cache, args.check_episodes)
+    same = float((ref == got).float().mean())
+    if same == 1.0:
+        provenance["stored_as"] = f"fp16 (fp32 and fp16 predictions identical on {args.check_episodes} test episodes)"
+        save_checkpoint(dest, src.model, src.config, provenance, half=True)
+    else:
+        provenance["stored_as"] = (f"fp32 (fp16 changed {100 * (1 - same):.3f} % of the predictions on "
+                                   f"{args.check_episodes} test episodes)")
+        save_checkpoint(dest, src.model, src.config, provenance, half=False)
+    print(f"{dest}: {dest.stat().st_size / 1e6:.2f} MB, {provenance['stored_as']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
