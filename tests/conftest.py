@@ -69,3 +69,15 @@ def trained_run(omniglot_cache, tmp_path_factory):
     finally:
         T.train_step = orig
     return result, losses
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded: small tensor ops on 2 shared cores stall badly with torch's
+    2 OpenMP threads whenever another process holds a core (100x seen here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

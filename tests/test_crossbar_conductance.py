@@ -13,15 +13,7 @@ from device_models import DeviceVariability, PRESETS
 
 R, K = 256, 96  # rows x columns of the test arrays
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
-    process holds a core (100x here), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def real(*shape, seed=0):

@@ -12,19 +12,10 @@ from crossbar.memtorch_compat import memtorch_available
 from device_models import HardwareSpecError
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.memtorch,
     pytest.mark.skipif(not memtorch_available(), reason="MemTorch is not installed"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
-    process holds a core (100x here), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Sign(nn.Module):  # stands in for batmann's SignActivation (an unpatched module in between)

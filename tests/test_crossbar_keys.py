@@ -12,15 +12,7 @@ from device_models import HardwareSpecError
 
 WAYS, SHOTS, QUERIES, DIM = 20, 5, 5, 512
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
-    process holds a core (100x here), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def episode(gen: torch.Generator, flip_support=0.3, flip_query=0.42):

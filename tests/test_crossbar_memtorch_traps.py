@@ -20,22 +20,13 @@ from crossbar.memtorch_compat import import_memtorch, memtorch_available
 from device_models import program_fraction
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.memtorch,
     pytest.mark.skipif(not memtorch_available(), reason="MemTorch is not installed"),
 ]
 
 R_ON, R_OFF = 1e4, 1e5
 PARAMS = {"time_series_resolution": 1e-10, "r_on": R_ON, "r_off": R_OFF}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops on 2 shared cores: torch's 2 OpenMP threads stall badly whenever another
-    process holds a core (100x here), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,9 @@ import torch
 from batmann.config import EpisodeOptions
 from batmann.hardware import compare, hardware_spec
 
-pytestmark = pytest.mark.memtorch
+pytestmark = [pytest.mark.memtorch, pytest.mark.usefixtures("one_thread")]
 
 TWENTY_FIVE = EpisodeOptions(class_num=20, num_shot=5, pool_query_test=15, batch_size_test=5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_ideal_keys_match_digital_on_20way_5shot(trained_run, omniglot_cache):
