@@ -213,3 +213,24 @@ def test_classify_tiny_folder(tmp_path, omniglot_cache, trained_run):
     assert json.loads(out.stdout)["predictions"] == preds
     assert main(["classify", "--checkpoint", str(res.run_dir), "--support", str(tmp_path / "query"),
                  "--query", str(tmp_path / "query")]) == 2
+
+
+def test_train_cli_runs_resumes_and_refuses_bad_input(tmp_path):
+    base = [sys.executable, "-m", "batmann", "train", "--ways", "5", "--shots", "1", "--feature-dim", "32",
+            "--queries-train", "2", "--val-episode", "2", "--val-interval", "2", "--test-episode", "2",
+            "--checkpoint-interval", "1", "--precision", "fp32", "--device", "cpu", "--no-progress",
+            "--run-dir", str(tmp_path / "run")]
+    first = subprocess.run(base + ["--episodes", "2"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "test:" in first.stdout and (tmp_path / "run" / "best.safetensors").exists()
+    again = subprocess.run(base + ["--episodes", "3"], capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run(base + ["--episodes", "3", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "episodes: 3" in resumed.stdout
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resumed from" in log and "episode 2 validation" in log
+    seed_names = subprocess.run(base[:4] + ["--quantization-learn", "XNOR", "--quantization-infer", "1",
+                                            "--binary-id", "2", "--keys", "bipolar"], capture_output=True, text=True)
+    assert seed_names.returncode == 2 and "contradicts" in seed_names.stderr
+    assert len(seed_names.stderr.strip().splitlines()) == 1
