@@ -215,7 +215,7 @@ def test_classify_tiny_folder(tmp_path, omniglot_cache, trained_run):
                  "--query", str(tmp_path / "query")]) == 2
 
 
-def test_train_cli_runs_resumes_and_refuses_bad_input(tmp_path):
+def test_train_cli_runs_resumes_and_refuses_bad_input(tmp_path, omniglot_cache):
     base = [sys.executable, "-m", "batmann", "train", "--ways", "5", "--shots", "1", "--feature-dim", "32",
             "--queries-train", "2", "--val-episode", "2", "--val-interval", "2", "--test-episode", "2",
             "--checkpoint-interval", "1", "--precision", "fp32", "--device", "cpu", "--no-progress",
