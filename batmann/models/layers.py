@@ -36,7 +36,7 @@ are clamped below at 1e-12 (the seed divides by zero on a constant input); the
 standardise / rotate / binarise path runs in float32 with autocast disabled (the tensors are
 small) so that bf16 autocast training binarises exactly as the float32 export does; the random
 rotations come from a ``torch.Generator`` (the seed uses scipy's global NumPy state); nothing
-calls ``.cuda()``.
+hard-codes a CUDA device.
 """
 
 from __future__ import annotations
