@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
         raise ConfigError(f"episodes must be >= 1 (got {episodes})")
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
-    config = ckpt.config
+    config = copy.deepcopy(ckpt.config)  # overrides below must not change the caller's checkpoint
     if keys is not None:
         if keys not in KEY_MODES:
             raise ConfigError(f"keys {keys!r} is not one of {', '.join(KEY_MODES)}")

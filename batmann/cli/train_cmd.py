@@ -7,7 +7,6 @@ name differs, the seed's name is accepted as an alias (``--class-num`` for ``--w
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
