@@ -138,6 +138,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     device: str = "auto"
+    init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning)
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
@@ -154,6 +155,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0 (got {self.learning_rate!r})")
         if not (0 < self.lr_gamma <= 1):
             raise ConfigError(f"lr_gamma must be in (0, 1] (got {self.lr_gamma!r})")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ConfigError(f"init_from must be a checkpoint name or path (got {self.init_from!r})")
         if self.val_episode > 0 and self.episodes.val_num_train == 0:
             raise ConfigError("val_episode > 0 needs val_num_train >= 1 (validation queries per class)")
         return self

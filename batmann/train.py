@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from batmann.checkpoint import build_model, load_train_state, save_checkpoint, save_train_state
+from batmann.checkpoint import build_model, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from batmann.config import TrainConfig
 from batmann.errors import ConfigError
 from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system
@@ -122,6 +122,19 @@ def provenance(config: TrainConfig, episodes_done: int, seconds: float, command:
     }
 
 
+def init_weights(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Copy the weights of ``config.init_from`` into ``model`` (same architecture, else a one-line
+    error); returns what the provenance records about the parent checkpoint."""
+    parent = load_checkpoint(config.init_from, "cpu", expect=config)
+    model.load_state_dict(parent.model.state_dict())
+    prov = parent.provenance
+    return {"init_from": {"name": config.init_from, "file": parent.path.name,
+                          "episodes_trained": prov.get("episodes_trained"),
+                          "train_seconds": prov.get("train_seconds"),
+                          "command": prov.get("command"),
+                          "task": f"{parent.config.episodes.tag} split {parent.config.episodes.split}"}}
+
+
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           cache=None, command: str | None = None) -> TrainResult:
     """Train a controller under ``config`` into ``run_dir``.
@@ -155,13 +168,27 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
 
     start, best_val, elapsed = 0, -1.0, 0.0
     run_loss = run_acc = 0.0
+    parent = init_weights(model, config) if config.init_from else {}
     if resume and last_path.exists():
         scalars = load_train_state(last_path, model, optimizer, scheduler, config)
         start, best_val, elapsed = scalars["episode"], scalars["best_val_pct"], scalars["seconds"]
         log.info("resumed from %s at episode %d (best validation %.2f%%)", last_path, start, best_val)
     else:
         log.info("config %s", config.to_dict())
+        if parent:
+            log.info("initial weights from %s", parent["init_from"])
     atomic_write_json(run_dir / "config.json", config.to_dict())
+
+    def keep_if_best(done: int) -> None:
+        nonlocal best_val
+        val = validate(model, config, cache, device)
+        log.info("episode %d validation %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
+        if val.accuracy_pct > best_val:
+            best_val = val.accuracy_pct
+            save_checkpoint(run_dir / "best.safetensors", model, config,
+                            provenance(config, done, elapsed + time.perf_counter() - t0, command,
+                                       {"val_accuracy_pct": val.accuracy_pct, **parent}))
+            log.info("episode %d new best: saved best.safetensors", done)
 
     def save_last(episode: int) -> None:
         save_train_state(last_path, model, optimizer, scheduler, config,
@@ -169,6 +196,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                           "seconds": elapsed + time.perf_counter() - t0})
 
     t0 = time.perf_counter()
+    if parent and start == 0 and config.val_episode:  # fine-tuning never ends below its start
+        keep_if_best(0)
     model.train()
     episode = start
     bar = tqdm(range(start, config.train_episode), initial=start, total=config.train_episode,
@@ -190,14 +219,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 log.info("episode %d loss %.4f running-acc %.2f%% lr %.2e", done, run_loss, 100 * run_acc,
                          scheduler.get_last_lr()[0])
             if config.val_episode and done % config.val_interval == 0:
-                val = validate(model, config, cache, device)
-                log.info("episode %d validation %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
-                if val.accuracy_pct > best_val:
-                    best_val = val.accuracy_pct
-                    save_checkpoint(run_dir / "best.safetensors", model, config,
-                                    provenance(config, done, elapsed + time.perf_counter() - t0, command,
-                                               {"val_accuracy_pct": val.accuracy_pct}))
-                    log.info("episode %d new best: saved best.safetensors", done)
+                keep_if_best(done)
             if done % config.checkpoint_interval == 0:
                 save_last(done)
         episode = config.train_episode
@@ -212,11 +234,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     log.info("training finished: %d episodes in %.0f s", episode, seconds)
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # no validation ran: the final weights are the result
-        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command))
+        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command, parent))
     result = None
     if config.test_episode:
-        from batmann.checkpoint import load_checkpoint
-
         best = load_checkpoint(best_path, device)
         result = test(best.model, config, cache, device, config.test_episode, progress=progress)
         log.info("test (best weights) %.2f%% +- %.2f over %d episodes", result.accuracy_pct,

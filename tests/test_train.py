@@ -89,6 +89,29 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
         train(tiny_config(learning_rate=5e-4), tmp_path, resume=True, progress=False, cache=omniglot_cache)
 
 
+def test_init_from_starts_at_the_parent_weights(tmp_path, omniglot_cache):
+    """Fine-tuning: the run starts from the parent's weights, validates them first (so the best
+    checkpoint is never worse than the start), records the parent, and refuses another architecture."""
+    parent = train(tiny_config(train_episode=3), tmp_path / "parent", progress=False, cache=omniglot_cache)
+    parent_file = parent.run_dir / "best.safetensors"
+    child_cfg = tiny_config(init_from=str(parent_file), train_episode=3, learning_rate=1e-12)
+    child = train(child_cfg, tmp_path / "child", progress=False, cache=omniglot_cache)
+    log = (child.run_dir / "train.log").read_text()
+    assert "episode 0 validation" in log and "initial weights from" in log
+    a = load_checkpoint(parent_file).model.state_dict()
+    b = load_checkpoint(child.run_dir / "best.safetensors")
+    assert b.provenance["init_from"]["file"] == "best.safetensors"
+    assert b.provenance["init_from"]["episodes_trained"] == 3
+    for k, v in a.items():  # lr 1e-12: every saved weight is (almost) the parent's
+        if v.is_floating_point():
+            torch.testing.assert_close(b.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="controller fp .* not controller xnor"):
+        train(tiny_config(controller="xnor", init_from=str(parent_file)), tmp_path / "bad",
+              progress=False, cache=omniglot_cache)
+    with pytest.raises(ConfigError, match="init_from must be"):
+        tiny_config(init_from="  ").validate()
+
+
 def test_short_training_learns(trained_run):
     """5-way 1-shot, 60 episodes: the loss falls and held-out accuracy is well above chance."""
     res, losses = trained_run

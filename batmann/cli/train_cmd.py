@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", "--log-dir", dest="run_dir", default=None,
                    help="run folder for checkpoints and train.log (default runs/<ways>w<shots>s-<controller>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (a shipped name, file or run folder) "
+                        "and fine-tune; its controller options must match (default: fresh weights)")
     m = p.add_argument_group("controller")
     m.add_argument("--controller", "--quantization-learn", dest="controller", type=_controller,
                    default=d.model.controller,
@@ -133,7 +136,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         test_episode=args.test_episode, checkpoint_interval=args.checkpoint_interval,
         learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         sim_cal=args.sim_cal, keys=resolve_keys(args, d.keys), precision=args.precision,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, init_from=args.init_from,
     ).validate()
 
 
