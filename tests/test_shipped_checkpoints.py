@@ -31,3 +31,20 @@ def test_checkpoints_command_lists_what_is_shipped():
     out = subprocess.run([sys.executable, "-m", "batmann", "checkpoints", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert sorted(r["name"] for r in json.loads(out.stdout)) == SHIPPED
+
+
+def test_reference_numbers_and_demo_table(omniglot_cache):
+    from batmann.cli.demo_cmd import format_digital_table
+    from batmann.evaluate import evaluate_system
+    from batmann.reference import reference_rows
+
+    assert reference_rows(20, 5, "xnor")[0] == ("seed BATMANN binary (S2)", 95.11)
+    assert reference_rows(100, 5, "fp")[0] == ("seed BATMANN full precision (S1)", 95.68)
+    assert reference_rows(7, 3, "fp") == []
+    ckpt = load_checkpoint("20w5s-binary")
+    sampler = make_sampler(omniglot_cache, ckpt.config.episodes, "test", seed=0)
+    result = evaluate_system(DigitalSystem(ckpt.model, keys=ckpt.config.keys), sampler, 1)
+    table = format_digital_table(ckpt, result).splitlines()
+    assert table[0].startswith("digital accuracy, 20-way 5-shot Omniglot, split seed, controller xnor")
+    assert table[2].startswith("20w5s-binary (this run, 1 episodes)")
+    assert f"{result.accuracy_pct:.2f}" in table[2] and "95.11" in table[3]
