@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import platform
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +125,42 @@ def provenance(config: TrainConfig, episodes_done: int, seconds: float, command:
     }
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop requested by SIGTERM or Ctrl-C, honoured at the next episode boundary."""
+
+
+class _StopAtEpisodeBoundary:
+    """While training (main thread only), SIGTERM and SIGINT ask the loop to stop after the
+    current episode, so the saved state is always a whole number of episodes; a second signal
+    stops at once (the last periodic checkpoint stays). ``kill PID`` therefore stops a background
+    run cleanly, which matters because background jobs of a non-interactive shell ignore SIGINT."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("\nstopping after this episode (signal again to stop at once)", file=sys.stderr, flush=True)
+
+    def install(self) -> "_StopAtEpisodeBoundary":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Terminated(f"signal {self.signum}")
+
+
 def init_weights(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     """Copy the weights of ``config.init_from`` into ``model`` (same architecture, else a one-line
     error); returns what the provenance records about the parent checkpoint."""
@@ -202,6 +241,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     episode = start
     bar = tqdm(range(start, config.train_episode), initial=start, total=config.train_episode,
                desc="train", disable=not progress, dynamic_ncols=True)
+    done = start
+    stop = _StopAtEpisodeBoundary().install()
     try:
         for episode in bar:
             ep = sampler.sample(index=episode)
@@ -222,12 +263,17 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 keep_if_best(done)
             if done % config.checkpoint_interval == 0:
                 save_last(done)
+            stop.check()
         episode = config.train_episode
+    except Terminated:
+        save_last(done)
+        log.info("stopped after episode %d; resume with --resume", done)
+        raise
     except KeyboardInterrupt:
-        save_last(episode)
-        log.info("interrupted at episode %d; resume with --resume", episode)
+        log.info("stopped at once during episode %d; --resume continues from the last checkpoint", done + 1)
         raise
     finally:
+        stop.restore()
         bar.close()
     save_last(episode)
     seconds = elapsed + time.perf_counter() - t0

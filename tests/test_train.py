@@ -81,6 +81,38 @@ def test_resume_survives_sigkill(tmp_path, omniglot_cache):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_stops_at_an_episode_boundary(tmp_path, omniglot_cache):
+    """SIGTERM in the middle of episode 5 finishes that episode, saves exactly 5 episodes and
+    stops; the resumed run ends with the weights of an uninterrupted one."""
+    run = tmp_path / "termed"
+    code = (
+        "import os, signal, batmann.train as T\n"
+        "orig = T.train_step\n"
+        "n = [0]\n"
+        "def step(*a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 5: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return orig(*a, **k)\n"
+        "T.train_step = step\n"
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from test_train import tiny_config\n"
+        "try:\n"
+        f"    T.train(tiny_config(), {str(run)!r}, progress=False)\n"
+        "except T.Terminated:\n"
+        "    sys.exit(143)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "stopped after episode 5" in (run / "train.log").read_text()
+    resumed = train(tiny_config(), run, resume=True, progress=False, cache=omniglot_cache)
+    assert resumed.episodes_done == 6
+    assert "at episode 5 " in (run / "train.log").read_text().split("stopped after episode 5")[1]
+    train(tiny_config(), tmp_path / "ref", progress=False, cache=omniglot_cache)
+    a, b = _weights(run), _weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
     train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache)
     with pytest.raises(ConfigError, match="--resume"):
