@@ -1,0 +1,87 @@
+"""Print the README's results table from the shipped checkpoints' own records.
+
+Every number comes from ``batmann/checkpoints/<name>.json`` (configuration, provenance, training
+time) and ``<name>.eval.json`` (the ``batmann evaluate --checkpoint <name> --episodes 1000``
+result, episode seed 0, the checkpoint's own problem and split). A checkpoint without that
+evaluation is listed as not evaluated.
+
+    .venv/bin/python scripts/results_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from batmann.checkpoint import SHIPPED_DIR
+from batmann.reference import NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
+
+ORDER = ["5w1s-fp", "5w1s-binary", "20w5s-fp", "20w5s-binary", "100w5s-fp", "100w5s-binary",
+         "20w5s-fp-lake", "20w5s-binary-lake"]
+AIM_FP = {(5, 1): 97.7, (20, 5): 98.1, (100, 5): 95.7}  # the issue's "best published"
+AIM_BINARY = {(5, 1): 97.0, (20, 5): 97.5, (100, 5): 95.0}
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def _training(prov: dict) -> str:
+    own = f"{prov['episodes_trained']:,} episodes, {_minutes(prov.get('train_seconds'))}"
+    parent = prov.get("init_from")
+    if not parent:
+        return own
+    return (f"fine-tuned from `{parent['name']}` ({parent['episodes_trained']:,} episodes, "
+            f"{_minutes(parent.get('train_seconds'))}) + {own}")
+
+
+def _evaluation(name: str, cfg: dict) -> dict | None:
+    path = SHIPPED_DIR / f"{name}.eval.json"
+    if not path.exists():
+        return None
+    ep = cfg["episodes"]
+    want = {"ways": ep["class_num"], "shots": ep["num_shot"], "split": ep["split"], "episodes": 1000,
+            "seed": 0, "keys": cfg["keys"], "queries": ep["batch_size_test"]}
+    for entry in json.loads(path.read_text())["results"]:
+        if entry["settings"] == want:
+            return entry
+    return None
+
+
+def row(name: str) -> str | None:
+    path = SHIPPED_DIR / f"{name}.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    cfg, prov = meta["config"], meta["provenance"]
+    ep, controller = cfg["episodes"], cfg["model"]["controller"]
+    key = (ep["class_num"], ep["num_shot"])
+    binary = is_binary(controller)
+    problem = f"{key[0]}-way {key[1]}-shot" + (" (lake split)" if ep["split"] == "lake" else "")
+    setting = (f"binary ({controller}, 8-bit first/last, +-1 keys)" if binary
+               else "full precision (bipolar keys)")
+    ev = _evaluation(name, cfg)
+    ours = "not evaluated" if ev is None else f"**{ev['accuracy_pct']:.2f} +- {ev['ci95_pct']:.2f} %**"
+    seed_ref = (SEED_BINARY if binary else SEED_FP).get(key) if ep["split"] == "seed" else None
+    aim = (AIM_BINARY if binary else AIM_FP).get(key) if ep["split"] == "seed" else None
+    nat = NAT_COMM_SOFTWARE.get(key) if ep["split"] == "seed" else None
+    fmt = lambda v: "-" if v is None else f"{v:.2f} %"  # noqa: E731
+    storage = prov.get("stored_as", "?").split(" ")[0]
+    return (f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | {fmt(aim)} | "
+            f"{_training(prov)} | {storage} | `sh scripts/train_shipped.sh {name}`, then "
+            f"`batmann evaluate --checkpoint {name} --episodes 1000` |")
+
+
+def main() -> int:
+    print("| problem | setting | ours (1000 episodes) | seed | Nat Comm software | aim (issue 4) "
+          "| training on this CPU (to the shipped weights) | stored | reproduce |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in ORDER:
+        line = row(name)
+        if line:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
