@@ -48,3 +48,19 @@ def test_reference_numbers_and_demo_table(omniglot_cache):
     assert table[0].startswith("digital accuracy, 20-way 5-shot Omniglot, split seed, controller xnor")
     assert table[2].startswith("20w5s-binary (this run, 1 episodes)")
     assert f"{result.accuracy_pct:.2f}" in table[2] and "95.11" in table[3]
+
+
+def test_readme_results_table_is_current():
+    """The README's checkpoint table is what scripts/results_table.py prints from the shipped
+    checkpoints' own records (configuration, provenance and 1000-episode evaluation)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py")], capture_output=True,
+                         text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    readme = (root / "README.md").read_text()
+    rows = out.stdout.strip().splitlines()
+    assert len(rows) == 2 + len(SHIPPED)
+    for line in rows:
+        assert line in readme, f"README results table is stale; rerun scripts/results_table.py:\n{line}"
