@@ -23,8 +23,8 @@ def test_shipped_checkpoint_runs_one_episode(name, omniglot_cache):
     opts = ckpt.config.episodes
     ep = make_sampler(omniglot_cache, opts, "test", seed=7).sample(index=0)
     res = score_episode(DigitalSystem(ckpt.model, keys=ckpt.config.keys), ep)
-    chance = 1.0 / opts.class_num
-    assert res.accuracy > max(0.5, 5 * chance), (name, res.accuracy)
+    # every shipped checkpoint scores above 90 % on 1000 episodes; one episode has 25-500 queries
+    assert res.accuracy >= 0.8, (name, res.accuracy)
 
 
 def test_checkpoints_command_lists_what_is_shipped():
