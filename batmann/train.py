@@ -14,6 +14,7 @@ sees exactly the episodes an uninterrupted one would, and reproduces its weights
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import signal
 import sys
@@ -174,17 +175,53 @@ def init_weights(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
                           "task": f"{parent.config.episodes.tag} split {parent.config.episodes.split}"}}
 
 
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` (``.lock``, released when the returned file is
+    closed or the process ends); a folder locked by another process is a one-line error, so two
+    runs can never write into one folder. No-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return None
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError(f"run folder {run_dir} is in use by another training process (pid {pid}); "
+                          "stop it first or choose another --run-dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           cache=None, command: str | None = None) -> TrainResult:
     """Train a controller under ``config`` into ``run_dir``.
 
     With ``resume`` and an existing ``last.safetensors``, training continues from the last
-    saved episode with every state restored; without ``resume`` an existing run is refused.
+    saved episode with every state restored; without ``resume`` an existing run is refused, and
+    so is a folder that another process is training into.
     """
-    from tqdm import tqdm
-
     config.validate()
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        return _train(config, run_dir, resume, progress, cache, command)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cache,
+           command: str | None) -> TrainResult:
+    from tqdm import tqdm
+
     last_path = run_dir / "last.safetensors"
     if last_path.exists() and not resume:
         raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it "

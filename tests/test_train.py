@@ -113,6 +113,19 @@ def test_sigterm_stops_at_an_episode_boundary(tmp_path, omniglot_cache):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_run_folder_in_use_is_refused(tmp_path, omniglot_cache):
+    """Two processes never train into one folder: a held lock is a one-line error naming the pid."""
+    from batmann.train import lock_run_dir
+
+    held = lock_run_dir(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
+            train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache)
+    finally:
+        held.close()
+    assert train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache).episodes_done == 3
+
+
 def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
     train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache)
     with pytest.raises(ConfigError, match="--resume"):
