@@ -162,11 +162,12 @@ class _StopAtEpisodeBoundary:
             raise Terminated(f"signal {self.signum}")
 
 
-def init_weights(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+def init_weights(model: torch.nn.Module | None, config: TrainConfig) -> dict[str, Any]:
     """Copy the weights of ``config.init_from`` into ``model`` (same architecture, else a one-line
-    error); returns what the provenance records about the parent checkpoint."""
+    error; ``None``: only read the record); returns what the provenance records about the parent."""
     parent = load_checkpoint(config.init_from, "cpu", expect=config)
-    model.load_state_dict(parent.model.state_dict())
+    if model is not None:
+        model.load_state_dict(parent.model.state_dict())
     prov = parent.provenance
     return {"init_from": {"name": config.init_from, "file": parent.path.name,
                           "episodes_trained": prov.get("episodes_trained"),
@@ -226,7 +227,6 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     if last_path.exists() and not resume:
         raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
                           "or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     log = _logger(run_dir)
     seed_everything(config.seed)
@@ -244,14 +244,17 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
 
     start, best_val, elapsed = 0, -1.0, 0.0
     run_loss = run_acc = 0.0
-    parent = init_weights(model, config) if config.init_from else {}
+    parent: dict[str, Any] = {}
     if resume and last_path.exists():
         scalars = load_train_state(last_path, model, optimizer, scheduler, config)
         start, best_val, elapsed = scalars["episode"], scalars["best_val_pct"], scalars["seconds"]
+        if config.init_from:  # the saved state holds the weights; the parent only names itself
+            parent = scalars.get("parent") or init_weights(None, config)
         log.info("resumed from %s at episode %d (best validation %.2f%%)", last_path, start, best_val)
     else:
         log.info("config %s", config.to_dict())
-        if parent:
+        if config.init_from:
+            parent = init_weights(model, config)
             log.info("initial weights from %s", parent["init_from"])
     atomic_write_json(run_dir / "config.json", config.to_dict())
 
@@ -269,7 +272,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     def save_last(episode: int) -> None:
         save_train_state(last_path, model, optimizer, scheduler, config,
                          {"episode": episode, "best_val_pct": best_val,
-                          "seconds": elapsed + time.perf_counter() - t0})
+                          "seconds": elapsed + time.perf_counter() - t0, "parent": parent})
 
     t0 = time.perf_counter()
     if parent and start == 0 and config.val_episode:  # fine-tuning never ends below its start
