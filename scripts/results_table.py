@@ -5,13 +5,18 @@ time) and ``<name>.eval.json`` (the ``batmann evaluate --checkpoint <name> --epi
 result, episode seed 0, the checkpoint's own problem and split). A checkpoint without that
 evaluation is listed as not evaluated.
 
-    .venv/bin/python scripts/results_table.py
+    .venv/bin/python scripts/results_table.py                   # print it
+    .venv/bin/python scripts/results_table.py --write README.md  # replace the table in the README
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from batmann.checkpoint import SHIPPED_DIR
 from batmann.reference import NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
@@ -72,14 +77,44 @@ def row(name: str) -> str | None:
             f"`batmann evaluate --checkpoint {name} --episodes 1000` |")
 
 
-def main() -> int:
-    print("| problem | setting | ours (1000 episodes) | seed | Nat Comm software | aim (issue 4) "
+HEADER = ("| problem | setting | ours (1000 episodes) | seed | Nat Comm software | aim (issue 4) "
           "| training on this CPU (to the shipped weights) | stored | reproduce |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in ORDER:
-        line = row(name)
-        if line:
-            print(line)
+
+
+def table() -> list[str]:
+    """The table's lines: header, separator and one row per shipped checkpoint."""
+    rows = [row(name) for name in ORDER]
+    return [HEADER, "|---|---|---|---|---|---|---|---|---|"] + [r for r in rows if r]
+
+
+def write_into(path: Path, lines: list[str]) -> None:
+    """Replace the table in ``path`` (from its header line to the next blank line), atomically."""
+    if not path.is_file():
+        raise SystemExit(f"error: --write {path}: no such file (expected the README to update)")
+    text = path.read_text()
+    old = text.split("\n")
+    start = next((i for i, line in enumerate(old) if line.startswith(HEADER.split(" | seed")[0])), None)
+    if start is None:
+        raise SystemExit(f"error: {path} has no results table (a line starting with {HEADER[:40]!r}...)")
+    end = next((i for i in range(start, len(old)) if not old[i].strip()), len(old))
+    new = "\n".join(old[:start] + lines + old[end:])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", type=Path, metavar="FILE",
+                    help="replace the table in FILE (e.g. README.md) instead of printing it")
+    args = ap.parse_args(argv)
+    lines = table()
+    if args.write is None:
+        print("\n".join(lines))
+    else:
+        write_into(args.write, lines)
+        print(f"wrote {len(lines) - 2} rows into {args.write}")
     return 0
 
 

@@ -4,6 +4,7 @@
 # re-run across sessions:   nohup sh scripts/train_shipped.sh NAME > runs/NAME.out 2>&1 &
 # Then ship:  .venv/bin/python scripts/ship_checkpoint.py runs/NAME NAME
 #             .venv/bin/batmann evaluate --checkpoint NAME --episodes 1000
+#             .venv/bin/python scripts/results_table.py --write README.md
 set -eu
 cd "$(dirname "$0")/.."
 B=.venv/bin/batmann

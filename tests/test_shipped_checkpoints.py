@@ -64,3 +64,27 @@ def test_readme_results_table_is_current():
     assert len(rows) == 2 + len(SHIPPED)
     for line in rows:
         assert line in readme, f"README results table is stale; rerun scripts/results_table.py:\n{line}"
+
+
+def test_results_table_write_replaces_only_the_table(tmp_path):
+    """``results_table.py --write FILE`` swaps the stale table for the current one and keeps
+    the text around it; a file without a table is refused and left as it was."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{mod.HEADER}\n|---|\n| stale row |\n\nafter\n")
+    assert mod.main(["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale row" not in text
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert all(line in text for line in mod.table())
+    other = tmp_path / "other.md"
+    other.write_text("no table here\n")
+    with pytest.raises(SystemExit, match="no results table"):
+        mod.main(["--write", str(other)])
+    assert other.read_text() == "no table here\n"
