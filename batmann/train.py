@@ -169,11 +169,14 @@ def init_weights(model: torch.nn.Module | None, config: TrainConfig) -> dict[str
     if model is not None:
         model.load_state_dict(parent.model.state_dict())
     prov = parent.provenance
-    return {"init_from": {"name": config.init_from, "file": parent.path.name,
-                          "episodes_trained": prov.get("episodes_trained"),
-                          "train_seconds": prov.get("train_seconds"),
-                          "command": prov.get("command"),
-                          "task": f"{parent.config.episodes.tag} split {parent.config.episodes.split}"}}
+    record = {"name": config.init_from, "file": parent.path.name,
+              "episodes_trained": prov.get("episodes_trained"),
+              "train_seconds": prov.get("train_seconds"),
+              "command": prov.get("command"),
+              "task": f"{parent.config.episodes.tag} split {parent.config.episodes.split}"}
+    if prov.get("init_from"):  # the parent was fine-tuned too: keep the whole chain
+        record["init_from"] = prov["init_from"]
+    return {"init_from": record}
 
 
 def lock_run_dir(run_dir: Path):

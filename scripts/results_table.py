@@ -32,10 +32,13 @@ def _minutes(seconds: float | None) -> str:
 
 
 def _training(prov: dict) -> str:
+    """``N episodes, M min``, preceded by the chain of checkpoints it was fine-tuned from."""
     own = f"{prov['episodes_trained']:,} episodes, {_minutes(prov.get('train_seconds'))}"
     parent = prov.get("init_from")
     if not parent:
         return own
+    if parent.get("init_from"):  # a fine-tuned parent (e.g. a run folder of an earlier stage)
+        return f"{_training(parent)} + {own}"
     return (f"fine-tuned from `{parent['name']}` ({parent['episodes_trained']:,} episodes, "
             f"{_minutes(parent.get('train_seconds'))}) + {own}")
 

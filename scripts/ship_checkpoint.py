@@ -15,6 +15,7 @@ import sys
 import torch
 
 from batmann.checkpoint import SHIPPED_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
+from batmann.errors import CheckpointError
 from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.tasks import make_sampler
@@ -24,6 +25,18 @@ def predictions(model, config, cache, episodes: int) -> torch.Tensor:
     sampler = make_sampler(cache, config.episodes, "test", seed=12345)
     system = DigitalSystem(model, keys=config.keys)
     return torch.cat([score_episode(system, sampler.sample(index=i)).predictions for i in range(episodes)])
+
+
+def parent_chain(parent: dict) -> dict | None:
+    """The ``init_from`` record of the checkpoint that ``parent`` (a provenance ``init_from``
+    record) names, when that checkpoint can still be read and is the same training run (same
+    command and episode count); else None."""
+    try:
+        found = load_checkpoint(parent["name"]).provenance
+    except CheckpointError:
+        return None
+    same = all(found.get(k) == parent.get(k) for k in ("command", "episodes_trained"))
+    return found.get("init_from") if same else None
 
 
 def main() -> int:
@@ -36,6 +49,11 @@ def main() -> int:
     cache = load_image_cache(src.config.model.image_size)
     dest = SHIPPED_DIR / f"{args.name}.safetensors"
     provenance = dict(src.provenance, shipped_from=str(resolve_checkpoint(args.run)))
+    parent = provenance.get("init_from")
+    if parent and "init_from" not in parent:  # trained before parents recorded their own chain
+        grand = parent_chain(parent)
+        if grand:
+            provenance["init_from"] = dict(parent, init_from=grand)
     save_checkpoint(dest, src.model, src.config, provenance, half=True)
     half = load_checkpoint(dest)
     ref = predictions(src.model, src.config, cache, args.check_episodes)

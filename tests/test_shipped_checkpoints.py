@@ -88,3 +88,21 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
     with pytest.raises(SystemExit, match="no results table"):
         mod.main(["--write", str(other)])
     assert other.read_text() == "no table here\n"
+
+
+def test_results_table_renders_a_fine_tuning_chain():
+    """A two-stage checkpoint shows every stage: the first parent by name, then each stage's
+    episodes and minutes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = {"name": "20w5s-fp", "episodes_trained": 4500, "train_seconds": 3300.0}
+    stage1 = {"name": "runs/a-stage1", "episodes_trained": 900, "train_seconds": 3060.0, "init_from": root}
+    prov = {"episodes_trained": 1200, "train_seconds": 4200.0, "init_from": stage1}
+    assert mod._training(prov) == ("fine-tuned from `20w5s-fp` (4,500 episodes, 55 min) + 900 episodes, "
+                                   "51 min + 1,200 episodes, 70 min")
+    assert mod._training({"episodes_trained": 10, "train_seconds": 60.0}) == "10 episodes, 1 min"

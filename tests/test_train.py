@@ -153,6 +153,12 @@ def test_init_from_starts_at_the_parent_weights(tmp_path, omniglot_cache):
     with pytest.raises(CheckpointError, match="controller fp .* not controller xnor"):
         train(tiny_config(controller="xnor", init_from=str(parent_file)), tmp_path / "bad",
               progress=False, cache=omniglot_cache)
+    # a second stage records the whole chain: its parent's record holds the grandparent's
+    grandchild = train(tiny_config(init_from=str(child.run_dir), train_episode=2, learning_rate=1e-12),
+                       tmp_path / "grandchild", progress=False, cache=omniglot_cache)
+    chain = load_checkpoint(grandchild.run_dir / "best.safetensors").provenance["init_from"]
+    assert chain["name"] == str(child.run_dir) and chain["file"] == "best.safetensors"
+    assert chain["init_from"]["name"] == str(parent_file) and chain["init_from"]["episodes_trained"] == 3
     with pytest.raises(ConfigError, match="init_from must be"):
         tiny_config(init_from="  ").validate()
 
