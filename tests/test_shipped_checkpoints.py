@@ -66,9 +66,8 @@ def test_readme_results_table_is_current():
         assert line in readme, f"README results table is stale; rerun scripts/results_table.py:\n{line}"
 
 
-def test_results_table_write_replaces_only_the_table(tmp_path):
-    """``results_table.py --write FILE`` swaps the stale table for the current one and keeps
-    the text around it; a file without a table is refused and left as it was."""
+def _results_table_module():
+    """``scripts/results_table.py`` imported as a module (scripts/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -76,6 +75,13 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
     spec = importlib.util.spec_from_file_location("results_table", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_table_write_replaces_only_the_table(tmp_path):
+    """``results_table.py --write FILE`` swaps the stale table for the current one and keeps
+    the text around it; a file without a table is refused and left as it was."""
+    mod = _results_table_module()
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n\n{mod.HEADER}\n|---|\n| stale row |\n\nafter\n")
     assert mod.main(["--write", str(readme)]) == 0
@@ -93,13 +99,7 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
 def test_results_table_renders_a_fine_tuning_chain():
     """A two-stage checkpoint shows every stage: the first parent by name, then each stage's
     episodes and minutes."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
-    spec = importlib.util.spec_from_file_location("results_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _results_table_module()
     root = {"name": "20w5s-fp", "episodes_trained": 4500, "train_seconds": 3300.0}
     stage1 = {"name": "runs/a-stage1", "episodes_trained": 900, "train_seconds": 3060.0, "init_from": root}
     prov = {"episodes_trained": 1200, "train_seconds": 4200.0, "init_from": stage1}
