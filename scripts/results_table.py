@@ -43,6 +43,17 @@ def _training(prov: dict) -> str:
             f"{_minutes(parent.get('train_seconds'))}) + {own}")
 
 
+def _train_commands(prov: dict, name: str) -> str:
+    """The ``train_shipped.sh`` lines that rebuild ``name``: one per earlier stage trained in a
+    run folder (``runs/<stage>``), first stage first, then ``name`` itself."""
+    stages, parent = [name], prov.get("init_from")
+    while parent:
+        if str(parent.get("name", "")).startswith("runs/"):
+            stages.append(parent["name"].removeprefix("runs/").rstrip("/"))
+        parent = parent.get("init_from")
+    return ", ".join(f"`sh scripts/train_shipped.sh {s}`" for s in reversed(stages))
+
+
 def _evaluation(name: str, cfg: dict) -> dict | None:
     path = SHIPPED_DIR / f"{name}.eval.json"
     if not path.exists():
@@ -76,7 +87,7 @@ def row(name: str) -> str | None:
     fmt = lambda v: "-" if v is None else f"{v:.2f} %"  # noqa: E731
     storage = prov.get("stored_as", "?").split(" ")[0]
     return (f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | {fmt(aim)} | "
-            f"{_training(prov)} | {storage} | `sh scripts/train_shipped.sh {name}`, then "
+            f"{_training(prov)} | {storage} | {_train_commands(prov, name)}, then "
             f"`batmann evaluate --checkpoint {name} --episodes 1000` |")
 
 

@@ -106,3 +106,5 @@ def test_results_table_renders_a_fine_tuning_chain():
     assert mod._training(prov) == ("fine-tuned from `20w5s-fp` (4,500 episodes, 55 min) + 900 episodes, "
                                    "51 min + 1,200 episodes, 70 min")
     assert mod._training({"episodes_trained": 10, "train_seconds": 60.0}) == "10 episodes, 1 min"
+    assert mod._train_commands(prov, "a") == ("`sh scripts/train_shipped.sh a-stage1`, "
+                                              "`sh scripts/train_shipped.sh a`")
