@@ -15,8 +15,8 @@ import sys
 import torch
 
 from batmann.checkpoint import SHIPPED_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
-from batmann.errors import CheckpointError
 from batmann.data import load_image_cache
+from batmann.errors import CheckpointError
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.tasks import make_sampler
 
