@@ -17,6 +17,7 @@ CONTROLLERS = ("fp", "xnor", "xnor-binary-fc", "rbnn", "rbnn-binary-fc")
 SIM_CALS = ("cos_softabs", "cos_softabs_seed", "cos_softmax", "dot_abs")
 KEY_MODES = ("real", "bipolar", "binary")
 PRECISIONS = ("auto", "fp32", "bf16")
+LOSSES = ("ce", "nll")
 SPLITS = ("seed", "lake")
 
 
@@ -134,6 +135,7 @@ class TrainConfig:
     lr_step: int = 100000
     lr_gamma: float = 0.5
     sim_cal: str = "cos_softabs"
+    loss: str = "ce"  # "ce": the seed's cross-entropy over the class attention; "nll": -log of it
     keys: str = "bipolar"
     precision: str = "auto"
     seed: int = 0
@@ -144,6 +146,10 @@ class TrainConfig:
         self.model.validate()
         self.episodes.validate()
         _choice("sim_cal", self.sim_cal, SIM_CALS)
+        _choice("loss", self.loss, LOSSES)
+        if self.loss == "nll" and self.sim_cal != "cos_softabs":
+            raise ConfigError(f"loss 'nll' needs sim_cal 'cos_softabs', whose class attention is a "
+                              f"probability distribution (got sim_cal {self.sim_cal!r})")
         _choice("keys", self.keys, KEY_MODES)
         _choice("precision", self.precision, PRECISIONS)
         _positive("train_episode", self.train_episode)

@@ -39,6 +39,7 @@ from batmann.utils.seeding import seed_everything
 
 VAL_SEED_OFFSET = 1_000_003
 TEST_SEED_OFFSET = 2_000_003
+NLL_FLOOR = 1e-12  # keeps log() finite if a class attention underflows to 0
 
 
 @dataclass
@@ -81,7 +82,10 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
     ways = config.episodes.class_num
     att = sharpened_attention(queries, keys, sim_cal)
     logits = class_logits(att, episode.support_labels, ways)
-    loss = F.cross_entropy(logits, episode.query_labels)
+    if config.loss == "nll":  # the class attention sums to 1 per query: its log is a log-likelihood
+        loss = F.nll_loss(torch.log(logits.clamp_min(NLL_FLOOR)), episode.query_labels)
+    else:  # the seed's: cross-entropy that treats the class attention (in [0, 1]) as logits
+        loss = F.cross_entropy(logits, episode.query_labels)
     acc = (logits.argmax(1) == episode.query_labels).float().mean().item()
     return loss, acc
 

@@ -31,9 +31,16 @@ def _minutes(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds / 60:.0f} min"
 
 
+def _loss(prov: dict) -> str:
+    """`` with --loss X`` when a stage's recorded command trained with another loss than the seed's."""
+    words = str(prov.get("command") or "").split()
+    loss = words[words.index("--loss") + 1] if "--loss" in words[:-1] else "ce"
+    return "" if loss == "ce" else f" with `--loss {loss}`"
+
+
 def _training(prov: dict) -> str:
     """``N episodes, M min``, preceded by the chain of checkpoints it was fine-tuned from."""
-    own = f"{prov['episodes_trained']:,} episodes, {_minutes(prov.get('train_seconds'))}"
+    own = f"{prov['episodes_trained']:,} episodes{_loss(prov)}, {_minutes(prov.get('train_seconds'))}"
     parent = prov.get("init_from")
     if not parent:
         return own

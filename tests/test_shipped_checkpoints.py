@@ -66,6 +66,23 @@ def test_readme_results_table_is_current():
         assert line in readme, f"README results table is stale; rerun scripts/results_table.py:\n{line}"
 
 
+def test_readme_training_commands_exist():
+    """Every ``sh scripts/train_shipped.sh NAME`` that the README names is a recipe of the script,
+    and the script refuses an unknown name without training anything."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "train_shipped.sh").read_text()
+    recipes = set(re.findall(r"^  ([\w-]+)\)", script, flags=re.M))
+    named = set(re.findall(r"sh scripts/train_shipped\.sh ([\w-]+)", (root / "README.md").read_text()))
+    assert named and set(SHIPPED) <= recipes
+    assert named <= recipes, f"README names recipes that scripts/train_shipped.sh lacks: {sorted(named - recipes)}"
+    out = subprocess.run(["sh", str(root / "scripts" / "train_shipped.sh"), "no-such-recipe"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "usage:" in out.stderr
+
+
 def _results_table_module():
     """``scripts/results_table.py`` imported as a module (scripts/ is not a package)."""
     import importlib.util
@@ -108,3 +125,6 @@ def test_results_table_renders_a_fine_tuning_chain():
     assert mod._training({"episodes_trained": 10, "train_seconds": 60.0}) == "10 episodes, 1 min"
     assert mod._train_commands(prov, "a") == ("`sh scripts/train_shipped.sh a-stage1`, "
                                               "`sh scripts/train_shipped.sh a`")
+    nll = {**prov, "command": "batmann train --loss nll --ways 100 --run-dir runs/a"}
+    assert mod._training(nll).endswith("+ 1,200 episodes with `--loss nll`, 70 min")
+    assert "`--loss" not in mod._training({**prov, "command": "batmann train --loss ce"})

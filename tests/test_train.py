@@ -233,12 +233,46 @@ def test_bad_checkpoints_refused(tmp_path):
     ("precision", "fp8", "precision 'fp8'"),
     ("train_episode", 0, "train_episode must be an integer >= 1"),
     ("learning_rate", -1.0, "learning_rate must be > 0"),
+    ("loss", "hinge", "loss 'hinge' is not one of ce, nll"),
 ])
 def test_bad_options_refused(field, value, msg):
     cfg = tiny_config()
     setattr(cfg, field, value)
     with pytest.raises(ConfigError, match=msg):
         cfg.validate()
+
+
+def test_nll_loss_needs_a_normalised_class_attention():
+    cfg = tiny_config(loss="nll", sim_cal="cos_softmax")
+    with pytest.raises(ConfigError, match="loss 'nll' needs sim_cal 'cos_softabs'"):
+        cfg.validate()
+    tiny_config(loss="nll").validate()
+
+
+@pytest.mark.parametrize("loss", ["ce", "nll"])
+def test_train_step_losses(loss):
+    """ce is the seed's cross-entropy over the class attention as logits; nll is -log of the
+    attention the true class gets. Both computed by hand from the features here."""
+    from types import SimpleNamespace
+
+    from batmann.memory import class_logits, sharpened_attention
+    from batmann.train import train_step
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 8)
+    support, query = torch.randn(6, 12), torch.randn(4, 12)
+    s_lab, q_lab = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0])
+    ep = SimpleNamespace(support=support, query=query, support_labels=s_lab, query_labels=q_lab)
+    cfg = tiny_config(loss=loss)
+    cfg.episodes.class_num = 3
+    got, _ = train_step(lin, ep, "cos_softabs", cfg, torch.device("cpu"))
+    p = class_logits(sharpened_attention(lin(query), lin(support)), s_lab, 3)
+    torch.testing.assert_close(p.sum(1), torch.ones(4))
+    true = p[torch.arange(4), q_lab]
+    want = -true.log().mean() if loss == "nll" else (torch.logsumexp(p, 1) - true).mean()
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
 
 
 def test_seed_rules_enforced_through_config():
@@ -308,3 +342,15 @@ def test_train_cli_runs_resumes_and_refuses_bad_input(tmp_path, omniglot_cache):
                                             "--binary-id", "2", "--keys", "bipolar"], capture_output=True, text=True)
     assert seed_names.returncode == 2 and "contradicts" in seed_names.stderr
     assert len(seed_names.stderr.strip().splitlines()) == 1
+
+
+def test_train_cli_loss_option(capsys):
+    from batmann.cli import build_parser, main
+    from batmann.cli.train_cmd import train_config_from_args
+
+    args = build_parser().parse_args(["train", "--loss", "nll"])
+    assert train_config_from_args(args).loss == "nll"
+    assert train_config_from_args(build_parser().parse_args(["train"])).loss == "ce"
+    assert main(["train", "--loss", "nll", "--sim-cal", "cos_softmax"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss 'nll' needs sim_cal 'cos_softabs'" in err[0]

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from batmann.config import CONTROLLERS, KEY_MODES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed
+from batmann.config import CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -115,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help=f"StepLR factor (default {d.lr_gamma})")
     t.add_argument("--sim-cal", choices=SIM_CALS, default=d.sim_cal,
                    help="training similarity + sharpening (default cos_softabs, the paper's softabs)")
+    t.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="ce: the seed's cross-entropy over the class attention; nll: its negative log, "
+                        "which weighs hard queries more (needs cos_softabs) (default ce)")
     add_keys_options(p, d.keys)
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
@@ -135,7 +138,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_interval=args.log_interval, val_episode=args.val_episode, val_interval=args.val_interval,
         test_episode=args.test_episode, checkpoint_interval=args.checkpoint_interval,
         learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
-        sim_cal=args.sim_cal, keys=resolve_keys(args, d.keys), precision=args.precision,
+        sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
         seed=args.seed, device=args.device, init_from=args.init_from,
     ).validate()
 
