@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from batmann.config import EpisodeOptions
 from batmann.hardware import compare, hardware_spec
