@@ -39,6 +39,17 @@ def parent_chain(parent: dict) -> dict | None:
     return found.get("init_from") if same else None
 
 
+def complete_chain(parent: dict) -> dict:
+    """``parent`` with every link of its fine-tuning chain that an older run did not record
+    filled in from the checkpoints it names (see :func:`parent_chain`), as far as they can
+    still be read."""
+    if "init_from" in parent:
+        deeper = parent["init_from"]
+        return dict(parent, init_from=complete_chain(deeper)) if deeper else parent
+    grand = parent_chain(parent)
+    return dict(parent, init_from=complete_chain(grand)) if grand else parent
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run folder or .safetensors file")
@@ -49,11 +60,8 @@ def main() -> int:
     cache = load_image_cache(src.config.model.image_size)
     dest = SHIPPED_DIR / f"{args.name}.safetensors"
     provenance = dict(src.provenance, shipped_from=str(resolve_checkpoint(args.run)))
-    parent = provenance.get("init_from")
-    if parent and "init_from" not in parent:  # trained before parents recorded their own chain
-        grand = parent_chain(parent)
-        if grand:
-            provenance["init_from"] = dict(parent, init_from=grand)
+    if provenance.get("init_from"):  # runs trained before parents recorded their own chain lack links
+        provenance["init_from"] = complete_chain(provenance["init_from"])
     save_checkpoint(dest, src.model, src.config, provenance, half=True)
     half = load_checkpoint(dest)
     ref = predictions(src.model, src.config, cache, args.check_episodes)

@@ -128,3 +128,38 @@ def test_results_table_renders_a_fine_tuning_chain():
     nll = {**prov, "command": "batmann train --loss nll --ways 100 --run-dir runs/a"}
     assert mod._training(nll).endswith("+ 1,200 episodes with `--loss nll`, 70 min")
     assert "`--loss" not in mod._training({**prov, "command": "batmann train --loss ce"})
+
+
+def test_ship_checkpoint_fills_in_a_chain_older_runs_did_not_record(tmp_path):
+    """A stage-3 run whose stage-2 parent was trained before parents recorded their own chain:
+    every missing link is read from the checkpoint each record names, and a record whose
+    checkpoint is gone or was retrained (another command) ends the chain there."""
+    import importlib.util
+    from pathlib import Path
+
+    from batmann.checkpoint import build_model, save_checkpoint
+    from batmann.config import ModelConfig, TrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ship_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = TrainConfig(model=ModelConfig(feature_dim=16))
+    model = build_model(cfg)
+
+    def record(name, command, episodes, **more):
+        return {"name": str(name), "command": command, "episodes_trained": episodes, **more}
+
+    root = record("20w5s-fp", "train root", 4500)
+    stage1 = tmp_path / "stage1.safetensors"
+    save_checkpoint(stage1, model, cfg, {"command": "train s1", "episodes_trained": 900, "init_from": root})
+    stage2 = tmp_path / "stage2.safetensors"  # an old run: its parent record stops at stage 1
+    save_checkpoint(stage2, model, cfg, {"command": "train s2", "episodes_trained": 1200,
+                                         "init_from": record(stage1, "train s1", 900)})
+    got = mod.complete_chain(record(stage2, "train s2", 1200))
+    assert got["init_from"]["name"] == str(stage1) and got["init_from"]["init_from"] == root
+    assert mod.complete_chain(record(stage2, "train s2 again", 1200)) == record(stage2, "train s2 again", 1200)
+    gone = record(tmp_path / "gone.safetensors", "x", 1)
+    assert mod.complete_chain(gone) == gone
+    done = record("a", "b", 1, init_from=None)
+    assert mod.complete_chain(done) == done

@@ -354,3 +354,13 @@ def test_train_cli_loss_option(capsys):
     assert main(["train", "--loss", "nll", "--sim-cal", "cos_softmax"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "loss 'nll' needs sim_cal 'cos_softabs'" in err[0]
+
+
+def test_train_cli_without_validation_says_so(tmp_path, omniglot_cache):
+    out = subprocess.run([sys.executable, "-m", "batmann", "train", "--ways", "5", "--shots", "1",
+                          "--feature-dim", "32", "--queries-train", "2", "--episodes", "1", "--val-episode", "0",
+                          "--test-episode", "0", "--precision", "fp32", "--device", "cpu", "--no-progress",
+                          "--loss", "nll", "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "best validation: none (no validation ran)" in out.stdout
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"] == "nll"

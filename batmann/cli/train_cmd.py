@@ -151,8 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, command=command)
     print(f"run folder: {result.run_dir}")
-    print(f"episodes: {result.episodes_done}, best validation: {result.best_val_pct:.2f}%, "
-          f"time: {result.seconds:.0f} s")
+    best = f"{result.best_val_pct:.2f}%" if result.best_val_pct >= 0 else "none (no validation ran)"
+    print(f"episodes: {result.episodes_done}, best validation: {best}, time: {result.seconds:.0f} s")
     if result.test is not None:
         print(f"test: {result.test.accuracy_pct:.2f}% +- {result.test.ci95_pct:.2f} "
               f"({result.test.episodes} episodes)")
