@@ -83,13 +83,13 @@ def test_readme_training_commands_exist():
     assert out.returncode == 2 and "usage:" in out.stderr
 
 
-def _results_table_module():
-    """``scripts/results_table.py`` imported as a module (scripts/ is not a package)."""
+def _script_module(name: str = "results_table"):
+    """``scripts/<name>.py`` imported as a module (scripts/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
-    spec = importlib.util.spec_from_file_location("results_table", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -98,7 +98,7 @@ def _results_table_module():
 def test_results_table_write_replaces_only_the_table(tmp_path):
     """``results_table.py --write FILE`` swaps the stale table for the current one and keeps
     the text around it; a file without a table is refused and left as it was."""
-    mod = _results_table_module()
+    mod = _script_module()
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n\n{mod.HEADER}\n|---|\n| stale row |\n\nafter\n")
     assert mod.main(["--write", str(readme)]) == 0
@@ -116,7 +116,7 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
 def test_results_table_renders_a_fine_tuning_chain():
     """A two-stage checkpoint shows every stage: the first parent by name, then each stage's
     episodes and minutes."""
-    mod = _results_table_module()
+    mod = _script_module()
     root = {"name": "20w5s-fp", "episodes_trained": 4500, "train_seconds": 3300.0}
     stage1 = {"name": "runs/a-stage1", "episodes_trained": 900, "train_seconds": 3060.0, "init_from": root}
     prov = {"episodes_trained": 1200, "train_seconds": 4200.0, "init_from": stage1}
@@ -134,16 +134,10 @@ def test_ship_checkpoint_fills_in_a_chain_older_runs_did_not_record(tmp_path):
     """A stage-3 run whose stage-2 parent was trained before parents recorded their own chain:
     every missing link is read from the checkpoint each record names, and a record whose
     checkpoint is gone or was retrained (another command) ends the chain there."""
-    import importlib.util
-    from pathlib import Path
-
     from batmann.checkpoint import build_model, save_checkpoint
     from batmann.config import ModelConfig, TrainConfig
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "ship_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("ship_checkpoint", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script_module("ship_checkpoint")
     cfg = TrainConfig(model=ModelConfig(feature_dim=16))
     model = build_model(cfg)
 
