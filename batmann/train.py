@@ -260,6 +260,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         log.info("resumed from %s at episode %d (best validation %.2f%%)", last_path, start, best_val)
     else:
         log.info("config %s", config.to_dict())
+        log.info("precision %s (asked: %s)", config.effective_precision, config.precision)
         if config.init_from:
             parent = init_weights(model, config)
             log.info("initial weights from %s", parent["init_from"])

@@ -11,6 +11,7 @@ Reference (issue 3): the seed's own code made CPU-only ran 0.71 training and 1.5
 episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
+        [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.tasks import make_sampler
 from batmann.train import train_step
+from batmann.utils.device import has_fast_bf16
 
 SEED_TRAIN_EPS, SEED_TEST_EPS = 0.71, 1.5
 
@@ -73,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="20w5s,100w5s")
     ap.add_argument("--controllers", default="fp,xnor")
+    ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -80,12 +83,13 @@ def main() -> None:
     ap.add_argument("--cached-episodes", type=int, default=100)
     args = ap.parse_args()
     cache = load_image_cache(32)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(torch.device('cpu'))}")
     print("| task | controller | precision | train ep/s | x seed | test ep/s | x seed | test ep/s, feature cache | x seed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
-            for prec in ("fp32", "bf16"):
+            for prec in args.precisions.split(","):
                 cfg = TrainConfig(model=ModelConfig(controller=kind), episodes=task(tag), precision=prec, device="cpu")
                 steps = args.steps if tag.startswith("20") else max(2, args.steps // 2)
                 tr = train_rate(cfg, cache, steps)

@@ -39,24 +39,30 @@ def _loss(prov: dict) -> str:
 
 
 def _training(prov: dict) -> str:
-    """``N episodes, M min``, preceded by the chain of checkpoints it was fine-tuned from."""
+    """``N episodes, M min``, preceded by the stages it was fine-tuned from: an earlier stage of
+    the same recipe (a run folder, ``runs/<stage>``) as its own ``+`` term, a shipped checkpoint
+    by name with its whole training in brackets."""
     own = f"{prov['episodes_trained']:,} episodes{_loss(prov)}, {_minutes(prov.get('train_seconds'))}"
     parent = prov.get("init_from")
     if not parent:
         return own
-    if parent.get("init_from"):  # a fine-tuned parent (e.g. a run folder of an earlier stage)
+    if _is_stage(parent):
         return f"{_training(parent)} + {own}"
-    return (f"fine-tuned from `{parent['name']}` ({parent['episodes_trained']:,} episodes, "
-            f"{_minutes(parent.get('train_seconds'))}) + {own}")
+    return f"fine-tuned from `{parent['name']}` ({_training(parent)}) + {own}"
+
+
+def _is_stage(parent: dict) -> bool:
+    """Whether a parent record names a run folder (an earlier stage) rather than a shipped name."""
+    return str(parent.get("name", "")).startswith("runs/")
 
 
 def _train_commands(prov: dict, name: str) -> str:
     """The ``train_shipped.sh`` lines that rebuild ``name``: one per earlier stage trained in a
-    run folder (``runs/<stage>``), first stage first, then ``name`` itself."""
+    run folder (``runs/<stage>``), first stage first, then ``name`` itself. A shipped parent
+    ends the list: its file is in the repository (and its own row rebuilds it)."""
     stages, parent = [name], prov.get("init_from")
-    while parent:
-        if str(parent.get("name", "")).startswith("runs/"):
-            stages.append(parent["name"].removeprefix("runs/").rstrip("/"))
+    while parent and _is_stage(parent):
+        stages.append(parent["name"].removeprefix("runs/").rstrip("/"))
         parent = parent.get("init_from")
     return ", ".join(f"`sh scripts/train_shipped.sh {s}`" for s in reversed(stages))
 

@@ -128,6 +128,16 @@ def test_results_table_renders_a_fine_tuning_chain():
     nll = {**prov, "command": "batmann train --loss nll --ways 100 --run-dir runs/a"}
     assert mod._training(nll).endswith("+ 1,200 episodes with `--loss nll`, 70 min")
     assert "`--loss" not in mod._training({**prov, "command": "batmann train --loss ce"})
+    # a shipped parent that is itself two stages: named, its stages in brackets, and its recipe
+    # lines left out of the reproduce column (its file is shipped)
+    two = {"name": "20w5s-fp", "episodes_trained": 2000, "train_seconds": 1020.0, "command": "--loss nll",
+           "init_from": {"name": "runs/20w5s-fp-stage1", "episodes_trained": 4500, "train_seconds": 3300.0}}
+    child = {"episodes_trained": 700, "train_seconds": 120.0, "init_from": two}
+    assert mod._training(child) == ("fine-tuned from `20w5s-fp` (4,500 episodes, 55 min + 2,000 episodes "
+                                    "with `--loss nll`, 17 min) + 700 episodes, 2 min")
+    assert mod._train_commands(child, "5w1s-fp") == "`sh scripts/train_shipped.sh 5w1s-fp`"
+    assert mod._train_commands({**two, "name": None}, "20w5s-fp") == (
+        "`sh scripts/train_shipped.sh 20w5s-fp-stage1`, `sh scripts/train_shipped.sh 20w5s-fp`")
 
 
 def test_ship_checkpoint_fills_in_a_chain_older_runs_did_not_record(tmp_path):

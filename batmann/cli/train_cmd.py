@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_keys_options(p, d.keys)
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32; bf16 autocast with channels_last; auto = bf16 for the fp controller, fp32 for binarized ones (default auto)")
+                   help="fp32; bf16 autocast with channels_last; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
     r.add_argument("--seed", type=int, default=d.seed, help="seed for every generator (default 0)")
     r.add_argument("--device", "--gpu", dest="device", default=d.device,
                    help="auto, cpu, cuda or cuda:N (default auto)")
