@@ -171,10 +171,10 @@ class TrainConfig:
     def effective_precision(self) -> str:
         """``auto``: bf16 autocast for the full-precision controller where the device runs bf16
         natively (measured about 2x faster per training episode on an AMX CPU; emulated bf16 on
-        an AVX2-only CPU was about 35x slower than fp32), else fp32; fp32 for binarized ones:
-        bf16 rounding flips the signs of binarized activations, so a bf16-trained binary
-        controller is a different function in fp32 (the export and crossbar path), and it was
-        not faster (README, Performance)."""
+        an AVX2-only CPU trained 14x and tested 30x slower than fp32), else fp32. fp32 for
+        binarized ones: bf16 rounding flips the signs of binarized activations, so a
+        bf16-trained binary controller is a different function in fp32 (the export and
+        crossbar path), and it was not faster (README, Performance)."""
         if self.precision != "auto":
             return self.precision
         if self.model.controller != "fp":

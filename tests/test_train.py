@@ -264,7 +264,7 @@ def test_bad_options_refused(field, value, msg):
                                                    (False, True, "bf16")])
 def test_auto_precision_uses_bf16_only_where_the_cpu_runs_it(monkeypatch, avx512_bf16, amx, want):
     """bf16 autocast for the fp controller only on a CPU with native bf16 (emulated bf16 on an
-    AVX2 CPU was ~35x slower); binarized controllers and an explicit choice are never changed."""
+    AVX2 CPU was 14-30x slower); binarized controllers and an explicit choice are never changed."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert tiny_config(precision="auto").effective_precision == want
