@@ -48,7 +48,18 @@ def _training(prov: dict) -> str:
         return own
     if _is_stage(parent):
         return f"{_training(parent)} + {own}"
-    return f"fine-tuned from `{parent['name']}` ({_training(parent)}) + {own}"
+    return f"fine-tuned from {_shipped_parent(parent)} ({_training(parent)}) + {own}"
+
+
+def _shipped_parent(parent: dict) -> str:
+    """A shipped parent's name, as ``an earlier `NAME` `` when the checkpoint shipped under that
+    name now is another one (re-trained since: its record's episodes, time or command differ)."""
+    path = SHIPPED_DIR / f"{parent['name']}.json"
+    if path.is_file():
+        now = json.loads(path.read_text())["provenance"]
+        if any(now.get(k) != parent.get(k) for k in ("episodes_trained", "train_seconds", "command")):
+            return f"an earlier `{parent['name']}`"
+    return f"`{parent['name']}`"
 
 
 def _is_stage(parent: dict) -> bool:

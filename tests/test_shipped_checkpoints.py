@@ -113,10 +113,11 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
     assert other.read_text() == "no table here\n"
 
 
-def test_results_table_renders_a_fine_tuning_chain():
+def test_results_table_renders_a_fine_tuning_chain(tmp_path, monkeypatch):
     """A two-stage checkpoint shows every stage: the first parent by name, then each stage's
     episodes and minutes."""
     mod = _script_module()
+    monkeypatch.setattr(mod, "SHIPPED_DIR", tmp_path)  # the made-up parents are not shipped
     root = {"name": "20w5s-fp", "episodes_trained": 4500, "train_seconds": 3300.0}
     stage1 = {"name": "runs/a-stage1", "episodes_trained": 900, "train_seconds": 3060.0, "init_from": root}
     prov = {"episodes_trained": 1200, "train_seconds": 4200.0, "init_from": stage1}
@@ -138,6 +139,22 @@ def test_results_table_renders_a_fine_tuning_chain():
     assert mod._train_commands(child, "5w1s-fp") == "`sh scripts/train_shipped.sh 5w1s-fp`"
     assert mod._train_commands({**two, "name": None}, "20w5s-fp") == (
         "`sh scripts/train_shipped.sh 20w5s-fp-stage1`, `sh scripts/train_shipped.sh 20w5s-fp`")
+
+
+def test_results_table_names_a_parent_that_was_re_shipped_since(tmp_path, monkeypatch):
+    """A child fine-tuned from a shipped checkpoint that has been re-trained since must not
+    read as if it came from the checkpoint now shipped under that name."""
+    mod = _script_module()
+    monkeypatch.setattr(mod, "SHIPPED_DIR", tmp_path)
+    record = {"episodes_trained": 4500, "train_seconds": 3300.0, "command": "batmann train --ways 20"}
+    (tmp_path / "20w5s-fp.json").write_text(json.dumps({"provenance": record}))
+    child = {"episodes_trained": 700, "train_seconds": 120.0, "init_from": {"name": "20w5s-fp", **record}}
+    assert mod._training(child).startswith("fine-tuned from `20w5s-fp` (4,500 episodes")
+    retrained = {**record, "episodes_trained": 2000, "init_from": {"name": "runs/20w5s-fp-stage1"}}
+    (tmp_path / "20w5s-fp.json").write_text(json.dumps({"provenance": retrained}))
+    assert mod._training(child).startswith("fine-tuned from an earlier `20w5s-fp` (4,500 episodes")
+    (tmp_path / "20w5s-fp.json").unlink()  # a parent that is not shipped (any more): its name
+    assert mod._training(child).startswith("fine-tuned from `20w5s-fp` (4,500 episodes")
 
 
 def test_ship_checkpoint_fills_in_a_chain_older_runs_did_not_record(tmp_path):
