@@ -52,14 +52,19 @@ def _training(prov: dict) -> str:
 
 
 def _shipped_parent(parent: dict) -> str:
-    """A shipped parent's name, as ``an earlier `NAME` `` when the checkpoint shipped under that
-    name now is another one (re-trained since: its record's episodes, time or command differ)."""
+    """A shipped parent's name, as ``an earlier `NAME` `` when it was re-trained since."""
+    return f"an earlier `{parent['name']}`" if _is_earlier(parent) else f"`{parent['name']}`"
+
+
+def _is_earlier(parent: dict) -> bool:
+    """Whether the checkpoint shipped now under a parent's (shipped) name is another one than the
+    parent: its record's episodes, training time or command differ. Its recipe is then
+    ``NAME-stage1`` in ``train_shipped.sh`` (the re-trained checkpoint continues from it)."""
     path = SHIPPED_DIR / f"{parent['name']}.json"
-    if path.is_file():
-        now = json.loads(path.read_text())["provenance"]
-        if any(now.get(k) != parent.get(k) for k in ("episodes_trained", "train_seconds", "command")):
-            return f"an earlier `{parent['name']}`"
-    return f"`{parent['name']}`"
+    if _is_stage(parent) or not path.is_file():
+        return False
+    now = json.loads(path.read_text())["provenance"]
+    return any(now.get(k) != parent.get(k) for k in ("episodes_trained", "train_seconds", "command"))
 
 
 def _is_stage(parent: dict) -> bool:
@@ -70,11 +75,14 @@ def _is_stage(parent: dict) -> bool:
 def _train_commands(prov: dict, name: str) -> str:
     """The ``train_shipped.sh`` lines that rebuild ``name``: one per earlier stage trained in a
     run folder (``runs/<stage>``), first stage first, then ``name`` itself. A shipped parent
-    ends the list: its file is in the repository (and its own row rebuilds it)."""
+    ends the list: its file is in the repository (and its own row rebuilds it), unless it has
+    been re-trained since: then its first stage's recipe, ``NAME-stage1``, starts the list."""
     stages, parent = [name], prov.get("init_from")
     while parent and _is_stage(parent):
         stages.append(parent["name"].removeprefix("runs/").rstrip("/"))
         parent = parent.get("init_from")
+    if parent and _is_earlier(parent):
+        stages.append(f"{parent['name']}-stage1")
     return ", ".join(f"`sh scripts/train_shipped.sh {s}`" for s in reversed(stages))
 
 

@@ -150,9 +150,12 @@ def test_results_table_names_a_parent_that_was_re_shipped_since(tmp_path, monkey
     (tmp_path / "20w5s-fp.json").write_text(json.dumps({"provenance": record}))
     child = {"episodes_trained": 700, "train_seconds": 120.0, "init_from": {"name": "20w5s-fp", **record}}
     assert mod._training(child).startswith("fine-tuned from `20w5s-fp` (4,500 episodes")
+    assert mod._train_commands(child, "5w1s-fp") == "`sh scripts/train_shipped.sh 5w1s-fp`"
     retrained = {**record, "episodes_trained": 2000, "init_from": {"name": "runs/20w5s-fp-stage1"}}
     (tmp_path / "20w5s-fp.json").write_text(json.dumps({"provenance": retrained}))
     assert mod._training(child).startswith("fine-tuned from an earlier `20w5s-fp` (4,500 episodes")
+    assert mod._train_commands(child, "5w1s-fp") == ("`sh scripts/train_shipped.sh 20w5s-fp-stage1`, "
+                                                     "`sh scripts/train_shipped.sh 5w1s-fp`")
     (tmp_path / "20w5s-fp.json").unlink()  # a parent that is not shipped (any more): its name
     assert mod._training(child).startswith("fine-tuned from `20w5s-fp` (4,500 episodes")
 
