@@ -34,7 +34,7 @@ from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system
 from batmann.memory import class_logits, sharpened_attention
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
-from batmann.utils.device import resolve_device
+from batmann.utils.device import describe_device, resolve_device
 from batmann.utils.seeding import seed_everything
 
 VAL_SEED_OFFSET = 1_000_003
@@ -113,8 +113,9 @@ def test(model: torch.nn.Module, config: TrainConfig, cache, device: torch.devic
 
 
 def provenance(config: TrainConfig, episodes_done: int, seconds: float, command: str | None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Who made a checkpoint, how, and on what."""
+               extra: dict[str, Any] | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """Who made a checkpoint, how, and on what (``device``: where it trained, named by
+    :func:`~batmann.utils.device.describe_device`)."""
     from batmann import __version__
 
     return {
@@ -123,6 +124,7 @@ def provenance(config: TrainConfig, episodes_done: int, seconds: float, command:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        **({"device": describe_device(device)} if device is not None else {}),
         "episodes_trained": episodes_done,
         "train_seconds": round(seconds, 1),
         "command": command,
@@ -274,7 +276,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
             best_val = val.accuracy_pct
             save_checkpoint(run_dir / "best.safetensors", model, config,
                             provenance(config, done, elapsed + time.perf_counter() - t0, command,
-                                       {"val_accuracy_pct": val.accuracy_pct, **parent}))
+                                       {"val_accuracy_pct": val.accuracy_pct, **parent}, device))
             log.info("episode %d new best: saved best.safetensors", done)
 
     def save_last(episode: int) -> None:
@@ -328,7 +330,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     log.info("training finished: %d episodes in %.0f s", episode, seconds)
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # no validation ran: the final weights are the result
-        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command, parent))
+        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command, parent, device))
     result = None
     if config.test_episode:
         best = load_checkpoint(best_path, device)

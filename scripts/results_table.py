@@ -38,11 +38,23 @@ def _loss(prov: dict) -> str:
     return "" if loss == "ce" else f" with `--loss {loss}`"
 
 
+def _where(prov: dict) -> str:
+    """`` on GPU NAME`` for a stage trained on a CUDA device (the record's ``device``, or
+    ``--device cuda`` in a command recorded before records named the device); else nothing
+    (this project's 2-core CPU)."""
+    device = str(prov.get("device") or "")
+    if device.startswith("cuda"):
+        return f" on {device.split(':', 1)[1].strip() or 'a CUDA GPU'}"
+    words = str(prov.get("command") or "").split()
+    flags = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--device", "--gpu")]
+    return " on a CUDA GPU" if not device and any(f.startswith("cuda") for f in flags) else ""
+
+
 def _training(prov: dict) -> str:
     """``N episodes, M min``, preceded by the stages it was fine-tuned from: an earlier stage of
     the same recipe (a run folder, ``runs/<stage>``) as its own ``+`` term, a shipped checkpoint
     by name with its whole training in brackets."""
-    own = f"{prov['episodes_trained']:,} episodes{_loss(prov)}, {_minutes(prov.get('train_seconds'))}"
+    own = f"{prov['episodes_trained']:,} episodes{_loss(prov)}, {_minutes(prov.get('train_seconds'))}{_where(prov)}"
     parent = prov.get("init_from")
     if not parent:
         return own
@@ -124,7 +136,7 @@ def row(name: str) -> str | None:
 
 
 HEADER = ("| problem | setting | ours (1000 episodes) | seed | Nat Comm software | aim (issue 4) "
-          "| training on this CPU (to the shipped weights) | stored | reproduce |")
+          "| training to the shipped weights (2-core CPU unless a GPU is named) | stored | reproduce |")
 
 
 def table() -> list[str]:

@@ -141,6 +141,21 @@ def test_results_table_renders_a_fine_tuning_chain(tmp_path, monkeypatch):
         "`sh scripts/train_shipped.sh 20w5s-fp-stage1`, `sh scripts/train_shipped.sh 20w5s-fp`")
 
 
+def test_results_table_names_the_gpu_a_stage_trained_on():
+    """A stage trained on a CUDA device says so (by the recorded device's name, or from
+    ``--device cuda`` in an older record's command); CPU stages stay unmarked."""
+    mod = _script_module()
+    stage = {"episodes_trained": 3500, "train_seconds": 172.0}
+    h100 = {**stage, "device": "cuda: NVIDIA H100 80GB HBM3", "command": "batmann train --device cuda"}
+    assert mod._training(h100) == "3,500 episodes, 3 min on NVIDIA H100 80GB HBM3"
+    assert mod._training({**stage, "command": "batmann train --loss nll --device cuda:0"}) == (
+        "3,500 episodes with `--loss nll`, 3 min on a CUDA GPU")
+    assert mod._where({**stage, "command": "batmann train --gpu cuda"}) == " on a CUDA GPU"
+    for cpu in ({**stage, "device": "cpu: AMD EPYC, AVX2, 2 threads", "command": "batmann train --device cuda"},
+                {**stage, "command": "batmann train --device cpu"}, stage):
+        assert mod._where(cpu) == ""
+
+
 def test_results_table_names_a_parent_that_was_re_shipped_since(tmp_path, monkeypatch):
     """A child fine-tuned from a shipped checkpoint that has been re-trained since must not
     read as if it came from the checkpoint now shipped under that name."""

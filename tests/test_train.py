@@ -147,6 +147,9 @@ def test_init_from_starts_at_the_parent_weights(tmp_path, omniglot_cache):
     b = load_checkpoint(child.run_dir / "best.safetensors")
     assert b.provenance["init_from"]["file"] == "best.safetensors"
     assert b.provenance["init_from"]["episodes_trained"] == 3
+    # where each stage trained: this test runs on the CPU, named with its SIMD level and threads
+    for prov in (b.provenance, load_checkpoint(parent_file).provenance):
+        assert prov["device"].startswith("cpu: ") and prov["device"].endswith(" threads")
     for k, v in a.items():  # lr 1e-12: every saved weight is (almost) the parent's
         if v.is_floating_point():
             torch.testing.assert_close(b.model.state_dict()[k], v, rtol=0, atol=1e-6)

@@ -34,3 +34,22 @@ def has_fast_bf16(device: torch.device) -> bool:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     return False
+
+
+def describe_device(device: torch.device) -> str:
+    """A one-line name of the hardware behind ``device``, for a checkpoint's provenance:
+    ``"cuda: NVIDIA H100 80GB HBM3"`` or ``"cpu: AMD EPYC, AVX2, 2 threads"``."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as fh:
+                model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+        except OSError:
+            pass
+        import platform
+
+        model = model or platform.processor() or platform.machine()
+        return f"cpu: {model}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    return device.type
