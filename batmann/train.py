@@ -113,9 +113,9 @@ def test(model: torch.nn.Module, config: TrainConfig, cache, device: torch.devic
 
 
 def provenance(config: TrainConfig, episodes_done: int, seconds: float, command: str | None,
-               extra: dict[str, Any] | None = None, device: torch.device | None = None) -> dict[str, Any]:
-    """Who made a checkpoint, how, and on what (``device``: where it trained, named by
-    :func:`~batmann.utils.device.describe_device`)."""
+               extra: dict[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
+    """Who made a checkpoint, how, and on what (``device``: where it trained, as
+    :func:`~batmann.utils.device.describe_device` names it)."""
     from batmann import __version__
 
     return {
@@ -124,7 +124,7 @@ def provenance(config: TrainConfig, episodes_done: int, seconds: float, command:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
-        **({"device": describe_device(device)} if device is not None else {}),
+        **({"device": device} if device is not None else {}),
         "episodes_trained": episodes_done,
         "train_seconds": round(seconds, 1),
         "command": command,
@@ -237,6 +237,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
                           "or choose another --run-dir")
     device = resolve_device(config.device)
+    device_name = describe_device(device)  # for the provenance of every checkpoint this run saves
     log = _logger(run_dir)
     seed_everything(config.seed)
     if cache is None:
@@ -276,7 +277,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
             best_val = val.accuracy_pct
             save_checkpoint(run_dir / "best.safetensors", model, config,
                             provenance(config, done, elapsed + time.perf_counter() - t0, command,
-                                       {"val_accuracy_pct": val.accuracy_pct, **parent}, device))
+                                       {"val_accuracy_pct": val.accuracy_pct, **parent}, device_name))
             log.info("episode %d new best: saved best.safetensors", done)
 
     def save_last(episode: int) -> None:
@@ -330,7 +331,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     log.info("training finished: %d episodes in %.0f s", episode, seconds)
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # no validation ran: the final weights are the result
-        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command, parent, device))
+        save_checkpoint(best_path, model, config, provenance(config, episode, seconds, command, parent, device_name))
     result = None
     if config.test_episode:
         best = load_checkpoint(best_path, device)

@@ -3,6 +3,8 @@ say whether it runs bf16 natively."""
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from batmann.errors import ConfigError
@@ -48,8 +50,6 @@ def describe_device(device: torch.device) -> str:
                 model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
         except OSError:
             pass
-        import platform
-
         model = model or platform.processor() or platform.machine()
         return f"cpu: {model}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
     return device.type
