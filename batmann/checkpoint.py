@@ -223,10 +223,11 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
         raise CheckpointError(f"{path} is not a batmann training state (format {meta.get('format')!r})")
     saved = _meta_json(meta, "config", path)
     now = config.to_dict()
+    defaults = TrainConfig().to_dict()  # options newer than the saved state had their defaults
     for key in now:
         if key in ("train_episode", "device", "test_episode"):
             continue
-        if saved.get(key) != now[key]:
+        if saved.get(key, defaults[key]) != now[key]:
             raise CheckpointError(f"cannot resume {path}: option {key} was {saved.get(key)!r}, now {now[key]!r}")
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path,
                     describe(config))

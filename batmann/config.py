@@ -19,6 +19,9 @@ KEY_MODES = ("real", "bipolar", "binary")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOSSES = ("ce", "nll")
 SPLITS = ("seed", "lake")
+#: Controller layers ``--freeze`` may name, in forward order; ``features`` stands for conv1..conv4.
+FREEZABLE = ("conv1", "conv2", "conv3", "conv4", "fc1")
+FREEZE_ALIASES = {"features": ("conv1", "conv2", "conv3", "conv4")}
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -44,6 +47,28 @@ def keys_from_seed(quantization_infer: int, binary_id: int) -> str:
     if quantization_infer == 0:
         return "real"
     return "bipolar" if binary_id == 1 else "binary"
+
+
+def normalize_freeze(names: Any) -> list[str]:
+    """``--freeze`` names (a list, or one comma-separated string; ``features`` = conv1..conv4) as
+    a duplicate-free list in forward order. Raises :class:`ConfigError` for an unknown name or
+    when every layer would be frozen."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"freeze must be a list of layer names (got {names!r})")
+    chosen: set[str] = set()
+    for raw in names:
+        name = str(raw).strip()
+        if name in FREEZE_ALIASES:
+            chosen.update(FREEZE_ALIASES[name])
+        elif name in FREEZABLE:
+            chosen.add(name)
+        else:
+            raise ConfigError(f"freeze: layer {name!r} is not one of {', '.join(FREEZABLE + tuple(FREEZE_ALIASES))}")
+    if len(chosen) == len(FREEZABLE):
+        raise ConfigError("freeze names every layer (conv1..conv4 and fc1); leave at least one to train")
+    return [n for n in FREEZABLE if n in chosen]
 
 
 @dataclass
@@ -141,6 +166,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning)
+    # key format of the *training* similarity: "real" (the seed), or "bipolar"/"binary": queries
+    # and keys quantised as at inference, with a straight-through gradient
+    train_keys: str = "real"
+    freeze: list[str] = field(default_factory=list)  # controller layers kept fixed (FREEZABLE)
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
@@ -163,6 +192,8 @@ class TrainConfig:
             raise ConfigError(f"lr_gamma must be in (0, 1] (got {self.lr_gamma!r})")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ConfigError(f"init_from must be a checkpoint name or path (got {self.init_from!r})")
+        _choice("train_keys", self.train_keys, KEY_MODES)
+        self.freeze = normalize_freeze(self.freeze)
         if self.val_episode > 0 and self.episodes.val_num_train == 0:
             raise ConfigError("val_episode > 0 needs val_num_train >= 1 (validation queries per class)")
         return self

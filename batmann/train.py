@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from batmann.checkpoint import build_model, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from batmann.config import TrainConfig
 from batmann.errors import ConfigError
-from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system
-from batmann.memory import class_logits, sharpened_attention
+from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system, image_ids
+from batmann.frozen_trunk import CachedTrunkSystem, TrunkCache, freeze_layers, trunk_is_cacheable
+from batmann.memory import class_logits, quantize_keys, sharpened_attention
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
 from batmann.utils.device import describe_device, resolve_device
@@ -69,15 +70,26 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfig,
-               device: torch.device) -> tuple[torch.Tensor, float]:
-    """Forward one episode (supports and queries in one batch); returns (loss, accuracy)."""
+               device: torch.device, trunk: TrunkCache | None = None) -> tuple[torch.Tensor, float]:
+    """Forward one episode (supports and queries in one batch); returns (loss, accuracy).
+
+    ``trunk``: the frozen conv trunk's cache (only ``fc1`` then runs with gradients). With
+    ``config.train_keys`` other than ``real`` the features are quantised as at inference, with a
+    straight-through gradient, before the similarity.
+    """
     n_s = episode.support.shape[0]
     images = torch.cat([episode.support, episode.query])
-    if config.effective_precision == "bf16":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with _autocast(config, device):
-        feats = model(images)
-    feats = feats.float()
+    if trunk is not None:
+        ids = image_ids(torch.cat([episode.support_index, episode.query_index]), episode.rotation)
+        x = trunk(images, ids)
+        with _autocast(config, device):
+            feats = model.fc1(x)
+    else:
+        if config.effective_precision == "bf16":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(config, device):
+            feats = model(images)
+    feats = quantize_keys(feats.float(), config.train_keys, ste=True)
     keys, queries = feats[:n_s], feats[n_s:]
     ways = config.episodes.class_num
     att = sharpened_attention(queries, keys, sim_cal)
@@ -90,12 +102,17 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
     return loss, acc
 
 
-def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device) -> EvalResult:
+def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device,
+             trunk: TrunkCache | None = None) -> EvalResult:
     """Accuracy on ``val_episode`` fixed episodes from the training characters: supports from
-    the support pool, queries from the validation pool, inference key mode as at test time."""
+    the support pool, queries from the validation pool, inference key mode as at test time.
+    ``trunk``: the frozen trunk's cache, reused for the validation images."""
     sampler = make_sampler(cache, config.episodes, "train", config.seed + VAL_SEED_OFFSET, device)
-    system = DigitalSystem(model, keys=config.keys, cache_features=False,
-                           autocast=config.effective_precision == "bf16")
+    if trunk is not None:
+        system = CachedTrunkSystem(model, trunk, keys=config.keys)
+    else:
+        system = DigitalSystem(model, keys=config.keys, cache_features=False,
+                               autocast=config.effective_precision == "bf16")
     was_training = model.training
     try:
         return evaluate_system(system, sampler, config.val_episode, use_val=True, desc="validate")
@@ -249,7 +266,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     model = build_model(config).to(device)
     if config.effective_precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    trainable = freeze_layers(model, config.freeze)
+    trunk = (TrunkCache(model, autocast_bf16=config.effective_precision == "bf16")
+             if trunk_is_cacheable(model, config.freeze) else None)
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
 
     start, best_val, elapsed = 0, -1.0, 0.0
@@ -264,6 +284,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     else:
         log.info("config %s", config.to_dict())
         log.info("precision %s (asked: %s)", config.effective_precision, config.precision)
+        if config.freeze:
+            log.info("frozen layers %s%s", ",".join(config.freeze),
+                     " (trunk outputs cached)" if trunk is not None else "")
         if config.init_from:
             parent = init_weights(model, config)
             log.info("initial weights from %s", parent["init_from"])
@@ -271,7 +294,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
 
     def keep_if_best(done: int) -> None:
         nonlocal best_val
-        val = validate(model, config, cache, device)
+        val = validate(model, config, cache, device, trunk)
         log.info("episode %d validation %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
         if val.accuracy_pct > best_val:
             best_val = val.accuracy_pct
@@ -298,7 +321,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         for episode in bar:
             ep = sampler.sample(index=episode)
             model.begin_episode(episode, config.train_episode)  # RBNN schedule and rotations
-            loss, acc = train_step(model, ep, config.sim_cal, config, device)
+            loss, acc = train_step(model, ep, config.sim_cal, config, device, trunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

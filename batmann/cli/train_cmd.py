@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from batmann.config import CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed
+from batmann.config import CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -118,6 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--loss", choices=LOSSES, default=d.loss,
                    help="ce: the seed's cross-entropy over the class attention; nll: its negative log, "
                         "which weighs hard queries more (needs cos_softabs) (default ce)")
+    t.add_argument("--train-keys", choices=KEY_MODES, default=d.train_keys,
+                   help="feature format in the training similarity: real (the seed), or bipolar/binary: "
+                        "queries and keys quantised as at inference, straight-through gradient (default real)")
+    t.add_argument("--freeze", default="", metavar="LAYERS",
+                   help="comma-separated controller layers to keep fixed: conv1..conv4, fc1, or features "
+                        "(= conv1..conv4; their outputs are then computed once per image and cached) "
+                        "(default: none)")
     add_keys_options(p, d.keys)
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
@@ -139,7 +146,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         test_episode=args.test_episode, checkpoint_interval=args.checkpoint_interval,
         learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
-        seed=args.seed, device=args.device, init_from=args.init_from,
+        seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
+        freeze=normalize_freeze(args.freeze),
     ).validate()
 
 

@@ -1,0 +1,142 @@
+"""Fine-tuning options of ``batmann train``: frozen layers, the trunk cache, quantised training keys."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from batmann.checkpoint import build_model, read_safetensors
+from batmann.config import normalize_freeze
+from batmann.errors import ConfigError
+from batmann.frozen_trunk import TrunkCache, freeze_layers, trunk_is_cacheable
+from batmann.memory import class_logits, sharpened_attention
+from batmann.train import train, train_step
+from test_train import tiny_config
+
+
+@pytest.mark.parametrize("given,want", [
+    ("", []),
+    ("features", ["conv1", "conv2", "conv3", "conv4"]),
+    ("conv3, conv1,conv3", ["conv1", "conv3"]),
+    (["fc1", "conv2"], ["conv2", "fc1"]),
+])
+def test_freeze_names_are_normalised(given, want):
+    assert normalize_freeze(given) == want
+
+
+@pytest.mark.parametrize("given,msg", [
+    ("conv9", "freeze: layer 'conv9' is not one of conv1, conv2, conv3, conv4, fc1, features"),
+    ("features,fc1", "freeze names every layer"),
+    (3, "freeze must be a list of layer names"),
+])
+def test_bad_freeze_refused(given, msg):
+    with pytest.raises(ConfigError, match=msg):
+        normalize_freeze(given)
+    with pytest.raises(ConfigError, match="train_keys 'ternary'"):
+        tiny_config(train_keys="ternary").validate()
+
+
+def _episode(ways=3, shots=2, queries=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n_s, n_q = ways * shots, ways * queries
+    return SimpleNamespace(
+        support=torch.randn(n_s, 1, 32, 32, generator=g), query=torch.randn(n_q, 1, 32, 32, generator=g),
+        support_labels=torch.arange(ways).repeat_interleave(shots),
+        query_labels=torch.arange(ways).repeat_interleave(queries),
+        support_index=torch.arange(n_s), query_index=torch.arange(n_s, n_s + n_q), rotation=90)
+
+
+@pytest.mark.parametrize("controller", ["fp", "xnor"])
+def test_cached_trunk_gives_the_full_models_loss_and_fc_gradient(controller):
+    """With conv1..conv4 frozen, fc1 on the cached trunk is the full forward pass: same loss,
+    same fc1 gradient, no gradient on the frozen layers; a second call hits the cache."""
+    cfg = tiny_config(controller=controller, freeze=["conv1", "conv2", "conv3", "conv4"]).validate()
+    cfg.episodes.class_num = 3
+    model = build_model(cfg)
+    freeze_layers(model, cfg.freeze)
+    assert trunk_is_cacheable(model, cfg.freeze)
+    ep = _episode()
+    full, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"))
+    full.backward()
+    g_full = model.fc1.weight.grad.clone()
+    model.zero_grad()
+    trunk = TrunkCache(model)
+    cached, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"), trunk)
+    cached.backward()
+    torch.testing.assert_close(cached, full)
+    torch.testing.assert_close(model.fc1.weight.grad, g_full)
+    assert all(p.grad is None for p in model.features.parameters())
+    assert len(trunk) == ep.support.shape[0] + ep.query.shape[0]
+    # cached values are reused, not recomputed: poison the images, the loss does not change
+    ep.support.fill_(float("nan"))
+    again, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"), trunk)
+    torch.testing.assert_close(again, cached)
+
+
+def test_trunk_is_not_cached_when_a_conv_trains_or_for_rbnn():
+    model = build_model(tiny_config())
+    assert not trunk_is_cacheable(model, ["conv1", "conv2", "conv3"])
+    rbnn = build_model(tiny_config(controller="rbnn"))
+    assert not trunk_is_cacheable(rbnn, ["conv1", "conv2", "conv3", "conv4"])
+
+
+def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient():
+    """train_keys='bipolar': the similarity sees sign(features) (as inference does); the
+    gradient reaches the layer below as if the sign were the identity."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 8)
+    support, query = torch.randn(6, 12), torch.randn(4, 12)
+    s_lab, q_lab = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0])
+    ep = SimpleNamespace(support=support, query=query, support_labels=s_lab, query_labels=q_lab)
+    cfg = tiny_config(loss="nll", train_keys="bipolar")
+    cfg.episodes.class_num = 3
+    got, _ = train_step(lin, ep, "cos_softabs", cfg, torch.device("cpu"))
+
+    def sgn(x):
+        return torch.where(x > 0, 1.0, -1.0)
+
+    p = class_logits(sharpened_attention(sgn(lin(query)), sgn(lin(support))), s_lab, 3)
+    torch.testing.assert_close(got, -p[torch.arange(4), q_lab].log().mean())
+    got.backward()
+    assert lin.weight.grad.abs().sum() > 0
+    # the straight-through gradient is the real-feature gradient of the same expression
+    feats = torch.cat([lin(support), lin(query)]).detach().requires_grad_(True)
+    b = feats + (sgn(feats) - feats).detach()
+    q = class_logits(sharpened_attention(b[6:], b[:6]), s_lab, 3)
+    (-q[torch.arange(4), q_lab].log().mean()).backward()
+    want = feats.grad.T @ torch.cat([support, query])
+    torch.testing.assert_close(lin.weight.grad, want)
+
+
+def test_frozen_run_trains_only_fc1_and_resumes_exactly(tmp_path, omniglot_cache):
+    """A run with the trunk frozen (and bipolar training keys) changes fc1 only, and a resumed
+    run reproduces the uninterrupted one bit for bit."""
+    opts = dict(freeze=["conv1", "conv2", "conv3", "conv4"], train_keys="bipolar", loss="nll")
+    parent = train(tiny_config(train_episode=2), tmp_path / "parent", progress=False, cache=omniglot_cache)
+    straight = train(tiny_config(init_from=str(parent.run_dir / "best.safetensors"), **opts),
+                     tmp_path / "a", progress=False, cache=omniglot_cache)
+    assert straight.episodes_done == 6
+    train(tiny_config(init_from=str(parent.run_dir / "best.safetensors"), train_episode=3, **opts),
+          tmp_path / "b", progress=False, cache=omniglot_cache)
+    train(tiny_config(init_from=str(parent.run_dir / "best.safetensors"), **opts),
+          tmp_path / "b", resume=True, progress=False, cache=omniglot_cache)
+    start, _ = read_safetensors(parent.run_dir / "best.safetensors")
+    a, _ = read_safetensors(tmp_path / "a" / "last.safetensors")
+    b, _ = read_safetensors(tmp_path / "b" / "last.safetensors")
+    for k in start:
+        same = torch.equal(a["model." + k], start[k])
+        assert same == (not k.startswith("fc1.")), k
+        assert torch.equal(a["model." + k], b["model." + k]), k
+    assert "frozen layers conv1,conv2,conv3,conv4 (trunk outputs cached)" in (tmp_path / "a" / "train.log").read_text()
+
+
+def test_train_cli_fine_tuning_options():
+    from batmann.cli import build_parser
+    from batmann.cli.train_cmd import train_config_from_args
+
+    cfg = train_config_from_args(build_parser().parse_args(["train", "--freeze", "features", "--train-keys", "bipolar"]))
+    assert cfg.freeze == ["conv1", "conv2", "conv3", "conv4"] and cfg.train_keys == "bipolar"
+    cfg = train_config_from_args(build_parser().parse_args(["train"]))
+    assert cfg.freeze == [] and cfg.train_keys == "real"
