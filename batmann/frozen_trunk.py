@@ -5,7 +5,7 @@ optimiser never sees them). When the whole convolutional trunk (conv1..conv4) is
 output for an image depends only on the image and the episode's rotation, so
 :class:`TrunkCache` computes it once per ``(image, rotation)`` and training only runs ``fc1``.
 On the 2-core CPU that turns a 100-way 5-shot episode from seconds into milliseconds once the
-cache is warm (README, "Fine-tuning the last layer").
+cache is warm (``benchmarks/bench_frozen_trunk.py``; README, Performance).
 
 The cache holds ``(2048,)`` float32 vectors keyed by :func:`batmann.evaluate.image_ids`; for the
 964 training characters of a split with 4 rotations that is at most 77,120 entries (632 MB).

@@ -31,11 +31,28 @@ def _minutes(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds / 60:.0f} min"
 
 
-def _loss(prov: dict) -> str:
-    """`` with --loss X`` when a stage's recorded command trained with another loss than the seed's."""
+#: recipe options a row names when a stage used them (the seed's defaults are not named)
+NOTED_OPTIONS = {"--loss": "ce", "--freeze": "", "--train-keys": "real"}
+
+
+def _option(words: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command's words (``--flag V`` or ``--flag=V``; the last wins)."""
+    value = None
+    for i, w in enumerate(words):
+        if w == flag and i + 1 < len(words):
+            value = words[i + 1]
+        elif w.startswith(flag + "="):
+            value = w.split("=", 1)[1]
+    return value
+
+
+def _noted_options(prov: dict) -> str:
+    """`` with --loss X --freeze Y ...`` for the options of :data:`NOTED_OPTIONS` that a stage's
+    recorded command set to other than the seed's default."""
     words = str(prov.get("command") or "").split()
-    loss = words[words.index("--loss") + 1] if "--loss" in words[:-1] else "ce"
-    return "" if loss == "ce" else f" with `--loss {loss}`"
+    noted = [f"{flag} {v}" for flag, default in NOTED_OPTIONS.items()
+             if (v := _option(words, flag)) is not None and v != default]
+    return f" with `{' '.join(noted)}`" if noted else ""
 
 
 def _where(prov: dict) -> str:
@@ -54,7 +71,7 @@ def _training(prov: dict) -> str:
     """``N episodes, M min``, preceded by the stages it was fine-tuned from: an earlier stage of
     the same recipe (a run folder, ``runs/<stage>``) as its own ``+`` term, a shipped checkpoint
     by name with its whole training in brackets."""
-    own = f"{prov['episodes_trained']:,} episodes{_loss(prov)}, {_minutes(prov.get('train_seconds'))}{_where(prov)}"
+    own = f"{prov['episodes_trained']:,} episodes{_noted_options(prov)}, {_minutes(prov.get('train_seconds'))}{_where(prov)}"
     parent = prov.get("init_from")
     if not parent:
         return own

@@ -156,6 +156,17 @@ def test_results_table_names_the_gpu_a_stage_trained_on():
         assert mod._where(cpu) == ""
 
 
+@pytest.mark.parametrize("command,want", [
+    ("batmann train --ways 20", ""),
+    ("batmann train --loss ce --train-keys real", ""),
+    ("batmann train --loss=nll", " with `--loss nll`"),
+    ("batmann train --freeze features --loss nll --train-keys bipolar",
+     " with `--loss nll --freeze features --train-keys bipolar`"),
+])
+def test_results_table_names_the_recipe_options_a_stage_changed(command, want):
+    assert _script_module()._noted_options({"command": command}) == want
+
+
 def test_results_table_names_a_parent_that_was_re_shipped_since(tmp_path, monkeypatch):
     """A child fine-tuned from a shipped checkpoint that has been re-trained since must not
     read as if it came from the checkpoint now shipped under that name."""
