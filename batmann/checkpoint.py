@@ -227,8 +227,9 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     for key in now:
         if key in ("train_episode", "device", "test_episode"):
             continue
-        if saved.get(key, defaults[key]) != now[key]:
-            raise CheckpointError(f"cannot resume {path}: option {key} was {saved.get(key)!r}, now {now[key]!r}")
+        was = saved.get(key, defaults[key])
+        if was != now[key]:
+            raise CheckpointError(f"cannot resume {path}: option {key} was {was!r}, now {now[key]!r}")
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path,
                     describe(config))
     groups = _meta_json(meta, "optim_groups", path)

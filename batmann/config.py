@@ -194,6 +194,15 @@ class TrainConfig:
             raise ConfigError(f"init_from must be a checkpoint name or path (got {self.init_from!r})")
         _choice("train_keys", self.train_keys, KEY_MODES)
         self.freeze = normalize_freeze(self.freeze)
+        if self.freeze:
+            from batmann.models.controller import controller_layer_types
+
+            types = controller_layer_types(self.model.controller)
+            rbnn = [n for n in self.freeze if types["fc1" if n == "fc1" else f"features.{n}"].startswith("Rbnn")]
+            if rbnn:
+                raise ConfigError(f"freeze: {','.join(rbnn)} of a {self.model.controller} controller are RBNN "
+                                  "layers, whose rotations and weight signs change every episode; they cannot "
+                                  "be frozen")
         if self.val_episode > 0 and self.episodes.val_num_train == 0:
             raise ConfigError("val_episode > 0 needs val_num_train >= 1 (validation queries per class)")
         return self

@@ -82,6 +82,16 @@ def test_trunk_is_not_cached_when_a_conv_trains_or_for_rbnn():
     assert not trunk_is_cacheable(rbnn, ["conv1", "conv2", "conv3", "conv4"])
 
 
+def test_rbnn_layers_cannot_be_frozen():
+    """RBNN layers change their forward every episode (rotations, k/t schedule): refused by
+    name; the full-precision conv1 (and fc1 of ``rbnn``) of an RBNN controller may be frozen."""
+    with pytest.raises(ConfigError, match="freeze: conv2,conv3 of a rbnn controller are RBNN layers"):
+        tiny_config(controller="rbnn", freeze=["conv2", "conv3"]).validate()
+    with pytest.raises(ConfigError, match="freeze: fc1 of a rbnn-binary-fc controller"):
+        tiny_config(controller="rbnn-binary-fc", freeze=["fc1"]).validate()
+    assert tiny_config(controller="rbnn", freeze=["conv1", "fc1"]).validate().freeze == ["conv1", "fc1"]
+
+
 def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient():
     """train_keys='bipolar': the similarity sees sign(features) (as inference does); the
     gradient reaches the layer below as if the sign were the identity."""
@@ -140,3 +150,24 @@ def test_train_cli_fine_tuning_options():
     assert cfg.freeze == ["conv1", "conv2", "conv3", "conv4"] and cfg.train_keys == "bipolar"
     cfg = train_config_from_args(build_parser().parse_args(["train"]))
     assert cfg.freeze == [] and cfg.train_keys == "real"
+
+
+def test_resume_accepts_a_state_saved_before_the_fine_tuning_options(tmp_path, omniglot_cache):
+    """A training state written before ``train_keys``/``freeze`` existed resumes with their
+    defaults; resuming it with another value is refused, naming the default it had."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from batmann.errors import CheckpointError
+
+    run = tmp_path / "old"
+    train(tiny_config(train_episode=3), run, progress=False, cache=omniglot_cache)
+    path = run / "last.safetensors"
+    _, meta = read_safetensors(path)
+    cfg = json.loads(meta["config"])
+    del cfg["train_keys"], cfg["freeze"]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="option train_keys was 'real', now 'bipolar'"):
+        train(tiny_config(train_keys="bipolar"), run, resume=True, progress=False, cache=omniglot_cache)
+    assert train(tiny_config(), run, resume=True, progress=False, cache=omniglot_cache).episodes_done == 6
