@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -59,18 +59,7 @@ class DigitalSystem:
     def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         if ids is None or self._cache is None:
             return self._forward(images)
-        id_list = ids.tolist()
-        todo = [i for i, key in enumerate(id_list) if key not in self._cache]
-        if todo:
-            # the same image may appear twice in one batch: compute each id once
-            first: dict[int, int] = {}
-            for i in todo:
-                first.setdefault(id_list[i], i)
-            idx = torch.tensor(list(first.values()), device=images.device)
-            feats = self._forward(images[idx])
-            for key, f in zip(first.keys(), feats):
-                self._cache[key] = f
-        return torch.stack([self._cache[key] for key in id_list])
+        return cached_rows(self._cache, images, ids, self._forward)
 
     def write(self, keys: torch.Tensor) -> None:
         self._keys = quantize_keys(keys, self.keys_mode)
@@ -79,6 +68,23 @@ class DigitalSystem:
         if self._keys is None:
             raise RuntimeError("write() keys before asking for similarities")
         return inference_similarity(quantize_keys(queries, self.keys_mode), self._keys, self.keys_mode)
+
+
+def cached_rows(store: dict[int, torch.Tensor], images: torch.Tensor, ids: torch.Tensor,
+                compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``compute(images)`` row by row, memoised in ``store`` by image id: rows whose id is not
+    stored yet are computed in one batch (an id that appears twice in ``ids`` only once), the
+    rest are looked up. Images (B, ...) and ids (B,) -> (B, ...)."""
+    id_list = ids.tolist()
+    first: dict[int, int] = {}
+    for i, key in enumerate(id_list):
+        if key not in store:
+            first.setdefault(key, i)
+    if first:
+        idx = torch.tensor(list(first.values()), device=images.device)
+        for key, row in zip(first.keys(), compute(images[idx])):
+            store[key] = row
+    return torch.stack([store[key] for key in id_list])
 
 
 def image_ids(indices: torch.Tensor | None, rotation: int) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from batmann.evaluate import DigitalSystem
+from batmann.evaluate import DigitalSystem, cached_rows
 
 TRUNK_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 
@@ -71,16 +71,7 @@ class TrunkCache:
         """
         if ids is None:
             return self._trunk(images)
-        id_list = ids.tolist()
-        first: dict[int, int] = {}
-        for i, key in enumerate(id_list):
-            if key not in self._store:
-                first.setdefault(key, i)
-        if first:
-            idx = torch.tensor(list(first.values()), device=images.device)
-            for key, f in zip(first.keys(), self._trunk(images[idx])):
-                self._store[key] = f
-        return torch.stack([self._store[key] for key in id_list])
+        return cached_rows(self._store, images, ids, self._trunk)
 
 
 class CachedTrunkSystem(DigitalSystem):

@@ -63,8 +63,8 @@ def _where(prov: dict) -> str:
     if device.startswith("cuda"):
         return f" on {device.split(':', 1)[1].strip() or 'a CUDA GPU'}"
     words = str(prov.get("command") or "").split()
-    flags = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--device", "--gpu")]
-    return " on a CUDA GPU" if not device and any(f.startswith("cuda") for f in flags) else ""
+    flag = _option(words, "--device") or _option(words, "--gpu") or ""
+    return " on a CUDA GPU" if not device and flag.startswith("cuda") else ""
 
 
 def _training(prov: dict) -> str:
