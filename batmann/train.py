@@ -31,7 +31,7 @@ from batmann.checkpoint import build_model, load_checkpoint, load_train_state, s
 from batmann.config import TrainConfig
 from batmann.errors import ConfigError
 from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system, image_ids
-from batmann.frozen_trunk import CachedTrunkSystem, TrunkCache, freeze_layers, trunk_is_cacheable
+from batmann.frozen_trunk import CachedTrunkSystem, TrunkCache, cached_depth, freeze_layers
 from batmann.memory import class_logits, quantize_keys, sharpened_attention
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
@@ -73,7 +73,7 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
                device: torch.device, trunk: TrunkCache | None = None) -> tuple[torch.Tensor, float]:
     """Forward one episode (supports and queries in one batch); returns (loss, accuracy).
 
-    ``trunk``: the frozen conv trunk's cache (only ``fc1`` then runs with gradients). With
+    ``trunk``: the frozen conv prefix's cache (only the layers above it run). With
     ``config.train_keys`` other than ``real`` the features are quantised as at inference, with a
     straight-through gradient, before the similarity.
     """
@@ -83,7 +83,7 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
         ids = image_ids(torch.cat([episode.support_index, episode.query_index]), episode.rotation)
         x = trunk(images, ids)
         with _autocast(config, device):
-            feats = model.fc1(x)
+            feats = trunk.head(x)
     else:
         if config.effective_precision == "bf16":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -267,8 +267,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     if config.effective_precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
     trainable = freeze_layers(model, config.freeze)
-    trunk = (TrunkCache(model, autocast_bf16=config.effective_precision == "bf16")
-             if trunk_is_cacheable(model, config.freeze) else None)
+    depth = cached_depth(model, config.freeze)
+    trunk = TrunkCache(model, config.effective_precision == "bf16", depth) if depth else None
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
 
@@ -286,7 +286,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         log.info("precision %s (asked: %s)", config.effective_precision, config.precision)
         if config.freeze:
             log.info("frozen layers %s%s", ",".join(config.freeze),
-                     " (trunk outputs cached)" if trunk is not None else "")
+                     f" ({','.join(trunk.layers)} outputs cached)" if trunk is not None else "")
         if config.init_from:
             parent = init_weights(model, config)
             log.info("initial weights from %s", parent["init_from"])

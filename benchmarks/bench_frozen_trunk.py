@@ -1,14 +1,14 @@
-"""Training step time with the conv trunk frozen and cached (`--freeze features`) versus the full step.
+"""Training step time with a frozen, cached conv prefix (`--freeze conv1,conv2`, `--freeze features`) versus the full step.
 
 For one m-way n-shot task (default 100-way 5-shot, 5 training queries per class) and the fp
 controller, in one run on this machine:
 
 - full: forward + backward through all layers + Adam step (what plain `batmann train` does);
-- frozen, cold: the same episode with conv1..conv4 frozen when none of its images is cached yet
-  (the trunk runs forward only, then fc1 trains);
-- frozen, warm: the step once every image of the episode is cached (fc1 only), which is what
-  most episodes of a long run cost (the 964 training characters have 77,120 image-rotation
-  pairs; a 100-way episode with 5 queries touches 1,000).
+- frozen, cold: the same episode with conv1..convK frozen when none of its images is cached yet
+  (the prefix runs forward only, then the layers above it train);
+- frozen, warm: the step once every image of the episode is cached (only the layers above the
+  prefix run), which is what most episodes of a long run cost (the 964 training characters have
+  77,120 image-rotation pairs; a 100-way episode with 5 queries touches 1,000).
 
 Medians over ``--steps`` episodes; the ratios full / frozen are the result.
 
@@ -27,19 +27,20 @@ from batmann.checkpoint import build_model
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.data import load_image_cache
 from batmann.evaluate import image_ids
-from batmann.frozen_trunk import TrunkCache, freeze_layers
+from batmann.frozen_trunk import TRUNK_LAYERS, TrunkCache, freeze_layers
 from batmann.tasks import make_sampler
 from batmann.train import train_step
 
-TRUNK = ["conv1", "conv2", "conv3", "conv4"]
+PREFIXES = {"conv1,conv2": 2, "features": 4}  # --freeze value: cached depth
 
 
-def step_seconds(cfg: TrainConfig, cache, steps: int, frozen: bool, warm: bool) -> float:
-    """Median seconds of one training step (episode 1..steps; episode 0 warms up PyTorch)."""
+def step_seconds(cfg: TrainConfig, cache, steps: int, depth: int = 0, warm: bool = False) -> float:
+    """Median seconds of one training step (episode 1..steps; episode 0 warms up PyTorch) with
+    conv1..conv``depth`` frozen and cached (0: the full step)."""
     model = build_model(cfg)
-    params = freeze_layers(model, TRUNK) if frozen else list(model.parameters())
+    params = freeze_layers(model, TRUNK_LAYERS[:depth])
     opt = torch.optim.Adam(params, lr=1e-4)
-    trunk = TrunkCache(model) if frozen else None
+    trunk = TrunkCache(model, depth=depth) if depth else None
     sampler = make_sampler(cache, cfg.episodes, "train", 0)
     dev = torch.device("cpu")
     times = []
@@ -71,13 +72,14 @@ def main() -> None:
     cache = load_image_cache(32)
     print(f"{args.ways}-way {args.shots}-shot, 5 queries per class, fp controller, fp32, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    full = step_seconds(cfg, cache, args.steps, frozen=False, warm=False)
-    cold = step_seconds(cfg, cache, args.steps, frozen=True, warm=False)
-    warm = step_seconds(cfg, cache, args.steps, frozen=True, warm=True)
+    full = step_seconds(cfg, cache, args.steps)
+    rows = [("full (all layers train)", full)]
+    for flag, depth in PREFIXES.items():
+        rows.append((f"--freeze {flag}, cold cache", step_seconds(cfg, cache, args.steps, depth)))
+        rows.append((f"--freeze {flag}, warm cache", step_seconds(cfg, cache, args.steps, depth, warm=True)))
     print("| step | seconds per episode | full / this |")
     print("|---|---|---|")
-    for name, s in (("full (all layers train)", full), ("--freeze features, cold cache", cold),
-                    ("--freeze features, warm cache", warm)):
+    for name, s in rows:
         print(f"| {name} | {s:.4f} | {full / s:.1f}x |")
 
 

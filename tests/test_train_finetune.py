@@ -10,7 +10,7 @@ import torch
 from batmann.checkpoint import build_model, read_safetensors
 from batmann.config import normalize_freeze
 from batmann.errors import ConfigError
-from batmann.frozen_trunk import TrunkCache, freeze_layers, trunk_is_cacheable
+from batmann.frozen_trunk import TrunkCache, cached_depth, freeze_layers, trunk_is_cacheable
 from batmann.memory import class_logits, sharpened_attention
 from batmann.train import train, train_step
 from test_train import tiny_config
@@ -75,11 +75,52 @@ def test_cached_trunk_gives_the_full_models_loss_and_fc_gradient(controller):
     torch.testing.assert_close(again, cached)
 
 
-def test_trunk_is_not_cached_when_a_conv_trains_or_for_rbnn():
+@pytest.mark.parametrize("controller", ["fp", "xnor"])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_cached_prefix_gives_the_full_models_loss_and_gradients(controller, depth):
+    """With conv1..conv<depth> frozen, the layers above the cached prefix give the full forward
+    pass's loss and the same gradients on every trainable layer; cache hits are reused."""
+    frozen = [f"conv{i}" for i in range(1, depth + 1)]
+    cfg = tiny_config(controller=controller, freeze=frozen).validate()
+    cfg.episodes.class_num = 3
+    model = build_model(cfg)
+    freeze_layers(model, cfg.freeze)
+    assert cached_depth(model, cfg.freeze) == depth
+    ep = _episode()
+    full, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"))
+    full.backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(not n.startswith(tuple(f"features.{c}." for c in frozen)) for n in trainable)
+    g_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    trunk = TrunkCache(model, depth=depth)
+    assert trunk.layers == tuple(frozen)
+    cached, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"), trunk)
+    cached.backward()
+    torch.testing.assert_close(cached, full)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, g_full[n], msg=n)
+        else:
+            assert p.grad is None, n
+    assert len(trunk) == ep.support.shape[0] + ep.query.shape[0]
+    ep.support.fill_(float("nan"))  # cached prefix outputs are reused, not recomputed
+    again, _ = train_step(model, ep, cfg.sim_cal, cfg, torch.device("cpu"), trunk)
+    torch.testing.assert_close(again, cached)
+
+
+def test_which_frozen_prefix_is_cached():
+    """Only a frozen prefix from conv1 that reaches conv2 is cached; never an RBNN layer."""
     model = build_model(tiny_config())
-    assert not trunk_is_cacheable(model, ["conv1", "conv2", "conv3"])
+    assert cached_depth(model, ["conv1", "conv2", "conv3"]) == 3
+    assert cached_depth(model, ["conv1", "conv2", "conv4", "fc1"]) == 2
+    assert not trunk_is_cacheable(model, ["conv1"])  # conv1 alone: too large for what it saves
+    assert not trunk_is_cacheable(model, ["conv2", "conv3", "conv4"])  # conv1 trains
+    assert not trunk_is_cacheable(model, ["fc1"])
     rbnn = build_model(tiny_config(controller="rbnn"))
     assert not trunk_is_cacheable(rbnn, ["conv1", "conv2", "conv3", "conv4"])
+    with pytest.raises(ValueError, match="depth must be 2..4, got 1"):
+        TrunkCache(model, depth=1)
 
 
 def test_rbnn_layers_cannot_be_frozen():
@@ -120,10 +161,11 @@ def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient():
     torch.testing.assert_close(lin.weight.grad, want)
 
 
-def test_frozen_run_trains_only_fc1_and_resumes_exactly(tmp_path, omniglot_cache):
-    """A run with the trunk frozen (and bipolar training keys) changes fc1 only, and a resumed
-    run reproduces the uninterrupted one bit for bit."""
-    opts = dict(freeze=["conv1", "conv2", "conv3", "conv4"], train_keys="bipolar", loss="nll")
+@pytest.mark.parametrize("frozen", [("conv1", "conv2", "conv3", "conv4"), ("conv1", "conv2")])
+def test_frozen_run_trains_only_the_rest_and_resumes_exactly(tmp_path, omniglot_cache, frozen):
+    """A run with a cached frozen prefix (and bipolar training keys) changes only the layers
+    above it, and a resumed run reproduces the uninterrupted one bit for bit."""
+    opts = dict(freeze=list(frozen), train_keys="bipolar", loss="nll")
     parent = train(tiny_config(train_episode=2), tmp_path / "parent", progress=False, cache=omniglot_cache)
     straight = train(tiny_config(init_from=str(parent.run_dir / "best.safetensors"), **opts),
                      tmp_path / "a", progress=False, cache=omniglot_cache)
@@ -137,9 +179,10 @@ def test_frozen_run_trains_only_fc1_and_resumes_exactly(tmp_path, omniglot_cache
     b, _ = read_safetensors(tmp_path / "b" / "last.safetensors")
     for k in start:
         same = torch.equal(a["model." + k], start[k])
-        assert same == (not k.startswith("fc1.")), k
+        assert same == k.startswith(tuple(f"features.{c}." for c in frozen)), k
         assert torch.equal(a["model." + k], b["model." + k]), k
-    assert "frozen layers conv1,conv2,conv3,conv4 (trunk outputs cached)" in (tmp_path / "a" / "train.log").read_text()
+    names = ",".join(frozen)
+    assert f"frozen layers {names} ({names} outputs cached)" in (tmp_path / "a" / "train.log").read_text()
 
 
 def test_train_cli_fine_tuning_options():
