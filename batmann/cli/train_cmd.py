@@ -123,8 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "queries and keys quantised as at inference, straight-through gradient (default real)")
     t.add_argument("--freeze", default="", metavar="LAYERS",
                    help="comma-separated controller layers to keep fixed: conv1..conv4, fc1, or features "
-                        "(= conv1..conv4; their outputs are then computed once per image and cached) "
-                        "(default: none)")
+                        "(= conv1..conv4); a frozen prefix from conv1 through at least conv2 is computed "
+                        "once per image and cached (default: none)")
     add_keys_options(p, d.keys)
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
