@@ -17,7 +17,7 @@ frozen prefix          one image            77,120 images
 =====================  ===================  ==============
 conv1..conv2           128 x 12 x 12        5.7 GB
 conv1..conv3           128 x 10 x 10        3.9 GB
-conv1..conv4           2048                 632 MB
+conv1..conv4           128 x 4 x 4          632 MB
 =====================  ===================  ==============
 
 conv1 alone is not cached: its output (128 x 28 x 28, 31 GB for a split) is large and it costs
@@ -47,10 +47,12 @@ def freeze_layers(model: nn.Module, names: list[str] | tuple[str, ...]) -> list[
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def frozen_prefix(model: nn.Module, frozen: list[str] | tuple[str, ...]) -> int:
-    """How many leading conv layers (conv1, conv2, ...) are frozen and depend only on the image:
-    counting stops at the first trainable conv or RBNN layer (RBNN layers re-fit their rotations
-    every episode, so their output is not a function of the image). 0..4."""
+def cached_depth(model: nn.Module, frozen: list[str] | tuple[str, ...]) -> int:
+    """The prefix depth :class:`TrunkCache` caches for these frozen layers: how many leading conv
+    layers (conv1, conv2, ...) are frozen and depend only on the image, when that reaches at
+    least conv2 (:data:`MIN_CACHED_DEPTH`), else 0 (no cache). Counting stops at the first
+    trainable conv or RBNN layer (RBNN layers re-fit their rotations every episode, so their
+    output is not a function of the image)."""
     from batmann.models.layers import _RbnnMixin
 
     depth = 0
@@ -58,13 +60,6 @@ def frozen_prefix(model: nn.Module, frozen: list[str] | tuple[str, ...]) -> int:
         if name not in frozen or isinstance(getattr(model.features, name), _RbnnMixin):
             break
         depth += 1
-    return depth
-
-
-def cached_depth(model: nn.Module, frozen: list[str] | tuple[str, ...]) -> int:
-    """The prefix depth :class:`TrunkCache` would cache for these frozen layers: the frozen
-    prefix when it reaches at least conv2 (:data:`MIN_CACHED_DEPTH`), else 0 (no cache)."""
-    depth = frozen_prefix(model, frozen)
     return depth if depth >= MIN_CACHED_DEPTH else 0
 
 
@@ -77,7 +72,7 @@ class TrunkCache:
     """The output of the frozen prefix conv1..conv``depth`` (with its ReLU and pooling), computed
     once per image id; :meth:`head` runs the rest of the controller on it.
 
-    ``depth`` defaults to 4 (the whole trunk: cached values are ``flatten(features(x))``).
+    ``depth`` defaults to 4 (the whole trunk: cached values are ``features(x)``).
     ``autocast_bf16`` runs the prefix under CPU/CUDA bf16 autocast (the run's precision); the
     cached values are float32 either way.
     """
@@ -105,12 +100,10 @@ class TrunkCache:
     def _prefix(self, images: Tensor) -> Tensor:
         m = self.model
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-            x = m.features[:self._cut](images)
-            return (m.flatten(x) if self.depth == len(TRUNK_LAYERS) else x).float()
+            return m.features[:self._cut](images).float()
 
     def __call__(self, images: Tensor, ids: Tensor | None) -> Tensor:
-        """Images (B, C, 32, 32) -> prefix outputs (B, 2048) for the whole trunk, else
-        (B, 128, H, W); float32, no gradient.
+        """Images (B, C, 32, 32) -> prefix outputs (B, 128, H, W), float32, no gradient.
 
         ``ids`` (B,) identify the images (with their rotation); ``None`` computes without caching.
         """
@@ -122,9 +115,7 @@ class TrunkCache:
         """The controller above the cached prefix: prefix outputs -> features (B, feature_dim).
         Runs with gradients on its trainable layers, under the caller's autocast."""
         m = self.model
-        if self.depth < len(TRUNK_LAYERS):
-            x = m.flatten(m.features[self._cut:](x))
-        return m.fc1(x)
+        return m.fc1(m.flatten(m.features[self._cut:](x)))
 
 
 class CachedTrunkSystem(DigitalSystem):
