@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from batmann.config import TrainConfig
+from batmann.config import TrainConfig, fill_legacy
 from batmann.errors import CheckpointError, ConfigError
 from batmann.utils.atomic import atomic_path, atomic_write_json
 
@@ -221,7 +221,7 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     tensors, meta = read_safetensors(path)
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a batmann training state (format {meta.get('format')!r})")
-    saved = _meta_json(meta, "config", path)
+    saved = fill_legacy(_meta_json(meta, "config", path))
     now = config.to_dict()
     defaults = TrainConfig().to_dict()  # options newer than the saved state had their defaults
     for key in now:

@@ -8,6 +8,7 @@ from its flags; the Python API takes them directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,17 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _positive(name: str, value: Any, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum} (got {value!r})")
+
+
+def fill_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved training configuration with the options it was trained under filled in.
+
+    Runs saved before ``ste_clip`` existed used the identity straight-through gradient, so a
+    missing ``ste_clip`` reads as 0 where ``train_keys`` quantised the features.
+    """
+    if "ste_clip" not in data and data.get("train_keys", "real") != "real":
+        return {**data, "ste_clip": 0.0}
+    return data
 
 
 def keys_from_seed(quantization_infer: int, binary_id: int) -> str:
@@ -169,6 +181,9 @@ class TrainConfig:
     # key format of the *training* similarity: "real" (the seed), or "bipolar"/"binary": queries
     # and keys quantised as at inference, with a straight-through gradient
     train_keys: str = "real"
+    # with train_keys bipolar/binary: the straight-through gradient passes only where
+    # |feature| <= ste_clip (hardtanh STE); 0 = everywhere (identity, the only STE before 2026-11-27)
+    ste_clip: float = 1.0
     freeze: list[str] = field(default_factory=list)  # controller layers kept fixed (FREEZABLE)
 
     def validate(self) -> "TrainConfig":
@@ -193,6 +208,9 @@ class TrainConfig:
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ConfigError(f"init_from must be a checkpoint name or path (got {self.init_from!r})")
         _choice("train_keys", self.train_keys, KEY_MODES)
+        if isinstance(self.ste_clip, bool) or not isinstance(self.ste_clip, (int, float)) \
+                or not math.isfinite(self.ste_clip) or self.ste_clip < 0:
+            raise ConfigError(f"ste_clip must be a finite number >= 0, 0 = identity (got {self.ste_clip!r})")
         self.freeze = normalize_freeze(self.freeze)
         if self.freeze:
             from batmann.models.controller import controller_layer_types
@@ -232,7 +250,7 @@ class TrainConfig:
         try:
             model = ModelConfig(**data.get("model", {}))
             episodes = EpisodeOptions(**data.get("episodes", {}))
-            rest = {k: v for k, v in data.items() if k not in ("model", "episodes")}
+            rest = {k: v for k, v in fill_legacy(data).items() if k not in ("model", "episodes")}
             return cls(model=model, episodes=episodes, **rest)
         except TypeError as exc:
             raise ConfigError(f"bad training configuration: {exc}") from None

@@ -84,26 +84,34 @@ def _check_pair(q: Tensor, k: Tensor) -> None:
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, clip: float) -> Tensor:  # noqa: D102
+        ctx.clip = clip
+        if clip > 0:
+            ctx.save_for_backward(x)
         one = torch.ones((), dtype=x.dtype, device=x.device)
         return torch.where(x > 0, one, -one)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        return grad
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        if ctx.clip > 0:
+            (x,) = ctx.saved_tensors
+            grad = grad * (x.abs() <= ctx.clip).to(grad.dtype)
+        return grad, None
 
 
-def quantize_keys(x: Tensor, mode: str, ste: bool = False) -> Tensor:
+def quantize_keys(x: Tensor, mode: str, ste: bool = False, clip: float = 0.0) -> Tensor:
     """Quantise features: ``"real"`` (as is), ``"bipolar"`` ({-1, 1}) or ``"binary"`` ({0, 1}).
 
-    ``ste=True`` passes the gradient straight through (identity) instead of the zero gradient
-    of ``sign`` (the seed's training-time ``torch.sign`` on the keys gives no gradient).
+    ``ste=True`` passes the gradient straight through instead of the zero gradient of ``sign``
+    (the seed's training-time ``torch.sign`` on the keys gives no gradient): everywhere
+    (identity) with ``clip=0``, else only where ``|x| <= clip`` (the hardtanh straight-through
+    estimator of binarized networks, Hubara et al. 2016).
     """
     _check(mode, KEY_MODES, "key mode")
     if mode == "real":
         return x
     if ste:
-        b = _SignSTE.apply(x)
+        b = _SignSTE.apply(x, float(clip))
     else:
         one = torch.ones((), dtype=x.dtype, device=x.device)
         b = torch.where(x > 0, one, -one)

@@ -75,7 +75,8 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
 
     ``trunk``: the frozen conv prefix's cache (only the layers above it run). With
     ``config.train_keys`` other than ``real`` the features are quantised as at inference, with a
-    straight-through gradient, before the similarity.
+    straight-through gradient (where ``|feature| <= config.ste_clip``; everywhere if 0), before
+    the similarity.
     """
     n_s = episode.support.shape[0]
     images = torch.cat([episode.support, episode.query])
@@ -89,7 +90,7 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(config, device):
             feats = model(images)
-    feats = quantize_keys(feats.float(), config.train_keys, ste=True)
+    feats = quantize_keys(feats.float(), config.train_keys, ste=True, clip=config.ste_clip)
     keys, queries = feats[:n_s], feats[n_s:]
     ways = config.episodes.class_num
     att = sharpened_attention(queries, keys, sim_cal)

@@ -89,6 +89,9 @@ def test_quantize_keys():
     v = torch.tensor([0.5, -0.5], requires_grad=True)
     quantize_keys(v, "binary", ste=True).sum().backward()
     assert v.grad.tolist() == [0.5, 0.5]  # d/dx (sign(x) + 1) / 2 through the STE
+    w = torch.tensor([0.5, -2.0, 1.0, -1.5], requires_grad=True)
+    quantize_keys(w, "bipolar", ste=True, clip=1.0).sum().backward()
+    assert w.grad.tolist() == [1.0, 0.0, 1.0, 0.0]  # hardtanh STE: no gradient where |x| > clip
     with pytest.raises(ConfigError):
         quantize_keys(x, "ternary")
 

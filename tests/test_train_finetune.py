@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from batmann.checkpoint import build_model, read_safetensors
-from batmann.config import normalize_freeze
+from batmann.config import TrainConfig, normalize_freeze
 from batmann.errors import ConfigError
 from batmann.frozen_trunk import TrunkCache, cached_depth, freeze_layers, trunk_is_cacheable
 from batmann.memory import class_logits, sharpened_attention
@@ -133,15 +133,17 @@ def test_rbnn_layers_cannot_be_frozen():
     assert tiny_config(controller="rbnn", freeze=["conv1", "fc1"]).validate().freeze == ["conv1", "fc1"]
 
 
-def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient():
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient(clip):
     """train_keys='bipolar': the similarity sees sign(features) (as inference does); the
-    gradient reaches the layer below as if the sign were the identity."""
+    gradient reaches the layer below as if the sign were the identity (ste_clip 0) or, with
+    ste_clip C, the identity where |feature| <= C and zero elsewhere."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(12, 8)
     support, query = torch.randn(6, 12), torch.randn(4, 12)
     s_lab, q_lab = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0])
     ep = SimpleNamespace(support=support, query=query, support_labels=s_lab, query_labels=q_lab)
-    cfg = tiny_config(loss="nll", train_keys="bipolar")
+    cfg = tiny_config(loss="nll", train_keys="bipolar", ste_clip=clip)
     cfg.episodes.class_num = 3
     got, _ = train_step(lin, ep, "cos_softabs", cfg, torch.device("cpu"))
 
@@ -157,8 +159,44 @@ def test_bipolar_training_keys_use_signs_with_a_straight_through_gradient():
     b = feats + (sgn(feats) - feats).detach()
     q = class_logits(sharpened_attention(b[6:], b[:6]), s_lab, 3)
     (-q[torch.arange(4), q_lab].log().mean()).backward()
-    want = feats.grad.T @ torch.cat([support, query])
+    grad = feats.grad if clip == 0 else feats.grad * (feats.abs() <= clip)
+    if clip:
+        assert 0 < int((feats.abs() > clip).sum()) < feats.numel()  # the clip masks some, not all
+    want = grad.T @ torch.cat([support, query])
     torch.testing.assert_close(lin.weight.grad, want)
+
+
+def test_ste_clip_is_validated_and_old_runs_read_as_identity(tmp_path, omniglot_cache):
+    """ste_clip must be a finite number >= 0; a run saved before it existed trained with
+    quantised keys through the identity STE, so its missing ste_clip reads as 0, and resuming
+    it with the hardtanh STE is refused."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from batmann.errors import CheckpointError
+
+    for bad in (-1.0, float("nan"), "1", True):
+        with pytest.raises(ConfigError, match="ste_clip must be a finite number >= 0"):
+            tiny_config(ste_clip=bad).validate()
+    old = tiny_config(train_keys="bipolar").to_dict()
+    del old["ste_clip"]
+    assert TrainConfig.from_dict(old).ste_clip == 0.0
+    old["train_keys"] = "real"
+    assert TrainConfig.from_dict(old).ste_clip == 1.0
+    run = tmp_path / "old-bipolar"
+    train(tiny_config(train_episode=3, train_keys="bipolar", ste_clip=0.0), run, progress=False,
+          cache=omniglot_cache)
+    path = run / "last.safetensors"
+    _, meta = read_safetensors(path)
+    cfg = json.loads(meta["config"])
+    del cfg["ste_clip"]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="option ste_clip was 0.0, now 1.0"):
+        train(tiny_config(train_keys="bipolar"), run, resume=True, progress=False, cache=omniglot_cache)
+    done = train(tiny_config(train_keys="bipolar", ste_clip=0.0), run, resume=True, progress=False,
+                 cache=omniglot_cache)
+    assert done.episodes_done == 6
 
 
 @pytest.mark.parametrize("frozen", [("conv1", "conv2", "conv3", "conv4"), ("conv1", "conv2")])

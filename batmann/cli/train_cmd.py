@@ -121,6 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--train-keys", choices=KEY_MODES, default=d.train_keys,
                    help="feature format in the training similarity: real (the seed), or bipolar/binary: "
                         "queries and keys quantised as at inference, straight-through gradient (default real)")
+    t.add_argument("--ste-clip", type=float, default=d.ste_clip, metavar="C",
+                   help="with --train-keys bipolar/binary: the straight-through gradient passes only where "
+                        f"|feature| <= C (hardtanh STE); 0 = everywhere (identity) (default {d.ste_clip})")
     t.add_argument("--freeze", default="", metavar="LAYERS",
                    help="comma-separated controller layers to keep fixed: conv1..conv4, fc1, or features "
                         "(= conv1..conv4); a frozen prefix from conv1 through at least conv2 is computed "
@@ -147,7 +150,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
         seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
-        freeze=normalize_freeze(args.freeze),
+        ste_clip=args.ste_clip, freeze=normalize_freeze(args.freeze),
     ).validate()
 
 
