@@ -1,12 +1,17 @@
-"""Print the README's results table from the shipped checkpoints' own records.
+"""Print the results table of the shipped checkpoints from their own records.
 
 Every number comes from ``batmann/checkpoints/<name>.json`` (configuration, provenance, training
 time) and ``<name>.eval.json`` (the ``batmann evaluate --checkpoint <name> --episodes 1000``
 result, episode seed 0, the checkpoint's own problem and split). A checkpoint without that
 evaluation is listed as not evaluated.
 
-    .venv/bin/python scripts/results_table.py                   # print it
-    .venv/bin/python scripts/results_table.py --write README.md  # replace the table in the README
+Two forms: the default, short one (the README's: accuracy beside the seed's and the published
+software number, and the recipes that rebuild the checkpoint) and ``--full`` (docs/training.md:
+adds each checkpoint's training history, stage by stage, and its storage precision).
+
+    .venv/bin/python scripts/results_table.py                                  # print the short table
+    .venv/bin/python scripts/results_table.py --write README.md                # replace it in the README
+    .venv/bin/python scripts/results_table.py --full --write docs/training.md  # the full table
 """
 
 from __future__ import annotations
@@ -23,8 +28,6 @@ from batmann.reference import NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
 
 ORDER = ["5w1s-fp", "5w1s-binary", "20w5s-fp", "20w5s-binary", "100w5s-fp", "100w5s-binary",
          "20w5s-fp-lake", "20w5s-binary-lake"]
-AIM_FP = {(5, 1): 97.7, (20, 5): 98.1, (100, 5): 95.7}  # the issue's "best published"
-AIM_BINARY = {(5, 1): 97.0, (20, 5): 97.5, (100, 5): 95.0}
 
 
 def _minutes(seconds: float | None) -> str:
@@ -128,7 +131,14 @@ def _evaluation(name: str, cfg: dict) -> dict | None:
     return None
 
 
-def row(name: str) -> str | None:
+def _reproduce(prov: dict, name: str) -> str:
+    """The short reproduce column: the recipes in order, ``A, B, then C``."""
+    commands = _train_commands(prov, name).split(", ")
+    return commands[0] if len(commands) == 1 else f"{', '.join(commands[:-1])}, then {commands[-1]}"
+
+
+def row(name: str, full: bool = False) -> str | None:
+    """One checkpoint's line of the table (``full``: with its training history and storage)."""
     path = SHIPPED_DIR / f"{name}.json"
     if not path.exists():
         return None
@@ -143,34 +153,46 @@ def row(name: str) -> str | None:
     ev = _evaluation(name, cfg)
     ours = "not evaluated" if ev is None else f"**{ev['accuracy_pct']:.2f} +- {ev['ci95_pct']:.2f} %**"
     seed_ref = (SEED_BINARY if binary else SEED_FP).get(key) if ep["split"] == "seed" else None
-    aim = (AIM_BINARY if binary else AIM_FP).get(key) if ep["split"] == "seed" else None
     nat = NAT_COMM_SOFTWARE.get(key) if ep["split"] == "seed" else None
     fmt = lambda v: "-" if v is None else f"{v:.2f} %"  # noqa: E731
+    head = f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | "
+    if not full:
+        return head + f"{_reproduce(prov, name)} |"
     storage = prov.get("stored_as", "?").split(" ")[0]
-    return (f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | {fmt(aim)} | "
-            f"{_training(prov)} | {storage} | {_train_commands(prov, name)}, then "
+    return (head + f"{_training(prov)} | {storage} | {_train_commands(prov, name)}, then "
             f"`batmann evaluate --checkpoint {name} --episodes 1000` |")
 
 
-HEADER = ("| problem | setting | ours (1000 episodes) | seed | Nat Comm software | aim (issue 4) "
-          "| training to the shipped weights (2-core CPU unless a GPU is named) | stored | reproduce |")
+#: the short table's header (the README's)
+HEADER = "| problem | setting | ours (1000 episodes) | seed | literature (Nat Comm software) | reproduce |"
+#: the full table's header (docs/training.md)
+FULL_HEADER = ("| problem | setting | ours (1000 episodes) | seed | literature (Nat Comm software) "
+               "| training to the shipped weights (2-core CPU unless a GPU is named) | stored | reproduce |")
+#: how every form of the table starts (``--write`` finds a table by it)
+TABLE_START = "| problem | setting | ours (1000 episodes) | seed |"
 
 
-def table() -> list[str]:
+def table(full: bool = False) -> list[str]:
     """The table's lines: header, separator and one row per shipped checkpoint."""
-    rows = [row(name) for name in ORDER]
-    return [HEADER, "|---|---|---|---|---|---|---|---|---|"] + [r for r in rows if r]
+    header = FULL_HEADER if full else HEADER
+    rows = [row(name, full) for name in ORDER]
+    return [header, "|" + "---|" * header.count(" | ") + "---|"] + [r for r in rows if r]
 
 
 def write_into(path: Path, lines: list[str]) -> None:
-    """Replace the table in ``path`` (from its header line to the next blank line), atomically."""
+    """Replace the table in ``path`` (from its header line to the next blank line), atomically.
+
+    The table replaced is the one whose header is ``lines[0]``, else the first one of any form
+    (a line starting with :data:`TABLE_START`: a table written by an earlier version)."""
     if not path.is_file():
-        raise SystemExit(f"error: --write {path}: no such file (expected the README to update)")
+        raise SystemExit(f"error: --write {path}: no such file (expected a Markdown file holding the table)")
     text = path.read_text()
     old = text.split("\n")
-    start = next((i for i, line in enumerate(old) if line.startswith(HEADER.split(" | seed")[0])), None)
+    start = next((i for i, line in enumerate(old) if line == lines[0]), None)
     if start is None:
-        raise SystemExit(f"error: {path} has no results table (a line starting with {HEADER[:40]!r}...)")
+        start = next((i for i, line in enumerate(old) if line.startswith(TABLE_START)), None)
+    if start is None:
+        raise SystemExit(f"error: {path} has no results table (a line starting with {TABLE_START!r})")
     end = next((i for i in range(start, len(old)) if not old[i].strip()), len(old))
     new = "\n".join(old[:start] + lines + old[end:])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -181,10 +203,12 @@ def write_into(path: Path, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true",
+                    help="the full table: with each checkpoint's training history and storage (docs/training.md)")
     ap.add_argument("--write", type=Path, metavar="FILE",
-                    help="replace the table in FILE (e.g. README.md) instead of printing it")
+                    help="replace the table in FILE (README.md; with --full, docs/training.md) instead of printing it")
     args = ap.parse_args(argv)
-    lines = table()
+    lines = table(args.full)
     if args.write is None:
         print("\n".join(lines))
     else:

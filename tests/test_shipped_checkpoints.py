@@ -50,34 +50,56 @@ def test_reference_numbers_and_demo_table(omniglot_cache):
     assert f"{result.accuracy_pct:.2f}" in table[2] and "95.11" in table[3]
 
 
+def _results_table(*args: str) -> list[str]:
+    """The lines ``scripts/results_table.py ARGS`` prints."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py"), *args],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()
+
+
 def test_readme_results_table_is_current():
     """The README's checkpoint table is what scripts/results_table.py prints from the shipped
     checkpoints' own records (configuration, provenance and 1000-episode evaluation)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "scripts" / "results_table.py")], capture_output=True,
-                         text=True, cwd=root)
-    assert out.returncode == 0, out.stderr
-    readme = (root / "README.md").read_text()
-    rows = out.stdout.strip().splitlines()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = _results_table()
     assert len(rows) == 2 + len(SHIPPED)
     for line in rows:
-        assert line in readme, f"README results table is stale; rerun scripts/results_table.py:\n{line}"
+        assert line in readme, f"README results table is stale; rerun scripts/results_table.py --write README.md:\n{line}"
+
+
+def test_training_doc_full_table_is_current():
+    """docs/training.md holds the full table (with each checkpoint's training history), current."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    rows = _results_table("--full")
+    assert len(rows) == 2 + len(SHIPPED)
+    assert all("min" in line for line in rows[2:]) and "training to the shipped weights" in rows[0]
+    for line in rows:
+        assert line in doc, (f"docs/training.md results table is stale; rerun scripts/results_table.py "
+                             f"--full --write docs/training.md:\n{line}")
 
 
 def test_readme_training_commands_exist():
-    """Every ``sh scripts/train_shipped.sh NAME`` that the README names is a recipe of the script,
-    and the script refuses an unknown name without training anything."""
+    """Every ``sh scripts/train_shipped.sh NAME`` that the README or docs/training.md names is a
+    recipe of the script, and the script refuses an unknown name without training anything."""
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     script = (root / "scripts" / "train_shipped.sh").read_text()
     recipes = set(re.findall(r"^  ([\w-]+)\)", script, flags=re.M))
-    named = set(re.findall(r"sh scripts/train_shipped\.sh ([\w-]+)", (root / "README.md").read_text()))
-    assert named and set(SHIPPED) <= recipes
-    assert named <= recipes, f"README names recipes that scripts/train_shipped.sh lacks: {sorted(named - recipes)}"
+    assert set(SHIPPED) <= recipes
+    for doc in ("README.md", "docs/training.md"):
+        named = set(re.findall(r"sh scripts/train_shipped\.sh ([\w-]+)", (root / doc).read_text()))
+        assert named, f"{doc} names no recipe"
+        assert named <= recipes, f"{doc} names recipes that scripts/train_shipped.sh lacks: {sorted(named - recipes)}"
     out = subprocess.run(["sh", str(root / "scripts" / "train_shipped.sh"), "no-such-recipe"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "usage:" in out.stderr
@@ -97,7 +119,8 @@ def _script_module(name: str = "results_table"):
 
 def test_results_table_write_replaces_only_the_table(tmp_path):
     """``results_table.py --write FILE`` swaps the stale table for the current one and keeps
-    the text around it; a file without a table is refused and left as it was."""
+    the text around it, in either form (``--full`` for the full one); a file without a table is
+    refused and left as it was."""
     mod = _script_module()
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n\n{mod.HEADER}\n|---|\n| stale row |\n\nafter\n")
@@ -106,11 +129,36 @@ def test_results_table_write_replaces_only_the_table(tmp_path):
     assert "stale row" not in text
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert all(line in text for line in mod.table())
+    assert mod.FULL_HEADER not in text
+    # the full form, into a file holding an older form of the table (another header)
+    doc = tmp_path / "training.md"
+    doc.write_text("# Training\n\n| problem | setting | ours (1000 episodes) | seed | old | columns |\n"
+                   "|---|\n| stale row |\n\nafter\n")
+    assert mod.main(["--full", "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert "stale row" not in text and "old | columns" not in text and text.endswith("\n\nafter\n")
+    assert all(line in text for line in mod.table(full=True))
+    assert mod.main(["--full", "--write", str(doc)]) == 0 and doc.read_text() == text  # idempotent
     other = tmp_path / "other.md"
     other.write_text("no table here\n")
     with pytest.raises(SystemExit, match="no results table"):
         mod.main(["--write", str(other)])
     assert other.read_text() == "no table here\n"
+
+
+def test_results_table_short_and_full_forms():
+    """The short table (README) names the recipes only; the full one adds each checkpoint's
+    training history, its storage and the evaluation command. No column names an aim."""
+    mod = _script_module()
+    short, full = mod.table(), mod.table(full=True)
+    assert len(short) == len(full) == 2 + len(SHIPPED)
+    assert short[0].count("|") == short[1].count("|") and full[0].count("|") == full[1].count("|")
+    for s_line, f_line in zip(short[2:], full[2:]):
+        assert s_line.count("|") == short[0].count("|") and f_line.count("|") == full[0].count("|")
+        assert "sh scripts/train_shipped.sh" in s_line and " min" not in s_line and "episodes," not in s_line
+        assert "batmann evaluate --checkpoint" in f_line and " min" in f_line
+    assert not any("aim" in line or "issue" in line for line in short + full)
+    assert mod._reproduce({"episodes_trained": 1}, "a") == "`sh scripts/train_shipped.sh a`"
 
 
 def test_results_table_renders_a_fine_tuning_chain(tmp_path, monkeypatch):
@@ -126,6 +174,8 @@ def test_results_table_renders_a_fine_tuning_chain(tmp_path, monkeypatch):
     assert mod._training({"episodes_trained": 10, "train_seconds": 60.0}) == "10 episodes, 1 min"
     assert mod._train_commands(prov, "a") == ("`sh scripts/train_shipped.sh a-stage1`, "
                                               "`sh scripts/train_shipped.sh a`")
+    assert mod._reproduce(prov, "a") == ("`sh scripts/train_shipped.sh a-stage1`, then "
+                                         "`sh scripts/train_shipped.sh a`")
     nll = {**prov, "command": "batmann train --loss nll --ways 100 --run-dir runs/a"}
     assert mod._training(nll).endswith("+ 1,200 episodes with `--loss nll`, 70 min")
     assert "`--loss" not in mod._training({**prov, "command": "batmann train --loss ce"})
