@@ -42,6 +42,16 @@ class Checkpoint:
     provenance: dict[str, Any]
     path: Path
 
+    def export_plain(self) -> torch.nn.Module:
+        """The controller as plain ``nn`` layers (what ``crossbar.convert`` maps onto crossbars)."""
+        return self.model.export_plain()
+
+    def key_codec(self):
+        """The checkpoint's inference key format as a :class:`batmann.memory.KeyCodec`."""
+        from batmann.memory import KeyCodec
+
+        return KeyCodec(self.config.keys)
+
 
 def shipped_checkpoints() -> dict[str, Path]:
     """Short name -> path of every checkpoint shipped inside the package."""
@@ -225,7 +235,7 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     now = config.to_dict()
     defaults = TrainConfig().to_dict()  # options newer than the saved state had their defaults
     for key in now:
-        if key in ("train_episode", "device", "test_episode"):
+        if key in ("train_episode", "device", "test_episode", "deterministic"):
             continue
         was = saved.get(key, defaults[key])
         if was != now[key]:

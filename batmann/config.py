@@ -14,15 +14,16 @@ from typing import Any
 
 from batmann.errors import ConfigError
 
-CONTROLLERS = ("fp", "xnor", "xnor-binary-fc", "rbnn", "rbnn-binary-fc")
-SIM_CALS = ("cos_softabs", "cos_softabs_seed", "cos_softmax", "dot_abs")
-KEY_MODES = ("real", "bipolar", "binary")
-PRECISIONS = ("auto", "fp32", "bf16")
-LOSSES = ("ce", "nll")
-SPLITS = ("seed", "lake")
-#: Controller layers ``--freeze`` may name, in forward order; ``features`` stands for conv1..conv4.
-FREEZABLE = ("conv1", "conv2", "conv3", "conv4", "fc1")
-FREEZE_ALIASES = {"features": ("conv1", "conv2", "conv3", "conv4")}
+from batmann.options import (  # noqa: F401  (the option lists, importable from here too)
+    CONTROLLERS,
+    FREEZABLE,
+    FREEZE_ALIASES,
+    KEY_MODES,
+    LOSSES,
+    PRECISIONS,
+    SIM_CALS,
+    SPLITS,
+)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -185,6 +186,9 @@ class TrainConfig:
     # |feature| <= ste_clip (hardtanh STE); 0 = everywhere (identity, the only STE before 2026-11-27)
     ste_clip: float = 1.0
     freeze: list[str] = field(default_factory=list)  # controller layers kept fixed (FREEZABLE)
+    # bit-reproducible kernels (one intra-op thread, deterministic oneDNN/cuDNN; see
+    # batmann.utils.determinism): the same run, resumed or not, gives the same weights
+    deterministic: bool = True
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
@@ -211,6 +215,8 @@ class TrainConfig:
         if isinstance(self.ste_clip, bool) or not isinstance(self.ste_clip, (int, float)) \
                 or not math.isfinite(self.ste_clip) or self.ste_clip < 0:
             raise ConfigError(f"ste_clip must be a finite number >= 0, 0 = identity (got {self.ste_clip!r})")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(f"deterministic must be true or false (got {self.deterministic!r})")
         self.freeze = normalize_freeze(self.freeze)
         if self.freeze:
             from batmann.models.controller import controller_layer_types

@@ -170,3 +170,15 @@ def evaluate_system(system: System, sampler, episodes: int, progress: bool = Fal
     mean, ci = mean_ci95(accs)
     return EvalResult(accuracy_pct=mean, ci95_pct=ci, episodes=episodes, ways=ways, shots=shots,
                       queries_per_class=queries, per_episode=accs)
+
+
+def evaluate_model(model: torch.nn.Module, config, cache, device: torch.device | str, episodes: int,
+                   seed: int, progress: bool = False) -> EvalResult:
+    """Digital accuracy of ``model`` on ``episodes`` test episodes (test characters of
+    ``config.episodes.split``, test query pool, key mode ``config.keys``; a
+    :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image."""
+    from batmann.tasks import make_sampler
+
+    sampler = make_sampler(cache, config.episodes, "test", seed, device)
+    system = DigitalSystem(model, keys=config.keys, cache_features=True)
+    return evaluate_system(system, sampler, episodes, progress=progress, desc="test")

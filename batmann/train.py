@@ -30,11 +30,13 @@ import torch.nn.functional as F
 from batmann.checkpoint import build_model, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from batmann.config import TrainConfig
 from batmann.errors import ConfigError
-from batmann.evaluate import DigitalSystem, EvalResult, evaluate_system, image_ids
+from batmann.evaluate import DigitalSystem, EvalResult, evaluate_model, evaluate_system, image_ids
 from batmann.frozen_trunk import CachedTrunkSystem, TrunkCache, cached_depth, freeze_layers
 from batmann.memory import class_logits, quantize_keys, sharpened_attention
+from batmann.records import eval_settings, save_eval_result
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
+from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.device import describe_device, resolve_device
 from batmann.utils.seeding import seed_everything
 
@@ -123,11 +125,10 @@ def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.d
 
 def test(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device,
          episodes: int, seed: int | None = None, progress: bool = False) -> EvalResult:
-    """Accuracy on ``episodes`` test episodes (test characters, test query pool)."""
+    """Accuracy on ``episodes`` test episodes (test characters, test query pool); ``seed``
+    defaults to the run's test seed (``config.seed + TEST_SEED_OFFSET``)."""
     seed = config.seed + TEST_SEED_OFFSET if seed is None else seed
-    sampler = make_sampler(cache, config.episodes, "test", seed, device)
-    system = DigitalSystem(model, keys=config.keys, cache_features=True)
-    return evaluate_system(system, sampler, episodes, progress=progress, desc="test")
+    return evaluate_model(model, config, cache, device, episodes, seed, progress=progress)
 
 
 def provenance(config: TrainConfig, episodes_done: int, seconds: float, command: str | None,
@@ -240,7 +241,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(run_dir)
     try:
-        return _train(config, run_dir, resume, progress, cache, command)
+        with deterministic_kernels(resolve_device(config.device), config.deterministic):
+            return _train(config, run_dir, resume, progress, cache, command)
     finally:
         if lock is not None:
             lock.close()
@@ -362,13 +364,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         result = test(best.model, config, cache, device, config.test_episode, progress=progress)
         log.info("test (best weights) %.2f%% +- %.2f over %d episodes", result.accuracy_pct,
                  result.ci95_pct, result.episodes)
-        from batmann.api import save_eval_result
-
-        opts = config.episodes
-        save_eval_result(best_path, result, {"ways": opts.class_num, "shots": opts.num_shot,
-                                             "queries": opts.batch_size_test, "split": opts.split,
-                                             "keys": config.keys, "episodes": config.test_episode,
-                                             "seed": config.seed + TEST_SEED_OFFSET},
-                         command or "batmann.train.train(...)")
+        settings = eval_settings(config.episodes, config.keys, config.test_episode, config.seed + TEST_SEED_OFFSET)
+        save_eval_result(best_path, result, settings, command or "batmann.train.train(...)")
     return TrainResult(run_dir=run_dir, episodes_done=episode, best_val_pct=best_val, test=result,
                        seconds=seconds)

@@ -7,11 +7,11 @@ feature cache that `batmann evaluate` uses (an image seen in an earlier episode,
 rotation, is not recomputed; the cache warms up over the first few hundred episodes, so the
 cached figure is measured over a stretch of `--cached-episodes` after `--cached-warmup`).
 
-Reference (issue 3): the seed's own code made CPU-only ran 0.71 training and 1.5 test
+Reference: the seed's own code made CPU-only ran 0.71 training and 1.5 test
 episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
-        [--precisions fp32,bf16]
+        [--precisions fp32,bf16] [--deterministic off,on]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.tasks import make_sampler
 from batmann.train import train_step
+from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.device import has_fast_bf16
 
 SEED_TRAIN_EPS, SEED_TEST_EPS = 0.71, 1.5
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="20w5s,100w5s")
     ap.add_argument("--controllers", default="fp,xnor")
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--deterministic", default="off,on",
+                    help="training kernels to time: off (every core) and/or on (train --deterministic, the default)")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -85,21 +88,24 @@ def main() -> None:
     cache = load_image_cache(32)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(torch.device('cpu'))}")
-    print("| task | controller | precision | train ep/s | x seed | test ep/s | x seed | test ep/s, feature cache | x seed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| task | controller | precision | deterministic | train ep/s | x seed | test ep/s | x seed | "
+          "test ep/s, feature cache | x seed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
                 cfg = TrainConfig(model=ModelConfig(controller=kind), episodes=task(tag), precision=prec, device="cpu")
                 steps = args.steps if tag.startswith("20") else max(2, args.steps // 2)
-                tr = train_rate(cfg, cache, steps)
-                te = test_rate(cfg, cache, args.test_episodes, cached=False)
+                te = test_rate(cfg, cache, args.test_episodes, cached=False) if args.test_episodes else float("nan")
                 tc = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup) \
                     if args.cached else float("nan")
-                ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
-                r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                print(f"| {tag} | {kind} | {prec} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | {te:.2f} | "
-                      f"{r(te, SEED_TEST_EPS)} | {tc:.1f} | {r(tc, SEED_TEST_EPS)} |", flush=True)
+                for det in args.deterministic.split(","):
+                    with deterministic_kernels("cpu", enabled=det == "on"):
+                        tr = train_rate(cfg, cache, steps)
+                    ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
+                    r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
+                    print(f"| {tag} | {kind} | {prec} | {det} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | {te:.2f} | "
+                          f"{r(te, SEED_TEST_EPS)} | {tc:.1f} | {r(tc, SEED_TEST_EPS)} |", flush=True)
 
 
 if __name__ == "__main__":

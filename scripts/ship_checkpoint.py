@@ -2,9 +2,12 @@
 
 Floating tensors are stored as fp16 when that changes nothing measurable: the fp16 and fp32
 weights are evaluated on the same test episodes and fp16 is kept only if every prediction is
-the same (else fp32 is shipped). The measurement goes into the checkpoint's provenance.
+the same (else fp32 is shipped). The measurement goes into the checkpoint's provenance. The
+shipped weights are then evaluated on ``--eval-episodes`` test episodes (episode seed 0, what
+``batmann evaluate --checkpoint NAME`` draws) into ``NAME.eval.json`` beside them: the only
+writer of the package's evaluation records (a user's evaluations go to ``$BATMANN_HOME``).
 
-    .venv/bin/python scripts/ship_checkpoint.py runs/20w5s-binary 20w5s-binary [--check-episodes 100]
+    .venv/bin/python scripts/ship_checkpoint.py runs/20w5s-binary 20w5s-binary [--check-episodes 100] [--eval-episodes 1000]
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 from batmann.checkpoint import SHIPPED_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from batmann.data import load_image_cache
 from batmann.errors import CheckpointError
-from batmann.evaluate import DigitalSystem, score_episode
+from batmann.evaluate import DigitalSystem, evaluate_model, score_episode
+from batmann.records import eval_settings, save_eval_result
 from batmann.tasks import make_sampler
 
 
@@ -55,6 +59,7 @@ def main() -> int:
     ap.add_argument("run", help="run folder or .safetensors file")
     ap.add_argument("name", help="short name, e.g. 20w5s-binary")
     ap.add_argument("--check-episodes", type=int, default=100)
+    ap.add_argument("--eval-episodes", type=int, default=1000, help="test episodes of the record (0: none)")
     args = ap.parse_args()
     src = load_checkpoint(args.run)
     cache = load_image_cache(src.config.model.image_size)
@@ -75,6 +80,13 @@ def main() -> int:
                                    f"{args.check_episodes} test episodes)")
         save_checkpoint(dest, src.model, src.config, provenance, half=False)
     print(f"{dest}: {dest.stat().st_size / 1e6:.2f} MB, {provenance['stored_as']}")
+    if args.eval_episodes > 0:
+        shipped = load_checkpoint(dest)
+        result = evaluate_model(shipped.model, shipped.config, cache, "cpu", args.eval_episodes, seed=0, progress=True)
+        settings = eval_settings(shipped.config.episodes, shipped.config.keys, args.eval_episodes, 0)
+        command = f"batmann evaluate --checkpoint {args.name} --episodes {args.eval_episodes}"
+        record = save_eval_result(dest, result, settings, command, out=dest.with_suffix(".eval.json"))
+        print(f"{record}: {result.accuracy_pct:.2f} % +- {result.ci95_pct:.2f}")
     return 0
 
 

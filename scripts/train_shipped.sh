@@ -1,10 +1,10 @@
 #!/usr/bin/env sh
 # The training commands behind the shipped checkpoints (batmann/checkpoints/), one per line.
 # A run folder that already holds a run is continued with --resume, so the same line can be
-# re-run across sessions:   nohup sh scripts/train_shipped.sh NAME > runs/NAME.out 2>&1 &
-# Then ship:  .venv/bin/python scripts/ship_checkpoint.py runs/NAME NAME
-#             .venv/bin/batmann evaluate --checkpoint NAME --episodes 1000
+# re-run after any interruption:   nohup sh scripts/train_shipped.sh NAME > runs/NAME.out 2>&1 &
+# Then ship:  .venv/bin/python scripts/ship_checkpoint.py runs/NAME NAME   (also writes NAME.eval.json)
 #             .venv/bin/python scripts/results_table.py --write README.md
+#             .venv/bin/python scripts/results_table.py --full --write docs/training.md
 set -eu
 cd "$(dirname "$0")/.."
 B=.venv/bin/batmann
@@ -28,7 +28,7 @@ case "${1:-}" in
   # 100-way 5-shot: fine-tuned from the shipped 20-way 5-shot checkpoints with --loss nll on one CUDA GPU
   # (an H100: 1 to 5 min per stage. On the 2-core AVX2 CPU one 100-way fp episode with a single training
   # query per class took 14 s, so --device cpu would take most of a day per stage). fp in three stages,
-  # each on new episodes (--seed 2, 3, 4); the last one was stopped by the session's time limit after
+  # each on new episodes (--seed 2, 3, 4); the last one was stopped by a time limit after
   # 4,894 of its 5,000 episodes (best validation at 4,750). Binary in one stage.
   100w5s-fp-gpu)  run 100w5s-fp-gpu --init-from 20w5s-fp $G100 --controller fp --episodes 4000 --lr 2e-4 --lr-step 1000 --seed 2 ;;
   100w5s-fp-gpu2) run 100w5s-fp-gpu2 --init-from runs/100w5s-fp-gpu $G100 --controller fp --episodes 3000 --lr 1e-4 --lr-step 1000 --seed 3 ;;

@@ -397,3 +397,46 @@ def test_train_cli_without_validation_says_so(tmp_path, omniglot_cache):
     assert out.returncode == 0, out.stderr
     assert "best validation: none (no validation ran)" in out.stdout
     assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"] == "nll"
+
+
+def test_deterministic_kernels_switch_and_restore():
+    """Inside the block: one thread and oneDNN's deterministic attribute; as before afterwards."""
+    from batmann.utils.determinism import deterministic_kernels
+
+    def state():
+        return torch.get_num_threads(), torch.backends.mkldnn.deterministic
+
+    before = state()
+    with deterministic_kernels("cpu"):
+        assert state() == (1, True)
+    assert state() == before
+    with deterministic_kernels("cpu", enabled=False):
+        assert state() == before
+
+
+def test_deterministic_option(tmp_path):
+    from batmann.cli import build_parser
+    from batmann.cli.train_cmd import train_config_from_args
+
+    assert train_config_from_args(build_parser().parse_args(["train"])).deterministic is True
+    assert train_config_from_args(build_parser().parse_args(["train", "--no-deterministic"])).deterministic is False
+    with pytest.raises(ConfigError, match="deterministic must be true or false"):
+        tiny_config(deterministic="yes").validate()
+
+
+def test_evaluating_a_shipped_checkpoint_leaves_the_package_alone(omniglot_cache, capsys):
+    """``batmann evaluate --checkpoint NAME`` records under $BATMANN_HOME/evaluations, never in
+    the package's own NAME.eval.json (which only the ship script writes)."""
+    from batmann.checkpoint import SHIPPED_DIR
+    from batmann.cli import main
+    from batmann.records import eval_record_path
+
+    shipped = SHIPPED_DIR / "5w1s-binary.eval.json"
+    before = shipped.read_bytes()
+    record = Path(os.environ["BATMANN_HOME"]) / "evaluations" / "5w1s-binary.eval.json"
+    assert eval_record_path(SHIPPED_DIR / "5w1s-binary.safetensors") == record
+    assert main(["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "2", "--seed", "11", "--json"]) == 0
+    assert shipped.read_bytes() == before
+    entries = json.loads(record.read_text())["results"]
+    assert any(e["settings"]["episodes"] == 2 and e["settings"]["seed"] == 11 for e in entries)
+    assert eval_record_path("runs/x/best.safetensors") == Path("runs/x/best.eval.json")

@@ -8,12 +8,14 @@ import shlex
 import sys
 
 from batmann.cli.train_cmd import add_keys_options, resolve_keys
+from batmann.options import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on test episodes",
                        description="Mean test accuracy with a 95%% confidence interval over N episodes. "
-                                   "The result is also saved next to the checkpoint (<name>.eval.json).")
+                                   "The result is recorded next to your checkpoint (<name>.eval.json); evaluations of a "
+                                   "shipped checkpoint go to $BATMANN_HOME/evaluations/<name>.eval.json.")
     p.add_argument("--checkpoint", "--pretrained-dir", dest="checkpoint", required=True,
                    help="a shipped name (see `batmann checkpoints`), a .safetensors file or a run folder")
     p.add_argument("--episodes", "--test-episode", dest="episodes", type=int, default=1000,
@@ -21,19 +23,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int, default=None, help="m (default: the checkpoint's)")
     p.add_argument("--shots", type=int, default=None, help="n (default: the checkpoint's)")
     p.add_argument("--queries-test", type=int, default=None, help="queries per class (default: the checkpoint's)")
-    p.add_argument("--split", choices=("seed", "lake"), default=None, help="character split (default: the checkpoint's)")
+    p.add_argument("--split", choices=SPLITS, default=None, help="character split (default: the checkpoint's)")
     add_keys_options(p, default=None)
     p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     p.add_argument("--device", "--gpu", dest="device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--no-save", action="store_true", help="do not write <checkpoint>.eval.json")
+    p.add_argument("--no-save", action="store_true", help="do not record the result")
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from batmann.api import evaluate_checkpoint, save_eval_result
+    from batmann.api import evaluate_checkpoint
+    from batmann.records import eval_settings, save_eval_result
     from batmann.checkpoint import load_checkpoint
     from batmann.utils.device import resolve_device
 
@@ -46,10 +49,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(ckpt, episodes=args.episodes, seed=args.seed, keys=keys,
                                  episode_options=opts, device=args.device, progress=not args.json)
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    settings = {"ways": opts.class_num, "shots": opts.num_shot, "queries": opts.batch_size_test,
-                "split": opts.split, "keys": keys, "episodes": args.episodes, "seed": args.seed}
     if not args.no_save:
-        save_eval_result(ckpt.path, result, settings, command)
+        save_eval_result(ckpt.path, result, eval_settings(opts, keys, args.episodes, args.seed), command)
     out = {**result.to_dict(), "keys": keys, "split": opts.split, "checkpoint": str(ckpt.path)}
     if args.json:
         print(json.dumps(out, indent=2))
