@@ -1,10 +1,9 @@
 """Digital versus in-memory (RRAM crossbar) evaluation of a BATMANN checkpoint.
 
-Both systems see the very same episodes. The in-memory system comes from
-:func:`crossbar.convert_system` on the controller's exported plain layers
-(:func:`batmann.models.export_plain`); keys and queries are quantised exactly as digitally
-(the key mode of the checkpoint), and the crossbar's dot products are put on the digital
-similarity's scale (bipolar ``q.k/d``, binary ``1/2 + q.k/(2d)``, real: cosine).
+Both systems see the very same episodes. The in-memory system is ``crossbar.convert(checkpoint,
+spec)``: the checkpoint exports its controller and brings its key codec, so keys and queries
+are quantised exactly as digitally (the checkpoint's key mode) and the crossbar's dot products
+are put on the digital similarity's scale by the same function (:func:`batmann.memory.scale_dots`).
 """
 
 from __future__ import annotations
@@ -20,37 +19,6 @@ from batmann.checkpoint import Checkpoint, load_checkpoint
 from batmann.config import EpisodeOptions
 from batmann.errors import ConfigError
 from batmann.evaluate import DigitalSystem, mean_ci95, score_episode
-from batmann.memory import quantize_keys
-
-
-class CrossbarSystem:
-    """A :class:`crossbar.InMemorySystem` behind the evaluator's ``System`` interface."""
-
-    def __init__(self, system, keys: str, digital_features: DigitalSystem | None = None) -> None:
-        self.system = system
-        self.keys_mode = keys
-        self.digital_features = digital_features
-        self._key_norms: torch.Tensor | None = None
-
-    def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self.digital_features is not None:  # digital controller: share its (cached) features
-            return self.digital_features.features(images, ids).cpu()
-        return self.system.features(images, None if ids is None else ids.tolist())
-
-    def write(self, keys: torch.Tensor) -> None:
-        k = quantize_keys(keys.float().cpu(), self.keys_mode)
-        self._key_norms = k.norm(dim=1).clamp_min(1e-12)
-        self.system.write_keys(k)
-
-    def similarities(self, queries: torch.Tensor) -> torch.Tensor:
-        q = quantize_keys(queries.float().cpu(), self.keys_mode)
-        dots = self.system.similarities(q)
-        d = q.shape[1]
-        if self.keys_mode == "bipolar":
-            return dots / d
-        if self.keys_mode == "binary":
-            return 0.5 + dots / (2 * d)
-        return dots / (q.norm(dim=1, keepdim=True).clamp_min(1e-12) * self._key_norms[None, :])
 
 
 @dataclass
@@ -129,9 +97,8 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     """
     from tqdm import tqdm
 
-    from batmann.models import export_plain
     from batmann.tasks import make_sampler
-    from crossbar import convert_system
+    from crossbar import convert
 
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1 (got {episodes})")
@@ -146,9 +113,8 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     if digital is None or digital.model is not model:
         digital = DigitalSystem(model, keys=keys)
     t0 = time.perf_counter()
-    # keys-only: the controller is digital, so both systems use the very same features
-    analog = CrossbarSystem(convert_system(export_plain(model), spec), keys,
-                            digital_features=None if spec.controller_analog else digital)
+    # keys-only: the controller is digital, so both systems use the very same (cached) features
+    analog = convert(ckpt, spec, digital_features=digital.features)
     t_crossbar = time.perf_counter() - t0
     t_digital = 0.0
     sampler = make_sampler(cache, opts, "test", seed)

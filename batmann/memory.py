@@ -54,9 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from batmann.errors import ConfigError
+from batmann.options import KEY_MODES, SIM_CALS
 
-KEY_MODES = ("real", "bipolar", "binary")
-SIM_CALS = ("cos_softabs", "cos_softabs_seed", "cos_softmax", "dot_abs")
 SIMILARITY_METRICS = ("cosine", "dot", "dot_binary")
 DEFAULT_BETA = 10.0
 COSINE_EPS = 1e-8
@@ -123,12 +122,27 @@ def quantize_keys(x: Tensor, mode: str, ste: bool = False, clip: float = 0.0) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def cosine_similarity_matrix(q: Tensor, k: Tensor, eps: float = COSINE_EPS) -> Tensor:
-    """``(Q, N)`` cosine ``q.k / (|q| |k| + eps)`` (the seed's form), in float32."""
+def scale_dots(dots: Tensor, q: Tensor, k: Tensor, mode: str) -> Tensor:
+    """The inference similarity from the dot products ``dots`` (Q, N) of queries ``q`` (Q, d)
+    with keys ``k`` (N, d), however the dots were computed (digitally, or read from a crossbar's
+    currents): ``"bipolar"`` ``q.k/d``, ``"binary"`` ``1/2 + q.k/(2d)``, ``"real"`` the cosine
+    ``q.k / (|q| |k| + 1e-8)``. The one definition of the similarity scale."""
+    _check(mode, KEY_MODES, "key mode")
+    d = q.shape[1]
+    if mode == "bipolar":
+        return dots / d
+    if mode == "binary":
+        return 0.5 + dots / (2 * d)
+    q, k = q.to(dots.dtype), k.to(dots.dtype)
+    return dots / (q.norm(dim=1, keepdim=True) * k.norm(dim=1).unsqueeze(0) + COSINE_EPS)
+
+
+def cosine_similarity_matrix(q: Tensor, k: Tensor) -> Tensor:
+    """``(Q, N)`` cosine ``q.k / (|q| |k| + 1e-8)`` (the seed's form), in float32."""
     _check_pair(q, k)
     with _no_autocast(q):
         q, k = q.float(), k.float()
-        return (q @ k.t()) / (q.norm(dim=1, keepdim=True) * k.norm(dim=1).unsqueeze(0) + eps)
+        return scale_dots(q @ k.t(), q, k, "real")
 
 
 def similarity(q: Tensor, k: Tensor, metric: str = "cosine") -> Tensor:
@@ -140,10 +154,9 @@ def similarity(q: Tensor, k: Tensor, metric: str = "cosine") -> Tensor:
     if metric == "cosine":
         return cosine_similarity_matrix(q, k)
     _check_pair(q, k)
-    d = q.shape[1]
     with _no_autocast(q):
         dot = q.float() @ k.float().t()
-        return dot / d if metric == "dot" else 0.5 + dot / (2 * d)
+        return scale_dots(dot, q, k, "bipolar" if metric == "dot" else "binary")
 
 
 def matching_bits_similarity(q: Tensor, k: Tensor) -> Tensor:
@@ -199,6 +212,24 @@ def sharpened_attention(q: Tensor, k: Tensor, sim_cal: str = "cos_softabs", beta
         if standardize:
             w = _standardize_all(w)
     return w
+
+
+class KeyCodec:
+    """The key format ``mode`` as a codec for a key memory built elsewhere (e.g. a crossbar,
+    ``crossbar.convert``): ``encode`` quantises features with :func:`quantize_keys`, ``scale``
+    turns their dot products into the inference similarity with :func:`scale_dots`."""
+
+    def __init__(self, mode: str = "bipolar") -> None:
+        self.mode = _check(mode, KEY_MODES, "key mode")
+
+    def encode(self, x: Tensor) -> Tensor:
+        return quantize_keys(x, self.mode)
+
+    def scale(self, dots: Tensor, queries: Tensor, keys: Tensor) -> Tensor:
+        return scale_dots(dots, queries, keys, self.mode)
+
+    def __repr__(self) -> str:
+        return f"KeyCodec({self.mode!r})"
 
 
 def inference_similarity(q: Tensor, k: Tensor, mode: str = "bipolar", quantize: bool = True) -> Tensor:

@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crossbar import HardwareSpec, convert_system  # noqa: E402
+from crossbar import HardwareSpec, convert  # noqa: E402
 from crossbar.memtorch_compat import import_memtorch  # noqa: E402
 
 WAYS, SHOTS, QUERIES = 20, 5, 5
@@ -48,7 +48,7 @@ def run_episode(system, images: torch.Tensor, ids: list[int]) -> torch.Tensor:
     n_sup = WAYS * SHOTS
     feats = system.features(images, ids)
     keys, queries = torch.sign(feats[:n_sup]), torch.sign(feats[n_sup:])
-    system.write_keys(keys)
+    system.write(keys)
     sim = system.similarities(queries)
     labels = torch.arange(WAYS).repeat_interleave(SHOTS)
     logits = torch.zeros(sim.shape[0], WAYS, dtype=sim.dtype).index_add_(1, labels, sim)
@@ -59,7 +59,7 @@ def time_mode(name: str, plain: nn.Module, spec: HardwareSpec | None, episodes: 
               read: str = "vectorised") -> dict:
     n_img = WAYS * (SHOTS + QUERIES)
     t0 = time.perf_counter()
-    system = DigitalSystem(plain) if spec is None else convert_system(plain, spec, read=read)
+    system = DigitalSystem(plain) if spec is None else convert(plain, spec, read=read)
     t_program = time.perf_counter() - t0
     times = []
     for e in range(episodes + 1):  # episode 0 warms up (allocator, oneDNN kernels), not counted
@@ -87,7 +87,7 @@ class DigitalSystem:
     def features(self, images, ids=None):
         return self.ctrl.features(images, ids)
 
-    def write_keys(self, keys):
+    def write(self, keys):
         self.keys = keys
 
     def similarities(self, q):
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     if args.memtorch_programming:
         spec = HardwareSpec(analog="all", programming="memtorch", **nonideal)
         t0 = time.perf_counter()
-        convert_system(plain, spec)
+        convert(plain, spec)
         rows.append({"mode": "all analog, MemTorch per-device programming (programming only)",
                      "program_s": time.perf_counter() - t0, "episode_s": None, "episode_min_s": None,
                      "cached_episode_s": None, "episodes": 0})

@@ -1,24 +1,25 @@
-"""Mapping plain ``nn.Linear``/``nn.Conv2d`` layers and key matrices onto simulated crossbars.
+"""Mapping a few-shot controller and its key memory onto simulated RRAM crossbars.
 
 Depends on :mod:`device_models`; knows nothing about episodes or BATMANN.
 
 - :class:`HardwareSpec`: which parts are analog (``keys``, ``controller``, ``all``), the device
-  preset, the non-idealities, the seed.
-- :func:`convert` (plain controller -> :class:`AnalogController` with ``features(images, ids)``),
-  :func:`program_keys` (keys -> :class:`KeyCrossbar` with ``similarities(queries)``),
-  :func:`convert_system` (-> :class:`InMemorySystem`: ``features``, ``write_keys``,
-  ``similarities``).
-- :mod:`crossbar.conductance`: the vectorised programming/reading pipeline;
-  :mod:`crossbar.memtorch_compat`: importing MemTorch without torchvision.
+  preset, the non-idealities, the seed; saved and loaded with ``to_dict``/``from_dict`` and
+  ``save``/``load`` (JSON or TOML).
+- :func:`convert` (the one entry point): a controller (plain ``nn.Module``, or anything with
+  ``export_plain()``) -> :class:`InMemorySystem` with ``features``, ``write`` and
+  ``similarities``, the interface an episodic evaluator needs.
+- Building blocks: :class:`KeyCrossbar` (a key-memory chip), :mod:`crossbar.controller`
+  (controller layers patched with ``memtorch.mn``), :mod:`crossbar.conductance` (the vectorised
+  programming/reading pipeline), :mod:`crossbar.memtorch_compat` (importing MemTorch without
+  torchvision).
 """
 
-from crossbar.controller import AnalogController, convert
-from crossbar.key_memory import KeyCrossbar, program_keys
+from crossbar.key_memory import KeyCrossbar
 from crossbar.spec import ANALOG_PARTS, HardwareSpec
-from crossbar.system import InMemorySystem, convert_system
+from crossbar.system import InMemorySystem, KeyCodec, RawDots, convert
 from device_models.errors import HardwareSpecError
 
 __all__ = [
-    "ANALOG_PARTS", "AnalogController", "HardwareSpec", "HardwareSpecError", "InMemorySystem",
-    "KeyCrossbar", "convert", "convert_system", "program_keys",
+    "ANALOG_PARTS", "HardwareSpec", "HardwareSpecError", "InMemorySystem", "KeyCodec", "KeyCrossbar",
+    "RawDots", "convert",
 ]

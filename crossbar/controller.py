@@ -1,6 +1,6 @@
 """The controller on crossbars: plain layers patched with ``memtorch.mn``, programmed by our pipeline.
 
-:func:`convert` deep-copies the plain ``nn.Sequential`` (from ``batmann.models.export_plain``) and
+:func:`convert_controller` (the controller half of :func:`crossbar.convert`) deep-copies the plain ``nn.Sequential`` (from ``batmann.models.export_plain``) and
 runs MemTorch's ``patch_model`` on it: every ``nn.Conv2d`` / ``nn.Linear`` becomes a
 ``memtorch.mn.Conv2d`` / ``memtorch.mn.Linear`` holding a pair of crossbars (DoubleColumn). The
 conductance matrices of those crossbars are then the ones of :mod:`crossbar.conductance`
@@ -216,7 +216,7 @@ class AnalogController:
         return rows
 
 
-def convert(plain_controller: nn.Module, spec: HardwareSpec, read: str = "vectorised") -> AnalogController:
+def convert_controller(plain_controller: nn.Module, spec: HardwareSpec, read: str = "vectorised") -> AnalogController:
     """The controller as ``spec`` says: digital (``analog="keys"``) or patched onto crossbars.
 
     ``read``: ``"vectorised"`` (default; the fast read of :mod:`crossbar.conductance`) or

@@ -81,10 +81,3 @@ class KeyCrossbar:
         if self.array is None:
             raise RuntimeError("no keys written")
         return self.array.g
-
-
-def program_keys(keys: torch.Tensor, spec: HardwareSpec) -> KeyCrossbar:
-    """A fresh key-memory chip for ``spec`` (devices from ``spec.seed``) holding ``keys`` (N, d)."""
-    if keys.dim() != 2:
-        raise HardwareSpecError(f"keys must have shape (N, d), got {tuple(keys.shape)}")
-    return KeyCrossbar(spec, int(keys.shape[1])).program(keys)

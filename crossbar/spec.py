@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +24,7 @@ from device_models.nonidealities import (
     StuckAtFaults,
     TileShape,
 )
-from device_models.presets import DevicePreset, get_preset
+from device_models.presets import PRESETS, DevicePreset, get_preset
 
 ANALOG_PARTS = ("keys", "controller", "all")
 WEIGHT_MAPPINGS = ("per_column", "naive")
@@ -181,6 +184,105 @@ class HardwareSpec:
         d["dac_bits"] = self.dac_spec.bits
         return d
 
+    # -- identity: two specs are equal when they describe the same chip --------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HardwareSpec):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    # -- saving and loading ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The whole chip as plain data (JSON/TOML-able): ``analog``, ``preset`` (a registered
+        name, or the preset's fields), ``seed``, ``weight_mapping``, ``programming`` and
+        ``nonidealities`` (``{kind: {field: value}}``, every non-ideality in force with all its
+        fields). :meth:`from_dict` rebuilds an equal spec."""
+        preset = self.device
+        registered = PRESETS.get(preset.name.strip().lower().replace("-", "_"))
+        if registered != preset:
+            preset = {f.name: (dict(getattr(preset, f.name)) if f.name == "memtorch_params" else getattr(preset, f.name))
+                      for f in dataclasses.fields(preset)}
+        else:
+            preset = preset.name
+        return {"analog": self.analog, "preset": preset, "seed": int(self.seed),
+                "weight_mapping": self.weight_mapping, "programming": self.programming,
+                "nonidealities": {ni.kind: dataclasses.asdict(ni) for ni in self.resolved_nonidealities}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardwareSpec":
+        """A spec from :meth:`to_dict`'s form, or from any of the constructor's fields (the
+        shortcuts ``variability``, ``states``, ``adc_bits``, ``tile_shape``, ...); an unknown key
+        or non-ideality kind is a one-line :class:`HardwareSpecError` naming it."""
+        if not isinstance(data, dict):
+            raise HardwareSpecError(f"a hardware spec must be a table of fields, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise HardwareSpecError(f"unknown hardware spec field {unknown[0]!r} (expected one of {', '.join(sorted(names))})")
+        kw = dict(data)
+        if isinstance(kw.get("preset"), dict):
+            fields = kw["preset"]
+            try:
+                kw["preset"] = DevicePreset(**fields)
+            except TypeError as exc:
+                raise HardwareSpecError(f"bad preset table: {exc}") from None
+        items = kw.get("nonidealities") or {}
+        if isinstance(items, dict):
+            kinds = nonideality_kinds()
+            built = []
+            for kind, fields in items.items():
+                if kind not in kinds:
+                    raise HardwareSpecError(f"unknown non-ideality {kind!r} (expected one of {', '.join(kinds)})")
+                try:
+                    built.append(kinds[kind](**(fields or {})))
+                except TypeError as exc:
+                    raise HardwareSpecError(f"bad fields for non-ideality {kind!r}: {exc}") from None
+            kw["nonidealities"] = tuple(built)
+        if isinstance(kw.get("tile_shape"), list):
+            kw["tile_shape"] = tuple(kw["tile_shape"])
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` to ``path``: TOML for ``.toml``, else JSON; atomically (a
+        temporary file renamed into place). Returns ``path``."""
+        import os
+        import tempfile
+
+        path = Path(path)
+        data = self.to_dict()
+        text = to_toml(data) + "\n" if path.suffix.lower() == ".toml" else json.dumps(data, indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HardwareSpec":
+        """Read a spec written by :meth:`save` (or by hand): TOML for ``.toml``, else JSON."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise HardwareSpecError(f"cannot read hardware spec {path}: {exc.strerror or exc}") from None
+        try:
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+        except ValueError as exc:
+            raise HardwareSpecError(f"hardware spec {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
+                                    f"{str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data)
+
     # -- seeding ----------------------------------------------------------------------------------
     def seed_globals(self) -> None:
         """Seed Python's ``random``, NumPy's global generator and torch with ``seed``."""
@@ -189,6 +291,42 @@ class HardwareSpec:
     def generator(self, stream: str) -> torch.Generator:
         """A dedicated torch generator for one named stream of this chip (e.g. a layer)."""
         return torch.Generator().manual_seed(derive_seed(int(self.seed), stream))
+
+
+def nonideality_kinds() -> dict[str, type[NonIdeality]]:
+    """Every non-ideality class by its ``kind`` (the keys of ``to_dict()["nonidealities"]``)."""
+    found: dict[str, type[NonIdeality]] = {}
+    todo = list(NonIdeality.__subclasses__())
+    while todo:
+        c = todo.pop()
+        todo.extend(c.__subclasses__())
+        if getattr(c, "kind", None):
+            found[c.kind] = c
+    return dict(sorted(found.items()))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(float(v)) if isinstance(v, float) else str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """``data`` (scalars, lists and nested tables; ``None`` values left out) as TOML text."""
+    parts = ["\n".join(f"{k} = {_toml_value(v)}" for k, v in data.items()
+                       if v is not None and not isinstance(v, dict))]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{prefix}.{k}" if prefix else k
+            body = to_toml(v, name)
+            parts.append(f"[{name}]" + ("\n" + body if body else ""))
+    return "\n\n".join(p for p in parts if p)
 
 
 def _num(v, name: str) -> float:

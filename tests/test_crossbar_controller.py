@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from crossbar import HardwareSpec, convert, convert_system
+from crossbar import HardwareSpec, convert
+from crossbar.controller import convert_controller
 from crossbar.memtorch_compat import memtorch_available
 from device_models import HardwareSpecError
 
@@ -50,7 +51,7 @@ NONIDEAL = dict(variability=0.1, states=4, stuck_lrs=0.02, stuck_hrs=0.02)
 
 def test_keys_only_keeps_the_digital_controller():
     net, x = small_controller(), images()
-    ac = convert(net, HardwareSpec(analog="keys"))
+    ac = convert_controller(net, HardwareSpec(analog="keys"))
     assert not ac.analog
     assert torch.equal(ac.features(x), net(x).detach())
 
@@ -59,7 +60,7 @@ def test_ideal_controller_is_memtorch_modules_and_equals_digital():
     import memtorch
 
     net, x = small_controller(), images()
-    ac = convert(net, HardwareSpec(analog="all", preset="vteam"))
+    ac = convert_controller(net, HardwareSpec(analog="all", preset="vteam"))
     kinds = [type(m) for m in ac.model.modules()]
     assert kinds.count(memtorch.mn.Conv2d) == 3 and kinds.count(memtorch.mn.Linear) == 1
     assert not any(type(m) in (nn.Conv2d, nn.Linear) for m in ac.model.modules())
@@ -69,8 +70,8 @@ def test_ideal_controller_is_memtorch_modules_and_equals_digital():
 
 def test_fast_programming_equals_memtorchs_own_route():
     net, x = small_controller(), images()
-    fast = convert(net, HardwareSpec(analog="controller", preset="vteam", seed=3, **NONIDEAL))
-    slow = convert(net, HardwareSpec(analog="controller", preset="vteam", seed=3, programming="memtorch", **NONIDEAL))
+    fast = convert_controller(net, HardwareSpec(analog="controller", preset="vteam", seed=3, **NONIDEAL))
+    slow = convert_controller(net, HardwareSpec(analog="controller", preset="vteam", seed=3, programming="memtorch", **NONIDEAL))
     mods_f = [m for m in fast.model.modules() if hasattr(m, "crossbars")]
     mods_s = [m for m in slow.model.modules() if hasattr(m, "crossbars")]
     for mf, ms in zip(mods_f, mods_s):
@@ -84,15 +85,15 @@ def test_fast_programming_equals_memtorchs_own_route():
 def test_memtorch_forward_equals_the_vectorised_read():
     net, x = small_controller(), images()
     spec = HardwareSpec(analog="all", preset="data_driven", seed=2, **NONIDEAL)
-    a = convert(net, spec, read="memtorch").features(x)
-    b = convert(net, spec, read="vectorised").features(x)
+    a = convert_controller(net, spec, read="memtorch").features(x)
+    b = convert_controller(net, spec, read="vectorised").features(x)
     assert rel_err(a, b) < 1e-5
 
 
 def test_nonidealities_reach_the_memtorch_crossbars():
     net, x = small_controller(), images()
-    ideal = convert(net, HardwareSpec(analog="all")).features(x)
-    ac = convert(net, HardwareSpec(analog="all", states=4, stuck_lrs=0.05, stuck_hrs=0.05, seed=1))
+    ideal = convert_controller(net, HardwareSpec(analog="all")).features(x)
+    ac = convert_controller(net, HardwareSpec(analog="all", states=4, stuck_lrs=0.05, stuck_hrs=0.05, seed=1))
     for name, m in ac.model.named_modules():
         if not hasattr(m, "crossbars"):
             continue
@@ -111,18 +112,18 @@ def test_nonidealities_reach_the_memtorch_crossbars():
 def test_adc_and_dac_change_features_and_stay_per_image():
     net, x = small_controller(), images(8)
     spec = HardwareSpec(analog="all", adc_bits=8, dac_bits=6, tile_shape=(32, 32), variability=0.05)
-    ac = convert(net, spec)
+    ac = convert_controller(net, spec)
     feats = ac.features(x)
     one_by_one = torch.cat([ac.features(x[i:i + 1]) for i in range(8)])
     assert torch.equal(feats, one_by_one)
-    assert rel_err(feats, convert(net, HardwareSpec(analog="all", variability=0.05)).features(x)) > 1e-3
+    assert rel_err(feats, convert_controller(net, HardwareSpec(analog="all", variability=0.05)).features(x)) > 1e-3
     with pytest.raises(HardwareSpecError):
-        convert(net, spec, read="memtorch")
+        convert_controller(net, spec, read="memtorch")
 
 
 def test_feature_cache_never_recomputes_an_image():
     net, x = small_controller(), images(10)
-    system = convert_system(net, HardwareSpec(analog="all", variability=0.05, seed=1))
+    system = convert(net, HardwareSpec(analog="all", variability=0.05, seed=1))
     ac = system.controller
     ids = list(range(100, 110))
     first = system.features(x[:6], ids[:6])
@@ -140,21 +141,21 @@ def test_feature_cache_never_recomputes_an_image():
 def test_same_seed_same_features():
     net, x = small_controller(), images()
     kw = dict(analog="all", adc_bits=8, tile_shape=(32, 32), **NONIDEAL)
-    a = convert(net, HardwareSpec(seed=5, **kw)).features(x)
-    b = convert(net, HardwareSpec(seed=5, **kw)).features(x)
-    c = convert(net, HardwareSpec(seed=6, **kw)).features(x)
+    a = convert_controller(net, HardwareSpec(seed=5, **kw)).features(x)
+    b = convert_controller(net, HardwareSpec(seed=5, **kw)).features(x)
+    c = convert_controller(net, HardwareSpec(seed=6, **kw)).features(x)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_system_with_everything_analog():
     net, x = small_controller(), images(5)
-    system = convert_system(net, HardwareSpec(analog="all"))
+    system = convert(net, HardwareSpec(analog="all"))
     feats = system.features(x, ids=range(5))
     keys = torch.sign(feats)
-    system.write_keys(keys)
+    system.write(keys)
     assert torch.allclose(system.similarities(keys), keys @ keys.T, atol=1e-6)
-    ctrl_only = convert_system(net, HardwareSpec(analog="controller"))
-    ctrl_only.write_keys(keys)
+    ctrl_only = convert(net, HardwareSpec(analog="controller"))
+    ctrl_only.write(keys)
     assert ctrl_only.key_chip is None and torch.equal(ctrl_only.similarities(keys), keys @ keys.T)
 
 
@@ -163,24 +164,24 @@ def test_unsupported_layers_are_refused():
         pass
 
     with pytest.raises(HardwareSpecError, match="subclass"):
-        convert(nn.Sequential(MyConv(1, 2, 3)), HardwareSpec(analog="all"))
+        convert_controller(nn.Sequential(MyConv(1, 2, 3)), HardwareSpec(analog="all"))
     with pytest.raises(HardwareSpecError, match="grouped"):
-        convert(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), HardwareSpec(analog="all"))
+        convert_controller(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), HardwareSpec(analog="all"))
     with pytest.raises(HardwareSpecError):
-        convert(nn.Sequential(nn.ReLU()), HardwareSpec(analog="all"))
+        convert_controller(nn.Sequential(nn.ReLU()), HardwareSpec(analog="all"))
 
 
 def test_bias_free_layers_stay_bias_free_on_ideal_crossbars():
     """MemTorch's patch_model gives a bias-free layer a random bias (it builds its modules with
     bias=True and copies only existing biases); convert must undo that, so the ideal device
     reproduces a bias-free controller exactly."""
-    from crossbar import HardwareSpec, convert
+    from crossbar import HardwareSpec
 
     torch.manual_seed(0)
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(8 * 12 * 12, 16, bias=False)).eval()
     x = torch.randn(3, 1, 16, 16)
-    analog = convert(plain, HardwareSpec(analog="controller", preset="ideal"))
+    analog = convert_controller(plain, HardwareSpec(analog="controller", preset="ideal"))
     with torch.no_grad():
         ref = plain(x)
     out = analog.features(x)

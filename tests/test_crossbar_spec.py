@@ -66,3 +66,65 @@ def test_seeding_is_reproducible():
     g1, g2 = s.generator("x"), s.generator("x")
     assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))
     assert derive_seed(11, "x") != derive_seed(11, "y") != derive_seed(12, "x")
+
+
+@pytest.mark.parametrize("suffix", ["json", "toml"])
+def test_spec_round_trips_through_a_file(tmp_path, suffix):
+    """A chip saved with ``save`` loads back equal (same chip, same hash), every field kept."""
+    from device_models.presets import DevicePreset
+
+    specs = [
+        HardwareSpec(),
+        HardwareSpec(analog="all", preset="vteam", variability=0.2, states=16, stuck_lrs=0.01, adc_bits=6,
+                     tile_shape=(128, 128), dac_bits=8, seed=4, weight_mapping="naive"),
+        HardwareSpec(preset=DevicePreset(name="mine", r_on=1e3, r_off=1e5, memtorch_model="VTEAM"), seed=2),
+    ]
+    for spec in specs:
+        back = HardwareSpec.load(spec.save(tmp_path / f"chip.{suffix}"))
+        assert back == spec and hash(back) == hash(spec) and back.describe() == spec.describe()
+        assert HardwareSpec.from_dict(spec.to_dict()) == spec
+    assert specs[0] != specs[1]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_spec_from_shortcut_fields_equals_the_constructor():
+    got = HardwareSpec.from_dict({"analog": "all", "variability": 0.1, "tile_shape": [64, 64], "adc_bits": 8})
+    assert got == HardwareSpec(analog="all", variability=0.1, tile_shape=(64, 64), adc_bits=8)
+
+
+@pytest.mark.parametrize("data,msg", [
+    ({"varability": 0.1}, "unknown hardware spec field 'varability'"),
+    ({"nonidealities": {"drift": {}}}, "unknown non-ideality 'drift'"),
+    ({"nonidealities": {"adc": {"bitz": 3}}}, "bad fields for non-ideality 'adc'"),
+    ([1], "must be a table of fields"),
+    ({"analog": "al"}, "analog must be one of"),
+])
+def test_bad_spec_data_refused_in_one_line(data, msg):
+    with pytest.raises(HardwareSpecError, match=msg):
+        HardwareSpec.from_dict(data)
+
+
+def test_bad_spec_files_refused_in_one_line(tmp_path):
+    with pytest.raises(HardwareSpecError, match="cannot read hardware spec"):
+        HardwareSpec.load(tmp_path / "missing.toml")
+    (tmp_path / "broken.toml").write_text("analog = \n")
+    with pytest.raises(HardwareSpecError, match="is not valid TOML"):
+        HardwareSpec.load(tmp_path / "broken.toml")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(HardwareSpecError, match="is not valid JSON"):
+        HardwareSpec.load(tmp_path / "broken.json")
+
+
+def test_cli_flags_override_a_spec_file(tmp_path):
+    """``--spec FILE`` plus flags: each flag replaces its field; the rest (and the seed) stay."""
+    from batmann.cli import build_parser
+    from batmann.cli.crossbar_cmd import spec_from_args
+
+    path = HardwareSpec(analog="all", preset="vteam", stuck_lrs=0.01, stuck_hrs=0.03, adc_bits=8,
+                        seed=7).save(tmp_path / "chip.toml")
+    args = build_parser().parse_args(["crossbar", "evaluate", "--spec", str(path), "--adc-bits", "4",
+                                      "--stuck-lrs", "0.02"])
+    spec = spec_from_args(args, seed=0)
+    assert spec == HardwareSpec(analog="all", preset="vteam", stuck_lrs=0.02, stuck_hrs=0.03, adc_bits=4, seed=7)
+    plain = build_parser().parse_args(["crossbar", "evaluate", "--variability", "0", "--seed", "3"])
+    assert spec_from_args(plain, seed=3) == HardwareSpec(seed=3)

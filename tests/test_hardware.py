@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from batmann.config import EpisodeOptions
 from batmann.hardware import compare, hardware_spec
@@ -17,7 +18,7 @@ TWENTY_FIVE = EpisodeOptions(class_num=20, num_shot=5, pool_query_test=15, batch
 
 
 def test_ideal_keys_match_digital_on_20way_5shot(trained_run, omniglot_cache):
-    """Issue 5, item 5: with the ideal preset and keys only, 20-way 5-shot accuracy lands
+    """With the ideal preset and keys only, 20-way 5-shot accuracy lands
     within 0.5 pp of digital (here: identical predictions up to float rounding)."""
     ckpt = trained_run[0].run_dir / "best.safetensors"
     res = compare(ckpt, hardware_spec(analog="keys", preset="ideal"), episodes=12,
@@ -96,3 +97,31 @@ def test_sweep_writes_a_tidy_table_and_plot(trained_run, omniglot_cache, tmp_pat
     with open(tmp_path / "s.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_convert_takes_a_checkpoint_and_its_key_codec(trained_run, omniglot_cache):
+    """``crossbar.convert(checkpoint, spec)`` exports the controller itself and scales the
+    crossbar's dot products with the checkpoint's key format: on ideal devices, the digital
+    system's similarities and predictions. A bare controller gives the raw dot products."""
+    from batmann.checkpoint import load_checkpoint
+    from batmann.evaluate import DigitalSystem, score_episode
+    from batmann.memory import KeyCodec, quantize_keys
+    from batmann.tasks import make_sampler
+    from crossbar import HardwareSpec, convert
+
+    ckpt = load_checkpoint(trained_run[0].run_dir)
+    ep = make_sampler(omniglot_cache, ckpt.config.episodes, "test", seed=5).sample(index=0)
+    digital = score_episode(DigitalSystem(ckpt.model, keys=ckpt.config.keys), ep)
+    for keys in ("bipolar", "binary", "real"):
+        codec = KeyCodec(keys)
+        want = score_episode(DigitalSystem(ckpt.model, keys=keys), ep)
+        got = score_episode(convert(ckpt, HardwareSpec(analog="all"), codec=codec), ep)
+        torch.testing.assert_close(got.similarities, want.similarities, atol=2e-4, rtol=0)
+        assert (got.predictions == want.predictions).float().mean() >= 0.95
+    assert torch.equal(score_episode(convert(ckpt, HardwareSpec()), ep).predictions, digital.predictions)
+    raw = convert(ckpt.model, HardwareSpec(analog="keys"))
+    feats = raw.features(ep.support)
+    raw.write(feats)
+    torch.testing.assert_close(raw.similarities(feats), feats @ feats.T, atol=1e-3, rtol=1e-5)
+    q = quantize_keys(feats, "bipolar")
+    assert convert(ckpt, HardwareSpec()).codec.encode(feats).equal(q)

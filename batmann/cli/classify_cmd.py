@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from batmann.options import KEY_MODES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify your own images against your own support set",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a shipped name, a .safetensors file or a run folder (default 20w5s-binary)")
     p.add_argument("--support", required=True, help="folder of class sub-folders")
     p.add_argument("--query", required=True, help="folder of query images")
-    p.add_argument("--keys", choices=("real", "bipolar", "binary"), default=None,
+    p.add_argument("--keys", choices=KEY_MODES, default=None,
                    help="key format (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help='print {"predictions": {file: class}}')

@@ -14,8 +14,53 @@ def _tile(text: str) -> tuple[int, int]:
     return r, c
 
 
+def add_hardware_options(p: argparse.ArgumentParser) -> None:
+    """The chip's flags, named as the :class:`crossbar.HardwareSpec` fields; unset ones stay None
+    (the spec file's value, else the field's default)."""
+    from crossbar.spec import ANALOG_PARTS
+
+    g = p.add_argument_group("hardware (HardwareSpec fields)")
+    g.add_argument("--preset", default=None, help="device preset (see `batmann crossbar presets`; default ideal)")
+    g.add_argument("--analog", choices=ANALOG_PARTS, default=None, help="which parts run on crossbars (default keys)")
+    g.add_argument("--variability", type=float, default=None, help="device-to-device relative sigma (default 0)")
+    g.add_argument("--states", type=int, default=None, help="finite conductance levels (default continuous)")
+    g.add_argument("--stuck-lrs", type=float, default=None, help="fraction of devices stuck at LRS (default 0)")
+    g.add_argument("--stuck-hrs", type=float, default=None, help="fraction of devices stuck at HRS (default 0)")
+    g.add_argument("--adc-bits", type=int, default=None, help="ADC resolution in bits (default: no ADC)")
+    g.add_argument("--tile", dest="tile_shape", type=_tile, default=None, metavar="RxC",
+                   help="tile shape, e.g. 128x128 (default: one array)")
+
+
+HARDWARE_FLAGS = ("preset", "analog", "variability", "states", "stuck_lrs", "stuck_hrs", "adc_bits", "tile_shape")
+
+
+def spec_from_args(args: argparse.Namespace, seed: int):
+    """The :class:`crossbar.HardwareSpec` of ``--spec FILE`` (if given) with every hardware flag
+    that was set laid over it; ``seed`` is the chip's unless the file names one."""
+    from crossbar import HardwareSpec
+
+    base = HardwareSpec.load(args.spec).to_dict() if getattr(args, "spec", None) else {"seed": seed}
+    given = {k: getattr(args, k) for k in HARDWARE_FLAGS if getattr(args, k, None) is not None}
+    kinds = {"variability": "variability", "states": "states", "stuck_lrs": "stuck", "stuck_hrs": "stuck",
+             "adc_bits": "adc", "tile_shape": "tiles"}
+    items = base.get("nonidealities", {})
+    if ("stuck_lrs" in given) != ("stuck_hrs" in given) and "stuck" in items:  # keep the file's other half
+        other = "stuck_hrs" if "stuck_lrs" in given else "stuck_lrs"
+        given[other] = items["stuck"][other.split("_")[1]]
+    for flag in given:  # a flag replaces the file's non-ideality of the same kind
+        if flag in kinds:
+            items.pop(kinds[flag], None)
+    merged = {**base, **given}
+    for zero_is_off in ("variability", "stuck_lrs", "stuck_hrs"):
+        if merged.get(zero_is_off) == 0:
+            merged[zero_is_off] = None
+    return HardwareSpec.from_dict(merged)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from batmann.cli import OneLineParser
+    from batmann.hardware import SWEEP_PARAMS
+    from crossbar.spec import ANALOG_PARTS
 
     p = sub.add_parser("crossbar", help="evaluate a checkpoint on simulated RRAM crossbars",
                        description="Put a trained controller and/or its key memory on simulated RRAM crossbars "
@@ -25,15 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = cs.add_parser("evaluate", help="digital vs crossbar accuracy on the same episodes")
     e.add_argument("--checkpoint", default="20w5s-binary",
                    help="a shipped name, a .safetensors file or a run folder (default 20w5s-binary)")
-    e.add_argument("--preset", default="ideal", help="device preset (see `batmann crossbar presets`; default ideal)")
-    e.add_argument("--analog", choices=("keys", "controller", "all"), default="keys",
-                   help="which parts run on crossbars (default keys)")
-    e.add_argument("--variability", type=float, default=0.0, help="device-to-device relative sigma (default 0)")
-    e.add_argument("--states", type=int, default=None, help="finite conductance levels (default continuous)")
-    e.add_argument("--stuck-lrs", type=float, default=0.0, help="fraction of devices stuck at LRS (default 0)")
-    e.add_argument("--stuck-hrs", type=float, default=0.0, help="fraction of devices stuck at HRS (default 0)")
-    e.add_argument("--adc-bits", type=int, default=None, help="ADC resolution in bits (default: no ADC)")
-    e.add_argument("--tile", type=_tile, default=None, metavar="RxC", help="tile shape, e.g. 128x128 (default: one array)")
+    e.add_argument("--spec", default=None, metavar="FILE",
+                   help="a hardware spec file (JSON or TOML, e.g. written by --save-spec); the flags below "
+                        "override its fields, and its seed is the chip's")
+    e.add_argument("--save-spec", default=None, metavar="FILE",
+                   help="write the chip's full hardware spec to FILE (.toml or .json) before evaluating")
+    add_hardware_options(e)
     e.add_argument("--episodes", type=int, default=200, help="episodes (default 200)")
     e.add_argument("--ways", type=int, default=None, help="m (default: the checkpoint's)")
     e.add_argument("--shots", type=int, default=None, help="n (default: the checkpoint's)")
@@ -45,11 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "parameter; every configuration sees the same episodes.")
     sw.add_argument("--checkpoint", default="20w5s-binary", help="checkpoint (default 20w5s-binary)")
     sw.add_argument("--param", default="variability",
-                    choices=("variability", "states", "stuck_lrs", "stuck_hrs", "adc_bits", "seed"),
+                    choices=SWEEP_PARAMS,
                     help="the parameter to sweep (default variability; seed sweeps chips)")
     sw.add_argument("--values", default="0,0.05,0.1,0.2", help="comma-separated values (default 0,0.05,0.1,0.2)")
     sw.add_argument("--preset", default="vteam", help="device preset (default vteam)")
-    sw.add_argument("--analog", choices=("keys", "controller", "all"), default="keys", help="analog parts (default keys)")
+    sw.add_argument("--analog", choices=ANALOG_PARTS, default="keys", help="analog parts (default keys)")
     sw.add_argument("--episodes", type=int, default=200, help="episodes per configuration (default 200)")
     sw.add_argument("--seed", type=int, default=0, help="episode seed and, unless swept, chip seed (default 0)")
     sw.add_argument("--out", default="sweep.csv", help="tidy table, .csv or .json (default sweep.csv)")
@@ -64,11 +106,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from batmann.checkpoint import load_checkpoint
-    from batmann.hardware import compare, format_comparison, hardware_spec
+    from batmann.hardware import compare, format_comparison
 
-    spec = hardware_spec(analog=args.analog, preset=args.preset, variability=args.variability,
-                         states=args.states, stuck_lrs=args.stuck_lrs, stuck_hrs=args.stuck_hrs,
-                         adc_bits=args.adc_bits, tile_shape=args.tile, seed=args.seed)
+    spec = spec_from_args(args, args.seed)
+    if args.save_spec:
+        spec.save(args.save_spec)
     ckpt = load_checkpoint(args.checkpoint, "cpu")
     opts = ckpt.config.episodes
     overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots)) if v is not None}

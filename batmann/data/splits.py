@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 
 from batmann.errors import ConfigError
+from batmann.options import SPLITS  # noqa: F401  (defined once there)
 
-SPLITS: tuple[str, ...] = ("seed", "lake")
 SEED_SHUFFLE = 806
 SEED_TRAIN_CHARACTERS = 964
 OMNIGLOT_CHARACTERS = 1623

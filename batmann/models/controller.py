@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from batmann.errors import ConfigError
+from batmann.options import CONTROLLERS
 from batmann.models import quantizers as q
 from batmann.models.layers import (
     BinaryLinear,
@@ -50,7 +51,7 @@ from batmann.models.layers import (
     _RbnnMixin,
 )
 
-CONTROLLER_KINDS = ("fp", "xnor", "xnor-binary-fc", "rbnn", "rbnn-binary-fc")
+CONTROLLER_KINDS = CONTROLLERS
 INPUT_SIZE = 32
 CHANNELS = 128
 FC_IN = CHANNELS * 4 * 4  # 2048 for a 32x32 input
@@ -180,6 +181,12 @@ class Controller(nn.Module):
                     m.bias.fill_(1.0)
             if hasattr(m, "reset_alpha"):
                 m.reset_alpha()
+
+    def export_plain(self) -> nn.Sequential:
+        """This controller as plain ``nn`` layers for crossbars (see :func:`batmann.models.export_plain`)."""
+        from batmann.models.export import export_plain
+
+        return export_plain(self)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         if x.dim() != 4 or x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
