@@ -238,7 +238,7 @@ class TrainConfig:
         an AVX2-only CPU trained 14x and tested 30x slower than fp32), else fp32. fp32 for
         binarized ones: bf16 rounding flips the signs of binarized activations, so a
         bf16-trained binary controller is a different function in fp32 (the export and
-        crossbar path), and it was not faster (README, Performance)."""
+        crossbar path), and it was not faster (docs/performance.md)."""
         if self.precision != "auto":
             return self.precision
         if self.model.controller != "fp":

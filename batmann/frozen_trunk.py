@@ -7,7 +7,7 @@ rotation, so :class:`TrunkCache` computes that prefix once per ``(image, rotatio
 runs only the layers above it (:meth:`TrunkCache.head`). On the 2-core CPU a 100-way 5-shot
 episode then costs about a tenth (conv1..conv2 frozen: conv2 is about 90 % of the controller's
 multiply-adds) or a few milliseconds (whole trunk frozen) once the cache is warm
-(``benchmarks/bench_frozen_trunk.py``; README, Performance).
+(``benchmarks/bench_frozen_trunk.py``; docs/performance.md).
 
 The cache holds float32 prefix outputs keyed by :func:`batmann.evaluate.image_ids`; for the 964
 training characters of a split in 4 rotations (77,120 images) that is at most (computed, float32):

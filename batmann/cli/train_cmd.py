@@ -1,6 +1,6 @@
 """``batmann train``, ``batmann evaluate``: the seed's ``main.py`` options, grouped.
 
-Every option of the seed has an equivalent (README: "Seed option mapping"); where the seed's
+Every option of the seed has an equivalent (docs/training.md: "Seed option mapping"); where the seed's
 name differs, the seed's name is accepted as an alias (``--class-num`` for ``--ways``, ...).
 """
 

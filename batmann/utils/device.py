@@ -28,8 +28,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 def has_fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast runs natively on ``device``: a CUDA device with bf16 support, or a
     CPU with AVX512-BF16 or AMX. Elsewhere (an AVX2-only CPU, say) oneDNN emulates bf16, and a
-    full-precision controller trained 14x and tested 30x slower in bf16 than in fp32 (README,
-    Performance)."""
+    full-precision controller trained 14x and tested 30x slower in bf16 than in fp32
+    (docs/performance.md)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
