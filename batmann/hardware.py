@@ -76,15 +76,17 @@ class _Pearson:
         return cov / math.sqrt(vx * vy)
 
 
-def hardware_spec(analog: str = "keys", preset: str = "ideal", variability: float | None = None,
-                  states: int | None = None, stuck_lrs: float | None = None, stuck_hrs: float | None = None,
-                  adc_bits: int | None = None, tile_shape: tuple[int, int] | None = None, seed: int = 0):
-    """A validated :class:`crossbar.HardwareSpec` (one-line error on bad values)."""
+ZERO_IS_OFF = ("variability", "stuck_lrs", "stuck_hrs")  # a 0 here means "no such non-ideality"
+
+
+def hardware_spec(**fields):
+    """A validated :class:`crossbar.HardwareSpec` from its fields (``to_dict`` form or the
+    shortcuts: ``analog``, ``preset``, ``variability``, ``states``, ``stuck_lrs``, ``stuck_hrs``,
+    ``adc_bits``, ``tile_shape``, ``seed``, ...), where 0 for variability or a stuck-at fraction
+    means off, as on the command line; one-line error on bad values or unknown fields."""
     from crossbar import HardwareSpec
 
-    return HardwareSpec(analog=analog, preset=preset, variability=variability or None, states=states,
-                        stuck_lrs=stuck_lrs or None, stuck_hrs=stuck_hrs or None, adc_bits=adc_bits,
-                        tile_shape=tile_shape, seed=seed)
+    return HardwareSpec.from_dict({k: None if k in ZERO_IS_OFF and v == 0 else v for k, v in fields.items()})
 
 
 def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int = 0,

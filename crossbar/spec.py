@@ -29,6 +29,9 @@ from device_models.presets import PRESETS, DevicePreset, get_preset
 ANALOG_PARTS = ("keys", "controller", "all")
 WEIGHT_MAPPINGS = ("per_column", "naive")
 PROGRAMMING_ROUTES = ("fast", "memtorch")
+#: The shortcut fields of :class:`HardwareSpec` and the non-ideality kind each one sets.
+SHORTCUT_KINDS = {"variability": "variability", "states": "states", "stuck_lrs": "stuck", "stuck_hrs": "stuck",
+                  "adc_bits": "adc", "tile_shape": "tiles", "read_voltage": "dac", "dac_bits": "dac"}
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,14 @@ def test_cli_flags_override_a_spec_file(tmp_path):
     assert spec == HardwareSpec(analog="all", preset="vteam", stuck_lrs=0.02, stuck_hrs=0.03, adc_bits=4, seed=7)
     plain = build_parser().parse_args(["crossbar", "evaluate", "--variability", "0", "--seed", "3"])
     assert spec_from_args(plain, seed=3) == HardwareSpec(seed=3)
+
+
+def test_shortcut_kinds_name_what_each_shortcut_sets():
+    from crossbar.spec import SHORTCUT_KINDS
+
+    values = {"variability": 0.1, "states": 8, "stuck_lrs": 0.01, "stuck_hrs": 0.01, "adc_bits": 6,
+              "tile_shape": (64, 64), "read_voltage": 0.3, "dac_bits": 8}
+    assert set(values) == set(SHORTCUT_KINDS)
+    for field, value in values.items():
+        got = {ni.kind for ni in HardwareSpec(**{field: value}).resolved_nonidealities} - {"dac"}
+        assert got == ({SHORTCUT_KINDS[field]} - {"dac"}), field

@@ -37,24 +37,20 @@ HARDWARE_FLAGS = ("preset", "analog", "variability", "states", "stuck_lrs", "stu
 def spec_from_args(args: argparse.Namespace, seed: int):
     """The :class:`crossbar.HardwareSpec` of ``--spec FILE`` (if given) with every hardware flag
     that was set laid over it; ``seed`` is the chip's unless the file names one."""
+    from batmann.hardware import hardware_spec
     from crossbar import HardwareSpec
+    from crossbar.spec import SHORTCUT_KINDS
 
     base = HardwareSpec.load(args.spec).to_dict() if getattr(args, "spec", None) else {"seed": seed}
     given = {k: getattr(args, k) for k in HARDWARE_FLAGS if getattr(args, k, None) is not None}
-    kinds = {"variability": "variability", "states": "states", "stuck_lrs": "stuck", "stuck_hrs": "stuck",
-             "adc_bits": "adc", "tile_shape": "tiles"}
     items = base.get("nonidealities", {})
     if ("stuck_lrs" in given) != ("stuck_hrs" in given) and "stuck" in items:  # keep the file's other half
         other = "stuck_hrs" if "stuck_lrs" in given else "stuck_lrs"
         given[other] = items["stuck"][other.split("_")[1]]
     for flag in given:  # a flag replaces the file's non-ideality of the same kind
-        if flag in kinds:
-            items.pop(kinds[flag], None)
-    merged = {**base, **given}
-    for zero_is_off in ("variability", "stuck_lrs", "stuck_hrs"):
-        if merged.get(zero_is_off) == 0:
-            merged[zero_is_off] = None
-    return HardwareSpec.from_dict(merged)
+        if flag in SHORTCUT_KINDS:
+            items.pop(SHORTCUT_KINDS[flag], None)
+    return hardware_spec(**{**base, **given})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
