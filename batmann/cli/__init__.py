@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batmann.cli.evaluate_cmd",
     "batmann.cli.classify_cmd",
     "batmann.cli.crossbar_cmd",
+    "batmann.cli.study_cmd",
     "batmann.cli.demo_cmd",
 )
 
