@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -162,85 +162,3 @@ def format_comparison(c: Comparison, name: str = "") -> str:
         f"{100 * c.top1_agreement:.2f} %, score correlation {c.score_correlation:.4f}",
     ]
     return "\n".join(lines)
-
-
-def comparison_row(c: Comparison) -> dict[str, Any]:
-    """One tidy-table row: every hardware parameter plus the results."""
-    return {**c.hardware, **{k: v for k, v in asdict(c).items() if k != "hardware"}}
-
-
-SWEEP_PARAMS = ("variability", "states", "stuck_lrs", "stuck_hrs", "adc_bits", "seed")
-
-
-def sweep(checkpoint: str | Checkpoint, param: str, values: list, base: dict[str, Any] | None = None,
-          episodes: int = 200, episode_seed: int = 0, episode_options: EpisodeOptions | None = None,
-          progress: bool = False, cache=None) -> list[dict[str, Any]]:
-    """Compare digital and crossbar accuracy for each value of one hardware parameter.
-
-    ``base`` holds the fixed :func:`hardware_spec` arguments (``analog``, ``preset``, ...);
-    ``param`` (one of :data:`SWEEP_PARAMS`; ``seed`` sweeps chips) takes each of ``values``.
-    Every configuration sees the same episodes, and the digital features are computed once.
-    Returns a tidy table: one row per configuration with every parameter and the results.
-    """
-    if param not in SWEEP_PARAMS:
-        raise ConfigError(f"sweep parameter {param!r} is not one of {', '.join(SWEEP_PARAMS)}")
-    if not values:
-        raise ConfigError("a sweep needs at least one value")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
-    if cache is None:
-        from batmann.data import load_image_cache
-
-        cache = load_image_cache(ckpt.config.model.image_size)
-    digital = DigitalSystem(ckpt.model.cpu().eval(), keys=ckpt.config.keys)
-    rows = []
-    for value in values:
-        spec = hardware_spec(**{**(base or {}), param: value})
-        c = compare(ckpt, spec, episodes=episodes, seed=episode_seed, episode_options=episode_options,
-                    progress=progress, cache=cache, digital=digital)
-        rows.append({"checkpoint": ckpt.path.stem, "sweep": param, "value": value, **comparison_row(c)})
-    return rows
-
-
-def write_table(rows: list[dict[str, Any]], path: str) -> None:
-    """Write tidy rows as CSV (``.csv``) or JSON (anything else), atomically."""
-    import csv
-    import io
-    import json
-
-    from batmann.utils.atomic import atomic_write_text
-
-    if str(path).endswith(".csv"):
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
-    else:
-        atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
-
-
-def plot_sweep(rows: list[dict[str, Any]], path: str) -> None:
-    """Accuracy (digital and crossbar, with 95 % CIs) against the swept parameter, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from batmann.utils.atomic import atomic_path
-
-    x = [r["value"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(x, [r["digital_accuracy_pct"] for r in rows], yerr=[r["digital_ci95_pct"] for r in rows],
-                marker="o", capsize=3, label="digital")
-    ax.errorbar(x, [r["crossbar_accuracy_pct"] for r in rows], yerr=[r["crossbar_ci95_pct"] for r in rows],
-                marker="s", capsize=3, label=f"crossbar ({rows[0]['analog']} analog, {rows[0]['preset']})")
-    ax.set_xlabel(rows[0]["sweep"])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{rows[0]['checkpoint']}: {rows[0]['ways']}-way {rows[0]['shots']}-shot, {rows[0]['episodes']} episodes")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

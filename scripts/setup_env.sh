@@ -23,6 +23,8 @@ else
 fi
 # What MemTorch imports (its declared requirements name the dead 'sklearn' package).
 $PIP install numpy pandas scipy scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
+# Studies (SQLite store, Dask executor, parquet export) and the notebook runner of the tests.
+$PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel
 # MemTorch compiles against the installed torch: no build isolation, no dependency resolution.
 if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('memtorch') is None)"; then
   $PIP install --no-build-isolation --no-deps memtorch-cpu==1.1.6

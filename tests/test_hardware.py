@@ -80,25 +80,6 @@ def test_evaluate_cli_json_and_saved_result(trained_run):
     assert entry["accuracy_pct"] == data["accuracy_pct"] and "--episodes 5" in entry["command"]
 
 
-def test_sweep_writes_a_tidy_table_and_plot(trained_run, omniglot_cache, tmp_path):
-    import csv
-
-    from batmann.hardware import plot_sweep, sweep, write_table
-
-    rows = sweep(trained_run[0].run_dir, "variability", [0.0, 0.3], base={"preset": "vteam", "analog": "keys"},
-                 episodes=3, cache=omniglot_cache)
-    assert [r["value"] for r in rows] == [0.0, 0.3]
-    assert rows[0]["variability_sigma"] is None and rows[1]["variability_sigma"] == 0.3
-    # the same episodes: the digital side is identical; sigma = 0 on vteam equals digital
-    assert rows[0]["digital_accuracy_pct"] == rows[1]["digital_accuracy_pct"]
-    assert rows[0]["top1_agreement"] == 1.0 and rows[1]["score_correlation"] < 1.0
-    write_table(rows, tmp_path / "s.csv")
-    plot_sweep(rows, tmp_path / "s.png")
-    with open(tmp_path / "s.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 2
-    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
-
-
 def test_convert_takes_a_checkpoint_and_its_key_codec(trained_run, omniglot_cache):
     """``crossbar.convert(checkpoint, spec)`` exports the controller itself and scales the
     crossbar's dot products with the checkpoint's key format: on ideal devices, the digital

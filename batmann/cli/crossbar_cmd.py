@@ -1,4 +1,5 @@
-"""``batmann crossbar evaluate | presets``: digital versus RRAM-crossbar few-shot accuracy."""
+"""``batmann crossbar evaluate | presets``: digital versus RRAM-crossbar few-shot accuracy (grids
+over many chips: ``batmann study``)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,6 @@ def spec_from_args(args: argparse.Namespace, seed: int):
 
 def register(sub: argparse._SubParsersAction) -> None:
     from batmann.cli import OneLineParser
-    from batmann.hardware import SWEEP_PARAMS
-    from crossbar.spec import ANALOG_PARTS
 
     p = sub.add_parser("crossbar", help="evaluate a checkpoint on simulated RRAM crossbars",
                        description="Put a trained controller and/or its key memory on simulated RRAM crossbars "
@@ -78,21 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the chip (default 0)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_evaluate)
-    sw = cs.add_parser("sweep", help="accuracy against one non-ideality parameter (tidy table + plot)",
-                       description="Compare digital and crossbar accuracy for each value of one hardware "
-                                   "parameter; every configuration sees the same episodes.")
-    sw.add_argument("--checkpoint", default="20w5s-binary", help="checkpoint (default 20w5s-binary)")
-    sw.add_argument("--param", default="variability",
-                    choices=SWEEP_PARAMS,
-                    help="the parameter to sweep (default variability; seed sweeps chips)")
-    sw.add_argument("--values", default="0,0.05,0.1,0.2", help="comma-separated values (default 0,0.05,0.1,0.2)")
-    sw.add_argument("--preset", default="vteam", help="device preset (default vteam)")
-    sw.add_argument("--analog", choices=ANALOG_PARTS, default="keys", help="analog parts (default keys)")
-    sw.add_argument("--episodes", type=int, default=200, help="episodes per configuration (default 200)")
-    sw.add_argument("--seed", type=int, default=0, help="episode seed and, unless swept, chip seed (default 0)")
-    sw.add_argument("--out", default="sweep.csv", help="tidy table, .csv or .json (default sweep.csv)")
-    sw.add_argument("--plot", default=None, help="also save accuracy vs the parameter as a PNG")
-    sw.set_defaults(func=run_sweep)
     pr = cs.add_parser("presets", help="list the RRAM device presets")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=run_presets)
@@ -116,34 +100,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(format_comparison(result, ckpt.path.stem))
-    return 0
-
-
-def _values(param: str, text: str) -> list:
-    from batmann.errors import ConfigError
-
-    conv = int if param in ("states", "adc_bits", "seed") else float
-    try:
-        return [conv(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--values {text!r} is not a comma-separated list of {conv.__name__}s") from None
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    from batmann.hardware import plot_sweep, sweep, write_table
-
-    base = {"analog": args.analog, "preset": args.preset, "seed": args.seed}
-    rows = sweep(args.checkpoint, args.param, _values(args.param, args.values), base=base,
-                 episodes=args.episodes, episode_seed=args.seed, progress=True)
-    write_table(rows, args.out)
-    if args.plot:
-        plot_sweep(rows, args.plot)
-    print(f"{args.param:>12}  digital (%)      crossbar (%)     agreement  correlation")
-    for r in rows:
-        print(f"{r['value']:>12}  {r['digital_accuracy_pct']:6.2f} +- {r['digital_ci95_pct']:4.2f}  "
-              f"{r['crossbar_accuracy_pct']:6.2f} +- {r['crossbar_ci95_pct']:4.2f}  "
-              f"{100 * r['top1_agreement']:8.2f} %  {r['score_correlation']:.4f}")
-    print(f"table: {args.out}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
 
 

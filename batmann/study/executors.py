@@ -97,7 +97,7 @@ class DaskExecutor(Executor):
 
     name = "dask"
 
-    def __init__(self, workers: int, address: str | None = None, timeout: float = 10.0):
+    def __init__(self, workers: int, address: str | None = None, timeout: float = 5.0):
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError:
@@ -123,7 +123,7 @@ class DaskExecutor(Executor):
 
         futures = [self._client.submit(fn, a, pure=False) for a in args]
         try:
-            for f in as_completed(futures):
+            for f in as_completed(futures, loop=self._client.loop):
                 yield f.result()
         finally:
             self._client.cancel(futures)
