@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --executor dask: an existing scheduler (default: start a LocalCluster)")
     r.add_argument("--extend", action="store_true",
                    help="DIR holds an earlier version of the study: add this file's new cells")
-    r.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] for the digital features (default cpu)")
+    r.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]: where the digital controller computes its features (default cpu; the crossbar simulation runs on the CPU)")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.set_defaults(func=run_run)
     st = ss.add_parser("status", help="how many cells are planned and recorded")

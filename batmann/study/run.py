@@ -44,36 +44,43 @@ class RunSummary:
                 "seconds": self.seconds, "out": str(self.out)}
 
 
-def _resolve_checkpoints(study: Study, store: StudyStore) -> dict[str, tuple[str, str]]:
-    """name -> (path, sha256); refuses a checkpoint that changed since the store recorded it."""
+def _resolve_checkpoints(study: Study) -> dict[str, tuple[str, str]]:
+    """name -> (path, sha256 of the file)."""
     from batmann.checkpoint import resolve_checkpoint
     from batmann.feature_store import file_digest
 
-    recorded = store.get_meta("checkpoints") or {}
     out = {}
     for name in study.checkpoints:
         path = resolve_checkpoint(name)
-        sha = file_digest(path)
-        if name in recorded and recorded[name] != sha:
-            raise ConfigError(f"checkpoint {name!r} ({path}) changed since this study store recorded it; "
-                              f"use another --out folder")
-        out[name] = (str(path), sha)
-    store.set_meta(checkpoints={**recorded, **{n: sha for n, (_, sha) in out.items()}})
+        out[name] = (str(path), file_digest(path))
     return out
 
 
-def _check_identity(study: Study, store: StudyStore, extend: bool) -> None:
+def _prepare(study: Study, store: StudyStore, ckpts: dict[str, tuple[str, str]], extend: bool, cells) -> None:
+    """Check that ``store`` may take ``study``, then record the study, its checkpoints, the
+    command and the planned cells in one transaction."""
+    import json
+
     old = store.get_meta("fingerprint")
-    if old is None:
-        store.set_meta(study=study.to_dict(), fingerprint=study.fingerprint(), format="batmann-study/1",
-                       history=[])
-        return
-    if old == study.fingerprint():
-        return
-    if not extend:
+    if old is not None and old != study.fingerprint() and not extend:
         raise ConfigError(f"{store.root} holds another study (fingerprint {old}, this file's is "
                           f"{study.fingerprint()}); use --extend to add this study's new cells, or another --out")
-    store.set_meta(study=study.to_dict(), fingerprint=study.fingerprint())
+    recorded = store.get_meta("checkpoints") or {}
+    for name, (path, sha) in ckpts.items():
+        if name in recorded and recorded[name] != sha:
+            raise ConfigError(f"checkpoint {name!r} ({path}) changed since this study store recorded it; "
+                              "use another --out folder")
+    history = store.get_meta("history") or []
+    meta = {"study": study.to_dict(), "fingerprint": study.fingerprint(), "format": "batmann-study/1",
+            "checkpoints": {**recorded, **{n: sha for n, (_, sha) in ckpts.items()}},
+            "history": history + [{"time": time.time(), "argv": shlex.join(sys.argv), "fingerprint": study.fingerprint()}]}
+    now = time.time()
+    store._write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v, sort_keys=True)))
+                  for k, v in meta.items()] +
+                 [("INSERT OR IGNORE INTO plan (cell_id, config_id, checkpoint, chip, chip_seed, params, added) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (c.cell_id, c.config_id, c.configuration.checkpoint, c.chip, c.chip_seed,
+                    json.dumps(c.configuration.params, sort_keys=True), now)) for c in cells])
 
 
 def run_study(study: Study, out: str | Path, executor: str = "local", workers: int | None = None,
@@ -89,16 +96,12 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
     say = log or (lambda msg: print(msg, file=sys.stderr))
     device = str(resolve_device(device))
     t_start = time.perf_counter()
+    ckpts = _resolve_checkpoints(study)  # a bad name fails before anything is written
+    cells = study.cells()
     with StudyStore.open(out) as store:
-        _check_identity(study, store, extend)
-        ckpts = _resolve_checkpoints(study, store)
-        cells = study.cells()
-        store.add_plan(cells)
+        _prepare(study, store, ckpts, extend, cells)
         done = store.done_ids()
         todo = [c for c in cells if c.cell_id not in done]
-        history = store.get_meta("history") or []
-        store.set_meta(history=history + [{"time": time.time(), "argv": shlex.join(sys.argv),
-                                            "fingerprint": study.fingerprint(), "todo": len(todo)}])
         summary = RunSummary(cells=len(cells), done_before=len(cells) - len(todo), ran=0, seconds=0.0, out=Path(out))
         if not todo:
             say(f"study: all {len(cells)} cells are recorded in {store.path}")

@@ -135,17 +135,7 @@ class StudyStore:
         self._write([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, json.dumps(v, sort_keys=True)))
                      for k, v in items.items()])
 
-    # -- plan -------------------------------------------------------------------------------------
-    def add_plan(self, cells) -> int:
-        """Record planned cells (``batmann.study.spec.Cell``); returns how many were new."""
-        before = self.count_planned()
-        now = time.time()
-        self._write([("INSERT OR IGNORE INTO plan (cell_id, config_id, checkpoint, chip, chip_seed, params, added) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (c.cell_id, c.config_id, c.configuration.checkpoint, c.chip, c.chip_seed,
-                       json.dumps(c.configuration.params, sort_keys=True), now)) for c in cells])
-        return self.count_planned() - before
-
+    # -- plan (written by batmann.study.run, with the study's meta, in one transaction) -----------
     def count_planned(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM plan").fetchone()[0])
 
