@@ -338,10 +338,15 @@ def test_bad_study_file_and_unwritable_folder(ckpt, tmp_path):
     bad.write_text("checkpoint = [\n")
     r = subprocess.run([*BATMANN, "study", "run", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "not valid TOML" in r.stderr
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
     good = tmp_path / "good.toml"
     good.write_text(f'checkpoint = "{ckpt}"\n[grid]\nvariability = [0.0]\n')
+    (tmp_path / "file").write_text("not a folder")
+    r = subprocess.run([*BATMANN, "study", "run", str(good), "--out", str(tmp_path / "file" / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot create the study folder" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)

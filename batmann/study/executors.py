@@ -36,14 +36,14 @@ class Executor:
     def unordered(self, fn: Callable, args: Iterable[Any]) -> Iterator[Any]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self, abort: bool = False) -> None:
+        """Release the workers; ``abort`` (after an error or Ctrl-C) stops running tasks too."""
 
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(abort=exc_type is not None)
 
 
 class InlineExecutor(Executor):
@@ -88,7 +88,10 @@ class ProcessExecutor(Executor):
             for f in futures:
                 f.cancel()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        if abort:  # the cells in flight are lost anyway: do not wait for them
+            for p in list(getattr(self._pool, "_processes", {}).values()):
+                p.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -128,7 +131,7 @@ class DaskExecutor(Executor):
         finally:
             self._client.cancel(futures)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
