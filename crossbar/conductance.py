@@ -3,87 +3,96 @@
 A weight matrix ``W`` of shape (R, C) (rows = inputs / word lines, columns = outputs / bit-line
 pairs) is held by two device planes, ``G+`` and ``G-`` (MemTorch's ``Scheme.DoubleColumn``).
 
-Programming, in this fixed order (each step is one ``device_models`` class)::
+Every non-ideality is a :class:`device_models.NonIdeality` with hooks by stage; this module runs
+the hooks of the spec's non-idealities (``spec.stage(...)``) in their documented order:
 
-    1. target map      fraction f+ = max(w, 0) / s_c, f- = max(-w, 0) / s_c in [0, 1]; s_c is the
-                       column's max |w| ("per_column") or the layer's ("naive", = MemTorch's
-                       naive_map). G = 1/r_off + f (1/r_on - 1/r_off); +-1 weights use two states.
-    2. variability     each device has its own window [1/r_off_d, 1/r_on_d] (DeviceVariability,
-                       drawn once per chip); f is programmed into it (mode own_range / memtorch_clip)
-    3. finite states   G rounded to the device's own grid of N levels (ConductanceStates)
-    4. stuck-at faults stuck devices forced to their own 1/r_on_d or 1/r_off_d (StuckAtFaults),
-                       last, so nothing after can undo them (MemTorch trap 2)
+1. **devices** (:func:`sample_planes`, once per chip and array): nominal bounds
+   ``g_lo = 1/r_off``, ``g_hi = 1/r_on``, then each ``sample`` hook (DeviceVariability: own
+   bounds per device; StuckAtFaults: the stuck map; Drift: exponents).
+2. **program** (:func:`program`, every write): the target map -- fraction f+ = max(w, 0) / s_c,
+   f- = max(-w, 0) / s_c in [0, 1], s_c the column's max |w| ("per_column") or the layer's
+   ("naive", MemTorch's naive_map), programmed into each device's window (mode own_range or
+   memtorch_clip) -- then each ``program`` hook: ConductanceStates, ProgrammingNoise (fresh
+   generator per write), StuckAtFaults last, so nothing after can undo them (MemTorch trap 2).
+3. **read** (:func:`read`, :func:`read_conductance`): the conductances seen ``time`` seconds after
+   programming (``read_conductance`` hooks, e.g. Drift; computed once per array and time) and an
+   output gain (``output_gain``, e.g. global drift compensation); then per input vector::
 
-Reading one input vector x (a row of the (B, R) input)::
+       V = x / max|x| * v_read                      (InputDAC, optional DAC bits)
+       per row tile t (TileShape): I_t = V[t] @ (G+[t] - G-[t])
+           -> read_current hooks (ReadNoise: + N(0, sigma^2 sum V^2 (G+^2 + G-^2)))
+           -> ADC_t (fixed full scale)
+       y = gain * sum_t I_t * max|x| / v_read / (1/r_on - 1/r_off) * s_c     (scale back, digital)
 
-    V = x / max|x| * v_read  (InputDAC, optional DAC bits)
-    per row tile t (TileShape): I_t = V[t] @ (G+[t] - G-[t]) -> ADC_t (fixed full scale)
-    y = sum_t I_t * max|x| / v_read / (1/r_on - 1/r_off) * s_c        (scale back, digital)
-
-For the ideal device (no variability, states, faults, ADC or DAC bits) ``y == x @ W`` up to
-float rounding. The physical devices of an array (windows and stuck map) are a :class:`DevicePlanes`
-sampled once; :func:`program` can be called again and again on the same devices (the key memory is
-rewritten every episode).
+For the ideal device (no non-ideality in force) ``y == x @ W`` up to float rounding. The devices
+of an array (:class:`DevicePlanes`) are sampled once; :func:`program` can be called again and
+again on the same devices (the key memory is rewritten every episode).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from crossbar.spec import HardwareSpec
-from device_models.nonidealities import StuckAtFaults, program_fraction
+from device_models.nonidealities import NonIdeality
+from device_models.nonidealities import program_fraction
 
 
 @dataclass
 class DevicePlanes:
-    """The physical devices of one differential array: windows and stuck map, shape (2, R, C).
+    """The physical devices of one differential array, all tensors of shape (2, R, C).
 
-    Plane 0 holds G+, plane 1 holds G-. ``stuck_lrs``/``stuck_hrs`` are None without faults.
+    Plane 0 holds G+, plane 1 holds G-. ``g_lo``/``g_hi``: each device's conductance bounds;
+    ``props``: what the device-stage hooks sampled (``stuck_lrs``/``stuck_hrs`` masks,
+    ``drift_nu`` exponents, ...).
     """
 
     g_lo: torch.Tensor
     g_hi: torch.Tensor
-    stuck_lrs: torch.Tensor | None
-    stuck_hrs: torch.Tensor | None
+    props: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def stuck_lrs(self) -> torch.Tensor | None:
+        return self.props.get("stuck_lrs")
+
+    @property
+    def stuck_hrs(self) -> torch.Tensor | None:
+        return self.props.get("stuck_hrs")
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.g_lo.shape[1:])
 
+    def _map(self, fn) -> "DevicePlanes":
+        return DevicePlanes(fn("g_lo", self.g_lo), fn("g_hi", self.g_hi), {k: fn(k, v) for k, v in self.props.items()})
+
     @staticmethod
     def cat_columns(parts: list["DevicePlanes"]) -> "DevicePlanes":
-        def cat(name):
-            ts = [getattr(p, name) for p in parts]
-            return None if ts[0] is None else torch.cat(ts, dim=2)
-
-        return DevicePlanes(cat("g_lo"), cat("g_hi"), cat("stuck_lrs"), cat("stuck_hrs"))
+        first = parts[0]
+        return first._map(lambda name, _: torch.cat([getattr(p, name) if name in ("g_lo", "g_hi") else p.props[name]
+                                                     for p in parts], dim=2))
 
     def columns(self, n: int) -> "DevicePlanes":
-        def first(t):
-            return None if t is None else t[:, :, :n]
+        return self._map(lambda name, t: t[:, :, :n])
 
-        return DevicePlanes(first(self.g_lo), first(self.g_hi), first(self.stuck_lrs), first(self.stuck_hrs))
+    def to(self, device) -> "DevicePlanes":
+        return self._map(lambda name, t: t.to(device))
 
 
 def sample_planes(spec: HardwareSpec, rows: int, cols: int, generator: torch.Generator,
                   dtype=torch.float32) -> DevicePlanes:
-    """Draw the devices of a (rows x cols) differential array: variability first, then faults."""
+    """Draw the devices of a (rows x cols) differential array: nominal bounds, then every
+    device-stage hook in its sampling order (variability, stuck-at map, drift exponents)."""
     dev = spec.device
     shape = (2, rows, cols)
-    var = spec.variability_spec
-    if var is None:
-        g_lo = torch.full(shape, dev.g_off, dtype=torch.float64).to(dtype)
-        g_hi = torch.full(shape, dev.g_on, dtype=torch.float64).to(dtype)
-    else:
-        g_lo, g_hi = var.sample_bounds(dev.r_on, dev.r_off, shape, generator, dtype)
-    stuck = spec.stuck_spec
-    if stuck is not None and (stuck.lrs > 0 or stuck.hrs > 0):
-        lrs, hrs = stuck.sample(shape, generator)
-    else:
-        lrs = hrs = None
-    return DevicePlanes(g_lo, g_hi, lrs, hrs)
+    devices = {"g_lo": torch.full(shape, dev.g_off, dtype=torch.float64).to(dtype),
+               "g_hi": torch.full(shape, dev.g_on, dtype=torch.float64).to(dtype)}
+    for ni in spec.stage("device"):
+        devices.update(ni.sample(shape, generator, dev.g_off, dev.g_on, devices))
+    g_lo, g_hi = devices.pop("g_lo"), devices.pop("g_hi")
+    return DevicePlanes(g_lo, g_hi, devices)
 
 
 def map_targets(weights: torch.Tensor, mapping: str = "per_column") -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,13 +111,20 @@ def map_targets(weights: torch.Tensor, mapping: str = "per_column") -> tuple[tor
 
 @dataclass
 class ProgrammedArray:
-    """A written differential array: conductances ``g`` (2, R, C) and column scales (C,)."""
+    """A written differential array: conductances ``g`` (2, R, C) and column scales (C,).
+
+    ``time``: seconds after programming at which it is read (the key memory: fresh, at 0;
+    the controller: the spec's drift time). ``read_generator`` draws the read noise of its
+    reads, one after the other."""
 
     g: torch.Tensor
     col_scale: torch.Tensor
     planes: DevicePlanes
     g_off: float
     g_on: float
+    time: float = 0.0
+    read_generator: torch.Generator | None = None
+    _read: tuple | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
@@ -127,19 +143,54 @@ class ProgrammedArray:
         return self.g_diff / (self.g_on - self.g_off) * self.col_scale
 
 
-def program(spec: HardwareSpec, planes: DevicePlanes, weights: torch.Tensor) -> ProgrammedArray:
-    """Write ``weights`` (R, C) into ``planes``: target map -> variability -> states -> faults."""
+def program(spec: HardwareSpec, planes: DevicePlanes, weights: torch.Tensor,
+            generator: torch.Generator | None = None, time: float = 0.0, read_stream: str | None = None) -> ProgrammedArray:
+    """Write ``weights`` (R, C) into ``planes``: target map, then every program-stage hook in order
+    (states, programming noise, stuck-at faults last). ``generator`` draws this write's noise (a
+    fresh one per write); ``time`` is when the array will be read (seconds after this write);
+    ``read_stream`` names the chip stream its read noise is drawn from."""
     dev = spec.device
     dtype = planes.g_lo.dtype
     frac, scale = map_targets(weights.to(dtype), spec.weight_mapping)
     var = spec.variability_spec
     mode = var.mode if var is not None else "own_range"
     g = program_fraction(frac, planes.g_lo, planes.g_hi, dev.g_off, dev.g_on, mode)
-    if spec.states_spec is not None:
-        g = spec.states_spec.quantize(g, planes.g_lo, planes.g_hi)
-    if planes.stuck_lrs is not None:
-        g = StuckAtFaults.apply(g, planes.g_lo, planes.g_hi, planes.stuck_lrs, planes.stuck_hrs)
-    return ProgrammedArray(g=g, col_scale=scale, planes=planes, g_off=dev.g_off, g_on=dev.g_on)
+    target = g
+    for ni in spec.stage("program"):
+        g = ni.program(g, target, planes, generator)
+    reader = spec.generator(read_stream) if read_stream is not None and spec.stage("read") else None
+    return ProgrammedArray(g=g, col_scale=scale, planes=planes, g_off=dev.g_off, g_on=dev.g_on, time=time,
+                           read_generator=reader)
+
+
+def read_state(spec: HardwareSpec, array: ProgrammedArray) -> tuple[torch.Tensor, float | None, tuple]:
+    """The conductances reads see (after the ``read_conductance`` hooks at ``array.time``), the
+    output gain (or None) and the read-current hooks; computed once per array."""
+    if array._read is None:
+        items = spec.stage("read")
+        g = array.g
+        for ni in items:
+            g = ni.read_conductance(g, array.planes, array.time)
+        gain = None
+        for ni in items:
+            k = ni.output_gain(array.g, g)
+            if k is not None:
+                gain = k if gain is None else gain * k
+        noisy = tuple(ni for ni in items if type(ni).read_current is not NonIdeality.read_current)
+        array._read = (g, gain, noisy)
+    return array._read
+
+
+def _currents(items, current, v, g_sq, generator, conv=None):
+    """Apply the read-current hooks to ``current`` (the variance only when one wants it)."""
+    if not items:
+        return current
+    variance = None
+    if any(ni.wants_variance for ni in items):
+        variance = (v * v) @ g_sq if conv is None else conv(v * v, g_sq)
+    for ni in items:
+        current = ni.read_current(current, variance, generator)
+    return current
 
 
 def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
@@ -154,17 +205,23 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
     if row_scale is not None:
         row_scale = row_scale.to(dtype)
     v, s = dac.encode(x, row_scale)
-    gd = array.g_diff
+    g, gain, noisy = read_state(spec, array)
+    gd = g[0] - g[1]
+    g_sq = g[0] * g[0] + g[1] * g[1] if noisy else None
+    gen = array.read_generator
     window = array.g_on - array.g_off
     if adc is None:
-        current = v @ gd  # without an ADC the tile partial sums add up exactly
+        # without an ADC the tile partial sums (and their independent noises) add up exactly
+        current = _currents(noisy, v @ gd, v, g_sq, gen)
     else:
-        current = torch.zeros(x.shape[0], array.cols, dtype=dtype)
+        current = torch.zeros(x.shape[0], array.cols, dtype=dtype, device=x.device)
         slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
         for rs in slices:
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
-            current += adc.quantize(v[:, rs] @ gd[rs], fs)
-    return current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
+            part = _currents(noisy, v[:, rs] @ gd[rs], v[:, rs], None if g_sq is None else g_sq[rs], gen)
+            current += adc.quantize(part, fs)
+    out = current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
+    return out if gain is None else out * gain
 
 
 def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kernel_size: int,
@@ -188,10 +245,17 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     flat, s = dac.encode(x.reshape(b, -1), x.reshape(b, -1).abs().amax(dim=1))
     v = flat.reshape(x.shape)
     window = array.g_on - array.g_off
-    gd = array.g_diff  # (R, C_out)
+    g, gain, noisy = read_state(spec, array)
+    gd = g[0] - g[1]  # (R, C_out)
+    g_sq = g[0] * g[0] + g[1] * g[1] if noisy else None
+    gen = array.read_generator
+
+    def conv(inp, mat, c=c_in):
+        return F.conv2d(inp, mat.T.reshape(array.cols, c, kernel_size, kernel_size), stride=stride, padding=padding)
+
     kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
     if adc is None:
-        current = F.conv2d(v, kernel, stride=stride, padding=padding)
+        current = _currents(noisy, F.conv2d(v, kernel, stride=stride, padding=padding), v, g_sq, gen, conv)
     else:
         current = None
         slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
@@ -202,10 +266,16 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
             w[rs.stop - c0 * kk:] = 0
             wt = w.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size)
             part = F.conv2d(v[:, c0:c1], wt, stride=stride, padding=padding)
+            if noisy:
+                sq = g_sq[c0 * kk:c1 * kk].clone()
+                sq[: rs.start - c0 * kk] = 0
+                sq[rs.stop - c0 * kk:] = 0
+                part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = adc.quantize(part, fs)
             current = part if current is None else current + part
-    return current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
+    out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
+    return out if gain is None else out * gain
 
 
 def tile_count(spec: HardwareSpec, rows: int, cols: int) -> int:

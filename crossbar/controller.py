@@ -99,9 +99,12 @@ class _Programmer:
 
     def program_layer(self, name: str, weight: torch.Tensor) -> conductance.ProgrammedArray:
         w = _weights_rc(weight).float()
-        gen = self.spec.generator(f"controller/{name}/shape={tuple(w.shape)}")
+        stream = f"controller/{name}/shape={tuple(w.shape)}"
+        gen = self.spec.generator(stream)
         planes = conductance.sample_planes(self.spec, w.shape[0], w.shape[1], gen, torch.float32)
-        array = conductance.program(self.spec, planes, w)
+        drift = self.spec.get("drift")
+        array = conductance.program(self.spec, planes, w, generator=self.spec.generator(f"{stream}/write"),
+                                    time=drift.time if drift is not None else 0.0, read_stream=f"{stream}/read")
         self.arrays[name] = array
         return array
 
@@ -231,8 +234,9 @@ def convert_controller(plain_controller: nn.Module, spec: HardwareSpec, read: st
     _check_plain(model)
     if not any(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules()):
         raise HardwareSpecError("the controller has no nn.Conv2d/nn.Linear layer to put on crossbars")
-    if read == "memtorch" and not spec.linear_read:
-        raise HardwareSpecError("MemTorch's forward cannot model a fixed-range ADC or DAC bits: use read='vectorised'")
+    if read == "memtorch" and (not spec.linear_read or spec.stage("read")):
+        raise HardwareSpecError("MemTorch's forward cannot model a fixed-range ADC, DAC bits, read noise or drift: "
+                                "use read='vectorised'")
     memtorch = import_memtorch()
     from memtorch.mn.Module import patch_model
 

@@ -62,7 +62,9 @@ class KeyCrossbar:
         if not torch.isfinite(keys).all():
             raise HardwareSpecError("keys contain NaN or infinite values")
         planes = self.devices(keys.shape[0])
-        self.array = conductance.program(self.spec, planes, keys.detach().cpu().to(self.dtype).T)
+        stream = f"keys/d={self.dim}/write={self.n_writes}"  # every write draws fresh write and read noise
+        self.array = conductance.program(self.spec, planes, keys.detach().cpu().to(self.dtype).T,
+                                         generator=self.spec.generator(stream), time=0.0, read_stream=f"{stream}/read")
         self.n_writes += 1
         return self
 

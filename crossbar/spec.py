@@ -17,6 +17,7 @@ import torch
 from device_models.errors import HardwareSpecError
 from device_models.nonidealities import (
     ADC,
+    NONIDEALITY_TYPES,
     ConductanceStates,
     DeviceVariability,
     InputDAC,
@@ -29,9 +30,9 @@ from device_models.presets import PRESETS, DevicePreset, get_preset
 ANALOG_PARTS = ("keys", "controller", "all")
 WEIGHT_MAPPINGS = ("per_column", "naive")
 PROGRAMMING_ROUTES = ("fast", "memtorch")
-#: The shortcut fields of :class:`HardwareSpec` and the non-ideality kind each one sets.
-SHORTCUT_KINDS = {"variability": "variability", "states": "states", "stuck_lrs": "stuck", "stuck_hrs": "stuck",
-                  "adc_bits": "adc", "tile_shape": "tiles", "read_voltage": "dac", "dac_bits": "dac"}
+#: The shortcut fields of :class:`HardwareSpec` and the non-ideality kind each one sets (each
+#: non-ideality class declares its own in ``shortcuts``).
+SHORTCUT_KINDS = {name: cls.kind for cls in NONIDEALITY_TYPES.values() for name in cls.shortcuts}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class HardwareSpec:
     - ``nonidealities``: specification objects (``device_models.nonidealities``), at most one
       of each kind; or use the shortcut fields ``variability`` (relative sigma), ``states``
       (levels), ``stuck_lrs`` / ``stuck_hrs`` (fractions), ``adc_bits``, ``tile_shape``
-      (rows, cols), ``read_voltage`` / ``dac_bits``. Giving a kind both ways is an error.
+      (rows, cols), ``read_voltage`` / ``dac_bits``, ``programming_noise`` (sigma, fraction of
+      the window), ``read_noise`` (relative sigma), ``drift_nu`` / ``drift_nu_sigma`` / ``time``
+      (seconds, or ``"1d"``) / ``drift_compensation`` (``none``/``global``). Giving a kind both
+      ways is an error. :data:`SHORTCUT_KINDS` maps each shortcut to its non-ideality.
     - ``seed``: the chip. Device variability and the stuck-at map are drawn from it (once per
       chip), and ``seed_globals()`` seeds Python, NumPy and torch with it (MemTorch draws from
       the global generators). Same seed, same results.
@@ -69,6 +73,12 @@ class HardwareSpec:
     tile_shape: tuple[int, int] | None = None
     read_voltage: float | None = None
     dac_bits: int | None = None
+    programming_noise: float | None = None
+    read_noise: float | None = None
+    drift_nu: float | None = None
+    drift_nu_sigma: float | None = None
+    time: float | str | None = None
+    drift_compensation: str | None = None
     seed: int = 0
     weight_mapping: str = "per_column"
     programming: str = "fast"
@@ -92,30 +102,18 @@ class HardwareSpec:
             if ni.kind in chain:
                 raise HardwareSpecError(f"non-ideality {ni.kind!r} given twice")
             chain[ni.kind] = ni
-        shortcuts: list[tuple[str, str, NonIdeality | None]] = []
-        if self.variability is not None:
-            shortcuts.append(("variability", "variability", DeviceVariability(_num(self.variability, "variability"))))
-        if self.states is not None:
-            shortcuts.append(("states", "states", ConductanceStates(self.states)))
-        if self.stuck_lrs is not None or self.stuck_hrs is not None:
-            shortcuts.append(("stuck", "stuck_lrs/stuck_hrs", StuckAtFaults(
-                _num(self.stuck_lrs or 0.0, "stuck_lrs"), _num(self.stuck_hrs or 0.0, "stuck_hrs"))))
-        if self.adc_bits is not None:
-            shortcuts.append(("adc", "adc_bits", ADC(self.adc_bits)))
-        if self.tile_shape is not None:
-            ts = self.tile_shape
-            if isinstance(ts, (str, bytes)) or not hasattr(ts, "__len__") or len(ts) != 2:
-                raise HardwareSpecError(f"tile_shape must be (rows, cols), got {ts!r}")
-            shortcuts.append(("tiles", "tile_shape", TileShape(ts[0], ts[1])))
-        if self.read_voltage is not None or self.dac_bits is not None:
-            v = 0.2 if self.read_voltage is None else _num(self.read_voltage, "read_voltage")
-            shortcuts.append(("dac", "read_voltage/dac_bits", InputDAC(v, self.dac_bits)))
-        for kind, fname, ni in shortcuts:
-            if kind in chain:
-                raise HardwareSpecError(f"non-ideality {kind!r} given twice (in nonidealities and as {fname})")
-            chain[kind] = ni
+        for cls in NONIDEALITY_TYPES.values():  # the shortcut fields, each class building itself
+            given = {name: getattr(self, name) for name in cls.shortcuts if getattr(self, name) is not None}
+            if not given:
+                continue
+            if cls.kind in chain:
+                raise HardwareSpecError(f"non-ideality {cls.kind!r} given twice (in nonidealities and as "
+                                        f"{'/'.join(given)})")
+            chain[cls.kind] = cls.from_shortcuts(given)
         chain.setdefault("dac", InputDAC())
-        object.__setattr__(self, "_chain", chain)
+        order = list(NONIDEALITY_TYPES)
+        object.__setattr__(self, "_chain", dict(sorted(chain.items(), key=lambda kv: order.index(kv[0])
+                                                       if kv[0] in order else len(order))))
 
     # -- the resolved non-idealities ------------------------------------------------------------
     @property
@@ -150,6 +148,19 @@ class HardwareSpec:
     def resolved_nonidealities(self) -> tuple[NonIdeality, ...]:
         return tuple(self._chain.values())
 
+    def get(self, kind: str) -> NonIdeality | None:
+        """The non-ideality of ``kind`` in force, or None."""
+        return self._chain.get(kind)
+
+    def stage(self, stage: str) -> tuple[NonIdeality, ...]:
+        """The non-idealities with a hook in ``stage`` ("device": in sampling order; "program",
+        "read": in their documented order). Items whose parameters change nothing are left out."""
+        items = [ni for ni in self._chain.values() if not ni.is_identity]
+        if stage == "device":
+            return tuple(sorted((ni for ni in items if type(ni).sample is not NonIdeality.sample),
+                                key=lambda ni: ni.sample_order))
+        return tuple(sorted((ni for ni in items if ni.stage == stage), key=lambda ni: ni.order))
+
     @property
     def keys_analog(self) -> bool:
         return self.analog in ("keys", "all")
@@ -166,25 +177,16 @@ class HardwareSpec:
     @property
     def is_ideal(self) -> bool:
         """No non-ideality acts (any device preset is exact with the differential pair)."""
-        v, s, f = self.variability_spec, self.states_spec, self.stuck_spec
-        return ((v is None or v.sigma == 0) and s is None and (f is None or f.lrs + f.hrs == 0)
-                and self.linear_read)
+        return all(ni.is_identity for ni in self._chain.values()) and self.linear_read
 
     def describe(self) -> dict:
-        """One flat dict with every parameter (absent non-idealities as None), for results tables."""
+        """One flat dict with every parameter (absent non-idealities as None), for results tables;
+        built from each non-ideality's ``describe()``."""
         d = {"analog": self.analog, **self.device.describe(), "seed": int(self.seed),
              "weight_mapping": self.weight_mapping}
-        d["variability_sigma"] = self.variability_spec.sigma if self.variability_spec else None
-        d["variability_mode"] = self.variability_spec.mode if self.variability_spec else None
-        d["states"] = self.states_spec.levels if self.states_spec else None
-        d["stuck_lrs"] = self.stuck_spec.lrs if self.stuck_spec else None
-        d["stuck_hrs"] = self.stuck_spec.hrs if self.stuck_spec else None
-        d["adc_bits"] = self.adc_spec.bits if self.adc_spec else None
-        d["adc_full_scale"] = self.adc_spec.full_scale if self.adc_spec else None
-        d["tile_rows"] = self.tiles_spec.rows if self.tiles_spec else None
-        d["tile_cols"] = self.tiles_spec.cols if self.tiles_spec else None
-        d["read_voltage"] = self.dac_spec.v_read
-        d["dac_bits"] = self.dac_spec.bits
+        for kind, cls in NONIDEALITY_TYPES.items():
+            ni = self._chain.get(kind)
+            d.update(ni.describe() if ni is not None else cls.describe_absent())
         return d
 
     # -- identity: two specs are equal when they describe the same chip --------------------------
@@ -330,12 +332,6 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
             body = to_toml(v, name)
             parts.append(f"[{name}]" + ("\n" + body if body else ""))
     return "\n\n".join(p for p in parts if p)
-
-
-def _num(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(float(v)):
-        raise HardwareSpecError(f"{name} must be a number, got {v!r}")
-    return float(v)
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -4,8 +4,9 @@
   parameters, source) and :data:`PRESETS` (``ideal``, ``vteam``, ``linear_ion_drift``,
   ``data_driven``, ``stanford_pku``); :func:`get_preset`.
 - :mod:`device_models.nonidealities`: :class:`DeviceVariability`, :class:`ConductanceStates`,
-  :class:`StuckAtFaults`, :class:`ADC`, :class:`InputDAC`, :class:`TileShape`, all behind
-  :class:`NonIdeality`.
+  :class:`StuckAtFaults`, :class:`ProgrammingNoise`, :class:`ReadNoise`, :class:`Drift`,
+  :class:`ADC`, :class:`InputDAC`, :class:`TileShape`, all behind :class:`NonIdeality` (hooks by
+  stage: device, program, read, circuit).
 - :mod:`device_models.errors`: :class:`HardwareSpecError`.
 """
 
@@ -15,16 +16,20 @@ from device_models.nonidealities import (
     NONIDEALITY_TYPES,
     ConductanceStates,
     DeviceVariability,
+    Drift,
     InputDAC,
     NonIdeality,
+    ProgrammingNoise,
+    ReadNoise,
     StuckAtFaults,
     TileShape,
+    parse_duration,
     program_fraction,
 )
 from device_models.presets import PRESETS, DevicePreset, get_preset, list_presets
 
 __all__ = [
-    "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability",
-    "HardwareSpecError", "InputDAC", "NonIdeality", "StuckAtFaults", "TileShape", "get_preset",
-    "list_presets", "program_fraction",
+    "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability", "Drift",
+    "HardwareSpecError", "InputDAC", "NonIdeality", "ProgrammingNoise", "ReadNoise", "StuckAtFaults", "TileShape",
+    "get_preset", "list_presets", "parse_duration", "program_fraction",
 ]

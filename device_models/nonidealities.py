@@ -1,20 +1,29 @@
-"""Crossbar non-idealities: small specification classes with one job each.
+"""Crossbar non-idealities: one small class per effect, all behind one interface.
 
-Every class is a frozen dataclass behind one interface (:class:`NonIdeality`): a ``kind`` (the
-key a hardware specification holds at most one of), a ``stage`` saying where it acts, argument
-checks in ``validate()`` (run on construction; a bad value raises
-:class:`~device_models.errors.HardwareSpecError` with a one-line message) and ``describe()`` for
-results tables. Each class also owns the vectorised tensor maths of its one job; the order in
-which the jobs run is fixed by the crossbar pipeline (``crossbar.conductance``)::
+Every class is a frozen dataclass derived from :class:`NonIdeality`: a ``kind`` (a hardware
+specification holds at most one of each), a ``stage`` and an ``order`` saying where it acts,
+argument checks in ``validate()`` (run on construction; a bad value raises
+:class:`~device_models.errors.HardwareSpecError` with a one-line message), ``describe()`` for
+results tables, the ``HardwareSpec`` shortcut fields that build it (``shortcuts``), and the
+hooks of its stage. The crossbar pipeline (``crossbar.conductance``) calls the hooks of every
+non-ideality in force, sorted by (stage, order)::
 
-    program (once per chip / per write):  target map -> DeviceVariability -> ConductanceStates
-                                          -> StuckAtFaults (last, so nothing un-sticks a device)
-    read (every input vector):            InputDAC -> I = V @ (G+ - G-) per TileShape tile
-                                          -> ADC per tile -> digital sum of the tile outputs
+    stage     hook                                   when                     classes (order)
+    device    sample(shape, generator, g_off, g_on)  once per chip and array  DeviceVariability (0),
+                -> per-device tensors                                          StuckAtFaults (10), Drift (20)
+    program   program(g, target, devices, gen)       every write              ConductanceStates (10),
+                -> conductances                                                ProgrammingNoise (20),
+                                                                               StuckAtFaults (90: last,
+                                                                               nothing un-sticks a device)
+    read      read_conductance(g, devices, time)     once per programmed      Drift (10)
+                -> conductances; output_gain(...)    array and read time
+              read_current(current, variance, gen)   every read               ReadNoise (20)
+    circuit   (the read circuit's own methods)       every read               InputDAC, TileShape, ADC
 
-Stages: ``"device"`` (a property of the physical devices, sampled once per chip and seed),
-``"program"`` (applied to the conductances each time the array is written), ``"read"`` (applied
-on every read) and ``"layout"`` (how a matrix is cut into arrays).
+``devices`` is the array's per-device state (``g_lo``/``g_hi`` bounds and the tensors the device
+stage sampled, e.g. ``devices.props["stuck_lrs"]``), all of shape (2, rows, cols): plane 0 holds
+G+, plane 1 G-. Adding a non-ideality is one class here (with a ``HardwareSpec`` field per
+shortcut) and its tests.
 
 This module needs torch only; it knows nothing about MemTorch or BATMANN.
 """
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -42,14 +51,39 @@ def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, int)
 
 
+STAGES = ("device", "program", "read", "circuit")
+DRIFT_COMPENSATIONS = ("none", "global")
+PROGRAMMING_NOISE_MODES = ("window", "state")
+
+
 class NonIdeality(ABC):
-    """Common interface of the non-ideality specifications."""
+    """Common interface of the non-idealities (see the module docstring for the stage table).
+
+    Subclasses set ``kind``, ``stage``, ``order`` and ``shortcuts`` (``HardwareSpec`` field ->
+    this class's field), implement ``validate()`` and override the hooks of their stage; the
+    defaults leave everything unchanged.
+    """
 
     kind: ClassVar[str]
     stage: ClassVar[str]
+    order: ClassVar[int] = 50
+    #: position among the device-stage samplers (random draws happen in this order)
+    sample_order: ClassVar[int] = 50
+    shortcuts: ClassVar[dict[str, str]] = {}
+    #: read stage: the pipeline computes the current variance sum(V^2 G^2) for read_current
+    wants_variance: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "NonIdeality":
+        """An instance from ``HardwareSpec`` shortcut values (``{spec_field: value}``, the unset
+        ones left out; fields without a value keep their defaults)."""
+        try:
+            return cls(**{cls.shortcuts[k]: v for k, v in values.items()})
+        except TypeError as exc:
+            raise HardwareSpecError(f"{', '.join(values)}: {exc}") from None
 
     @abstractmethod
     def validate(self) -> None:
@@ -58,6 +92,44 @@ class NonIdeality(ABC):
     def describe(self) -> dict:
         """Flat ``{kind_field: value}`` dict (for results tables)."""
         return {f"{self.kind}_{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        """The keys of :meth:`describe` with None: the non-ideality is not in force."""
+        return {f"{cls.kind}_{f.name}": None for f in fields(cls)}
+
+    @property
+    def is_identity(self) -> bool:
+        """True when these parameters change nothing (e.g. a sigma of 0)."""
+        return False
+
+    # -- device stage -----------------------------------------------------------------------------
+    def sample(self, shape, generator: torch.Generator, g_off: float, g_on: float,
+               devices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-device properties of a new array of ``shape`` (2, rows, cols), drawn once per
+        chip: a dict of tensors of ``shape`` merged into the array's devices (``g_lo``/``g_hi``
+        are the bounds). ``devices`` holds what earlier items sampled."""
+        return {}
+
+    # -- program stage ----------------------------------------------------------------------------
+    def program(self, g: torch.Tensor, target: torch.Tensor, devices, generator: torch.Generator | None) -> torch.Tensor:
+        """Conductances after this effect, for one write. ``target`` is what the write aimed at
+        (after the window mapping); ``generator`` is fresh for every write."""
+        return g
+
+    # -- read stage -------------------------------------------------------------------------------
+    def read_conductance(self, g: torch.Tensor, devices, time: float) -> torch.Tensor:
+        """The conductances seen by reads ``time`` seconds after programming (deterministic)."""
+        return g
+
+    def output_gain(self, g_programmed: torch.Tensor, g_read: torch.Tensor) -> float | None:
+        """A digital gain applied to the array's outputs (e.g. drift compensation), or None."""
+        return None
+
+    def read_current(self, current: torch.Tensor, variance: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The column currents of one read, given their noise-free values and ``variance`` =
+        sum over the column's devices of V^2 G^2 (only when ``wants_variance``)."""
+        return current
 
 
 @dataclass(frozen=True)
@@ -87,6 +159,20 @@ class DeviceVariability(NonIdeality):
 
     kind: ClassVar[str] = "variability"
     stage: ClassVar[str] = "device"
+    order: ClassVar[int] = 0
+    sample_order: ClassVar[int] = 0
+    shortcuts: ClassVar[dict[str, str]] = {"variability": "sigma"}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.sigma == 0.0
+
+    def sample(self, shape, generator, g_off, g_on, devices):
+        """The bounds ``g_lo``/``g_hi`` of every device (1/r_off_d, 1/r_on_d)."""
+        if self.sigma == 0.0:
+            return {}
+        g_lo, g_hi = self.sample_bounds(1.0 / g_on, 1.0 / g_off, shape, generator, devices["g_lo"].dtype)
+        return {"g_lo": g_lo, "g_hi": g_hi}
 
     def validate(self) -> None:
         if not _is_number(self.sigma) or not 0.0 <= self.sigma < 1.0:
@@ -144,6 +230,18 @@ class ConductanceStates(NonIdeality):
 
     kind: ClassVar[str] = "states"
     stage: ClassVar[str] = "program"
+    order: ClassVar[int] = 10
+    shortcuts: ClassVar[dict[str, str]] = {"states": "levels"}
+
+    def describe(self) -> dict:
+        return {"states": self.levels}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"states": None}
+
+    def program(self, g, target, devices, generator):
+        return self.quantize(g, devices.g_lo, devices.g_hi)
 
     def validate(self) -> None:
         if not _is_int(self.levels) or not 2 <= self.levels <= 65536:
@@ -170,7 +268,32 @@ class StuckAtFaults(NonIdeality):
     hrs: float = 0.0
 
     kind: ClassVar[str] = "stuck"
-    stage: ClassVar[str] = "program"
+    stage: ClassVar[str] = "program"  # the map is sampled at the device stage, applied last when programming
+    order: ClassVar[int] = 90
+    shortcuts: ClassVar[dict[str, str]] = {"stuck_lrs": "lrs", "stuck_hrs": "hrs"}
+    sample_order: ClassVar[int] = 10
+
+    def describe(self) -> dict:
+        return {"stuck_lrs": self.lrs, "stuck_hrs": self.hrs}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"stuck_lrs": None, "stuck_hrs": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.lrs + self.hrs == 0.0
+
+    def sample(self, shape, generator, g_off, g_on, devices):
+        if self.is_identity:
+            return {}
+        lrs, hrs = self.sample_masks(shape, generator)
+        return {"stuck_lrs": lrs, "stuck_hrs": hrs}
+
+    def program(self, g, target, devices, generator):
+        if "stuck_lrs" not in devices.props:
+            return g
+        return self.apply(g, devices.g_lo, devices.g_hi, devices.props["stuck_lrs"], devices.props["stuck_hrs"])
 
     def validate(self) -> None:
         for name in ("lrs", "hrs"):
@@ -180,7 +303,7 @@ class StuckAtFaults(NonIdeality):
         if self.lrs + self.hrs > 1.0 + 1e-12:
             raise HardwareSpecError(f"stuck-at fractions sum to {self.lrs + self.hrs:g} > 1 (lrs {self.lrs:g} + hrs {self.hrs:g})")
 
-    def sample(self, shape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_masks(self, shape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean masks ``(stuck_lrs, stuck_hrs)`` of ``shape``, disjoint."""
         u = torch.rand(shape, generator=generator, dtype=torch.float64)
         lrs = u < self.lrs
@@ -212,7 +335,15 @@ class ADC(NonIdeality):
     full_scale: float = 1.0
 
     kind: ClassVar[str] = "adc"
-    stage: ClassVar[str] = "read"
+    stage: ClassVar[str] = "circuit"
+    shortcuts: ClassVar[dict[str, str]] = {"adc_bits": "bits"}
+
+    def describe(self) -> dict:
+        return {"adc_bits": self.bits, "adc_full_scale": self.full_scale}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"adc_bits": None, "adc_full_scale": None}
 
     def validate(self) -> None:
         if not _is_int(self.bits) or not 1 <= self.bits <= 24:
@@ -245,7 +376,19 @@ class InputDAC(NonIdeality):
     bits: int | None = None
 
     kind: ClassVar[str] = "dac"
-    stage: ClassVar[str] = "read"
+    stage: ClassVar[str] = "circuit"
+    shortcuts: ClassVar[dict[str, str]] = {"read_voltage": "v_read", "dac_bits": "bits"}
+
+    def describe(self) -> dict:
+        return {"read_voltage": self.v_read, "dac_bits": self.bits}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"read_voltage": None, "dac_bits": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.bits is None
 
     def validate(self) -> None:
         if not _is_number(self.v_read) or not 0.0 < self.v_read <= 5.0:
@@ -280,7 +423,26 @@ class TileShape(NonIdeality):
     cols: int
 
     kind: ClassVar[str] = "tiles"
-    stage: ClassVar[str] = "layout"
+    stage: ClassVar[str] = "circuit"
+    shortcuts: ClassVar[dict[str, str]] = {"tile_shape": "shape"}
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "TileShape":
+        ts = values["tile_shape"]
+        if isinstance(ts, (str, bytes)) or not hasattr(ts, "__len__") or len(ts) != 2:
+            raise HardwareSpecError(f"tile_shape must be (rows, cols), got {ts!r}")
+        return cls(ts[0], ts[1])
+
+    def describe(self) -> dict:
+        return {"tile_rows": self.rows, "tile_cols": self.cols}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"tile_rows": None, "tile_cols": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return True  # without an ADC tiling changes nothing but float rounding
 
     def validate(self) -> None:
         for name in ("rows", "cols"):
@@ -295,6 +457,225 @@ class TileShape(NonIdeality):
         return [slice(j, min(j + self.cols, n_cols)) for j in range(0, n_cols, self.cols)]
 
 
+@dataclass(frozen=True)
+class ProgrammingNoise(NonIdeality):
+    """Write noise: every write lands at its target plus N(0, sigma_p^2), redrawn at each write.
+
+    ``mode="window"`` (default): sigma_p = ``sigma`` x the device's own window (g_hi - g_lo),
+    the same for every state; ``mode="state"``: sigma_p = ``sigma`` x (g - g_lo), growing with
+    the programmed conductance (filamentary devices are noisier in their low-resistance
+    states). The result is clipped to the device's bounds. Write-verify: with
+    ``verify_iterations`` = N > 0, devices farther than ``tolerance`` x window from the target
+    are written again (fresh noise), up to N times. The key memory gets fresh errors every
+    episode (it is rewritten); the controller once per chip.
+    """
+
+    sigma: float
+    mode: str = "window"
+    verify_iterations: int = 0
+    tolerance: float = 0.0
+
+    kind: ClassVar[str] = "programming_noise"
+    stage: ClassVar[str] = "program"
+    order: ClassVar[int] = 20
+    shortcuts: ClassVar[dict[str, str]] = {"programming_noise": "sigma"}
+
+    def validate(self) -> None:
+        if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 1.0:
+            raise HardwareSpecError(f"programming noise sigma must be a fraction of the device window in [0, 1], got {self.sigma!r}")
+        if self.mode not in PROGRAMMING_NOISE_MODES:
+            raise HardwareSpecError(f"programming noise mode must be one of {', '.join(PROGRAMMING_NOISE_MODES)}, got {self.mode!r}")
+        if not _is_int(self.verify_iterations) or not 0 <= self.verify_iterations <= 100:
+            raise HardwareSpecError(f"write-verify iterations must be an integer in [0, 100], got {self.verify_iterations!r}")
+        if not _is_number(self.tolerance) or not 0.0 <= self.tolerance <= 1.0:
+            raise HardwareSpecError(f"write-verify tolerance must be a fraction of the window in [0, 1], got {self.tolerance!r}")
+
+    def describe(self) -> dict:
+        return {"programming_noise": self.sigma, "programming_noise_mode": self.mode,
+                "programming_verify_iterations": self.verify_iterations, "programming_verify_tolerance": self.tolerance}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"programming_noise": None, "programming_noise_mode": None, "programming_verify_iterations": None,
+                "programming_verify_tolerance": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.sigma == 0.0
+
+    def program(self, g, target, devices, generator):
+        if self.sigma == 0.0:
+            return g
+        if generator is None:
+            raise HardwareSpecError("programming noise needs a generator for every write")
+        lo, hi = devices.g_lo.to(g.dtype), devices.g_hi.to(g.dtype)
+        window = hi - lo
+
+        def write(aim: torch.Tensor) -> torch.Tensor:
+            scale = window if self.mode == "window" else (aim - lo)
+            noise = torch.randn(aim.shape, generator=generator, dtype=torch.float64).to(g.dtype)
+            return torch.minimum(torch.maximum(aim + self.sigma * scale * noise, lo), hi)
+
+        out = write(g)
+        for _ in range(self.verify_iterations):
+            bad = (out - g).abs() > self.tolerance * window
+            if not bool(bad.any()):
+                break
+            out = torch.where(bad, write(g), out)
+        return out
+
+
+@dataclass(frozen=True)
+class ReadNoise(NonIdeality):
+    """Read (cycle-to-cycle) noise: at every read each device conducts G (1 + sigma e), e ~ N(0, 1),
+    independently per device and per read; the same input read twice gives two answers.
+
+    The column current of one read is then exactly Gaussian around its noise-free value with
+    variance ``sigma^2 sum_r V_r^2 (G+_r^2 + G-_r^2)``, which the pipeline draws directly (one
+    extra matrix product instead of a noisy copy of the array per input). ``reads`` = k > 1
+    averages k reads (variance / k).
+    """
+
+    sigma: float
+    reads: int = 1
+
+    kind: ClassVar[str] = "read_noise"
+    stage: ClassVar[str] = "read"
+    order: ClassVar[int] = 20
+    shortcuts: ClassVar[dict[str, str]] = {"read_noise": "sigma"}
+    wants_variance: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 1.0:
+            raise HardwareSpecError(f"read noise sigma must be a relative standard deviation in [0, 1], got {self.sigma!r}")
+        if not _is_int(self.reads) or not 1 <= self.reads <= 1_000_000:
+            raise HardwareSpecError(f"reads to average must be a positive integer, got {self.reads!r}")
+
+    def describe(self) -> dict:
+        return {"read_noise": self.sigma, "read_noise_reads": self.reads}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"read_noise": None, "read_noise_reads": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.sigma == 0.0
+
+    def read_current(self, current, variance, generator):
+        if self.sigma == 0.0:
+            return current
+        e = torch.randn(current.shape, generator=generator, dtype=torch.float64).to(current.dtype)
+        return current + (self.sigma / math.sqrt(self.reads)) * variance.clamp_min(0).sqrt() * e
+
+
+def parse_duration(value) -> float:
+    """Seconds from a number or a string with a unit: ``"30s"``, ``"5min"``, ``"1h"``, ``"1d"``,
+    ``"1w"``, ``"1y"`` (365 days)."""
+    units = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit in sorted(units, key=len, reverse=True):
+            if text.endswith(unit):
+                try:
+                    return float(text[: -len(unit)]) * units[unit]
+                except ValueError:
+                    break
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise HardwareSpecError(f"time must be seconds or a number with a unit (s, min, h, d, w, y), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Drift(NonIdeality):
+    """Conductance drift (retention): G(t) = G(t0) (t / t0)^(-nu), ``time`` = t seconds after
+    programming (t0 = ``t0`` s, the first read).
+
+    Each device has its own exponent nu ~ N(``nu_mean``, ``nu_sigma``^2), clipped at 0, drawn once
+    per chip. A drift shared by every device only scales all currents, which no argmax notices;
+    what hurts is its spread across devices and a fixed ADC range. ``compensation="global"``
+    (aihwkit's ``GlobalDriftCompensation``): each array's outputs are multiplied by
+    sum_c |sum_r (G+ - G-)(t0)| / sum_c |sum_r (G+ - G-)(t)|, the ratio of an all-ones read at t0
+    and at t (measured on the chip, applied digitally). Only arrays programmed once (the
+    controller) are read at ``time``; the key memory is rewritten every episode and read fresh.
+    """
+
+    nu_mean: float
+    nu_sigma: float = 0.0
+    time: float = 1.0
+    t0: float = 1.0
+    compensation: str = "none"
+
+    kind: ClassVar[str] = "drift"
+    stage: ClassVar[str] = "read"
+    order: ClassVar[int] = 10
+    sample_order: ClassVar[int] = 20
+    shortcuts: ClassVar[dict[str, str]] = {"drift_nu": "nu_mean", "drift_nu_sigma": "nu_sigma", "time": "time",
+                                           "drift_compensation": "compensation"}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", parse_duration(self.time))
+        object.__setattr__(self, "t0", parse_duration(self.t0))
+        self.validate()
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "Drift":
+        if values.get("drift_nu") is None:
+            raise HardwareSpecError(f"drift needs drift_nu (the mean drift exponent), got only {', '.join(values)}")
+        return super().from_shortcuts(values)
+
+    def validate(self) -> None:
+        if not _is_number(self.nu_mean) or not 0.0 <= self.nu_mean <= 1.0:
+            raise HardwareSpecError(f"drift_nu must be a drift exponent in [0, 1], got {self.nu_mean!r}")
+        if not _is_number(self.nu_sigma) or not 0.0 <= self.nu_sigma <= 1.0:
+            raise HardwareSpecError(f"drift_nu_sigma must be in [0, 1], got {self.nu_sigma!r}")
+        if not 0.0 < self.t0 <= self.time:
+            raise HardwareSpecError(f"time must be >= t0 = {self.t0:g} s (the first read), got {self.time:g} s")
+        if self.compensation not in DRIFT_COMPENSATIONS:
+            raise HardwareSpecError(f"drift_compensation must be one of {', '.join(DRIFT_COMPENSATIONS)}, got {self.compensation!r}")
+
+    def describe(self) -> dict:
+        return {"drift_nu": self.nu_mean, "drift_nu_sigma": self.nu_sigma, "time": self.time,
+                "drift_compensation": self.compensation}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"drift_nu": None, "drift_nu_sigma": None, "time": None, "drift_compensation": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.nu_mean == 0.0 and self.nu_sigma == 0.0
+
+    def sample(self, shape, generator, g_off, g_on, devices):
+        if self.nu_sigma == 0.0:
+            return {}
+        nu = self.nu_mean + self.nu_sigma * torch.randn(shape, generator=generator, dtype=torch.float64)
+        return {"drift_nu": nu.clamp_min(0.0).to(devices["g_lo"].dtype)}
+
+    def exponent(self, devices) -> torch.Tensor | float:
+        return devices.props.get("drift_nu", self.nu_mean)
+
+    def read_conductance(self, g, devices, time):
+        if time <= self.t0:
+            return g
+        nu = self.exponent(devices)
+        if isinstance(nu, torch.Tensor):
+            nu = nu.to(g.dtype)
+        return g * torch.pow(torch.as_tensor(time / self.t0, dtype=g.dtype), -nu)
+
+    def output_gain(self, g_programmed, g_read):
+        if self.compensation != "global":
+            return None
+        ref = (g_programmed[0] - g_programmed[1]).sum(dim=0).abs().sum()
+        now = (g_read[0] - g_read[1]).sum(dim=0).abs().sum()
+        return float(ref / now) if float(now) > 0 else None
+
+
 NONIDEALITY_TYPES: dict[str, type[NonIdeality]] = {
-    cls.kind: cls for cls in (DeviceVariability, ConductanceStates, StuckAtFaults, ADC, InputDAC, TileShape)
+    cls.kind: cls for cls in (DeviceVariability, ConductanceStates, StuckAtFaults, ProgrammingNoise, ReadNoise, Drift,
+                              ADC, InputDAC, TileShape)
 }

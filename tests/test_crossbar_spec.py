@@ -94,7 +94,7 @@ def test_spec_from_shortcut_fields_equals_the_constructor():
 
 @pytest.mark.parametrize("data,msg", [
     ({"varability": 0.1}, "unknown hardware spec field 'varability'"),
-    ({"nonidealities": {"drift": {}}}, "unknown non-ideality 'drift'"),
+    ({"nonidealities": {"warp": {}}}, "unknown non-ideality 'warp'"),
     ({"nonidealities": {"adc": {"bitz": 3}}}, "bad fields for non-ideality 'adc'"),
     ([1], "must be a table of fields"),
     ({"analog": "al"}, "analog must be one of"),
@@ -134,8 +134,11 @@ def test_shortcut_kinds_name_what_each_shortcut_sets():
     from crossbar.spec import SHORTCUT_KINDS
 
     values = {"variability": 0.1, "states": 8, "stuck_lrs": 0.01, "stuck_hrs": 0.01, "adc_bits": 6,
-              "tile_shape": (64, 64), "read_voltage": 0.3, "dac_bits": 8}
+              "tile_shape": (64, 64), "read_voltage": 0.3, "dac_bits": 8, "programming_noise": 0.05,
+              "read_noise": 0.02, "drift_nu": 0.05, "drift_nu_sigma": 0.01, "time": "1d",
+              "drift_compensation": "global"}
     assert set(values) == set(SHORTCUT_KINDS)
     for field, value in values.items():
-        got = {ni.kind for ni in HardwareSpec(**{field: value}).resolved_nonidealities} - {"dac"}
+        extra = {"drift_nu": 0.05} if SHORTCUT_KINDS[field] == "drift" else {}
+        got = {ni.kind for ni in HardwareSpec(**{**extra, field: value}).resolved_nonidealities} - {"dac"}
         assert got == ({SHORTCUT_KINDS[field]} - {"dac"}), field

@@ -86,19 +86,24 @@ def test_out_of_range_values_raise_one_line_errors(cls, kwargs):
 
 
 def test_one_interface():
+    import dataclasses
+
+    from crossbar import HardwareSpec
+    from device_models.nonidealities import STAGES, Drift, ProgrammingNoise, ReadNoise
+
     objs = [DeviceVariability(0.05), ConductanceStates(8), StuckAtFaults(0.01, 0.02), ADC(6),
-            InputDAC(0.1, 8), TileShape(128, 64)]
+            InputDAC(0.1, 8), TileShape(128, 64), ProgrammingNoise(0.05), ReadNoise(0.02), Drift(0.05)]
     assert {o.kind for o in objs} == set(NONIDEALITY_TYPES)
+    spec_fields = {f.name for f in dataclasses.fields(HardwareSpec)}
     for o in objs:
         assert isinstance(o, NonIdeality)
-        assert o.stage in ("device", "program", "read", "layout")
+        assert o.stage in STAGES
         d = o.describe()
-        assert d and all(k.startswith(o.kind + "_") for k in d)
+        assert d and set(d) == set(type(o).describe_absent()), o.kind  # the same columns, present or not
+        assert set(type(o).shortcuts) <= spec_fields  # every shortcut is a HardwareSpec field
         with pytest.raises(Exception):  # frozen
             o.kind_field = 1
 
-
-# -- the maths of each job -------------------------------------------------------------------------
 def test_conductance_states_give_exactly_n_levels_on_the_device_grid():
     g_lo, g_hi = torch.full((4000,), 1e-5), torch.full((4000,), 1e-4)
     g = g_lo + torch.rand(4000, generator=torch.Generator().manual_seed(0)) * (g_hi - g_lo)
@@ -112,7 +117,7 @@ def test_conductance_states_give_exactly_n_levels_on_the_device_grid():
 
 def test_stuck_masks_are_disjoint_and_binomial():
     n = 200_000
-    lrs, hrs = StuckAtFaults(0.03, 0.05).sample((n,), torch.Generator().manual_seed(1))
+    lrs, hrs = StuckAtFaults(0.03, 0.05).sample_masks((n,), torch.Generator().manual_seed(1))
     assert not (lrs & hrs).any()
     for mask, p in ((lrs, 0.03), (hrs, 0.05)):
         tol = 5 * math.sqrt(p * (1 - p) / n)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from crossbar.spec import SHORTCUT_KINDS
+from device_models.nonidealities import DRIFT_COMPENSATIONS, NONIDEALITY_TYPES
+
 
 def _tile(text: str) -> tuple[int, int]:
     try:
@@ -30,9 +33,24 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adc-bits", type=int, default=None, help="ADC resolution in bits (default: no ADC)")
     g.add_argument("--tile", dest="tile_shape", type=_tile, default=None, metavar="RxC",
                    help="tile shape, e.g. 128x128 (default: one array)")
+    g.add_argument("--read-voltage", type=float, default=None, help="read voltage amplitude in V (default 0.2)")
+    g.add_argument("--dac-bits", type=int, default=None, help="input DAC resolution in bits (default: exact voltages)")
+    g.add_argument("--programming-noise", type=float, default=None, metavar="SIGMA",
+                   help="write noise, sigma as a fraction of the device window, redrawn at every write (default 0)")
+    g.add_argument("--read-noise", type=float, default=None, metavar="SIGMA",
+                   help="read (cycle-to-cycle) noise, relative sigma per device and read (default 0)")
+    g.add_argument("--drift-nu", type=float, default=None, metavar="MEAN",
+                   help="conductance drift exponent nu: G(t) = G(t0) (t/t0)^-nu (default: no drift)")
+    g.add_argument("--drift-nu-sigma", type=float, default=None, metavar="SIGMA",
+                   help="device-to-device spread of nu (default 0)")
+    g.add_argument("--time", default=None, metavar="T",
+                   help="read time after programming the controller: seconds or 1h, 1d, 1y (default 1 s)")
+    g.add_argument("--drift-compensation", choices=DRIFT_COMPENSATIONS, default=None,
+                   help="none, or global: rescale each array's outputs by an all-ones reference read (default none)")
 
 
-HARDWARE_FLAGS = ("preset", "analog", "variability", "states", "stuck_lrs", "stuck_hrs", "adc_bits", "tile_shape")
+#: The hardware flags: the preset, the analog part and every shortcut field of HardwareSpec.
+HARDWARE_FLAGS = ("preset", "analog") + tuple(SHORTCUT_KINDS)
 
 
 def spec_from_args(args: argparse.Namespace, seed: int):
@@ -40,17 +58,18 @@ def spec_from_args(args: argparse.Namespace, seed: int):
     that was set laid over it; ``seed`` is the chip's unless the file names one."""
     from batmann.hardware import hardware_spec
     from crossbar import HardwareSpec
-    from crossbar.spec import SHORTCUT_KINDS
 
     base = HardwareSpec.load(args.spec).to_dict() if getattr(args, "spec", None) else {"seed": seed}
     given = {k: getattr(args, k) for k in HARDWARE_FLAGS if getattr(args, k, None) is not None}
     items = base.get("nonidealities", {})
-    if ("stuck_lrs" in given) != ("stuck_hrs" in given) and "stuck" in items:  # keep the file's other half
-        other = "stuck_hrs" if "stuck_lrs" in given else "stuck_lrs"
-        given[other] = items["stuck"][other.split("_")[1]]
-    for flag in given:  # a flag replaces the file's non-ideality of the same kind
-        if flag in SHORTCUT_KINDS:
-            items.pop(SHORTCUT_KINDS[flag], None)
+    for kind in {SHORTCUT_KINDS[f] for f in given if f in SHORTCUT_KINDS}:
+        # a flag replaces the file's non-ideality of its kind; the kind's other shortcut fields
+        # keep the file's values (e.g. --stuck-lrs keeps the file's stuck_hrs)
+        old = items.pop(kind, None)
+        if old is not None:
+            for name, fld in NONIDEALITY_TYPES[kind].shortcuts.items():
+                if name not in given and fld in old and name != "tile_shape":
+                    given[name] = old[fld]
     return hardware_spec(**{**base, **given})
 
 
