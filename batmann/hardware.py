@@ -89,6 +89,25 @@ def hardware_spec(**fields):
     return HardwareSpec.from_dict({k: None if k in ZERO_IS_OFF and v == 0 else v for k, v in fields.items()})
 
 
+CALIBRATION_SEED = 3233  # episodes of training characters that set calibrated ADC ranges
+
+
+def calibration_episodes(cache, opts: EpisodeOptions, count: int) -> list:
+    """``count`` episodes of the *training* characters (never the test ones), drawn with
+    :data:`CALIBRATION_SEED`: the data a chip's calibrated ADC ranges are set from."""
+    from batmann.tasks import make_sampler
+
+    sampler = make_sampler(cache, opts, "train", CALIBRATION_SEED)
+    return [sampler.sample(index=i) for i in range(count)]
+
+
+def calibrate(system, spec, cache, opts: EpisodeOptions) -> None:
+    """Calibrate ``system``'s ADC ranges when ``spec`` asks for it (``adc_range`` calibrated)."""
+    adc = spec.adc_spec
+    if adc is not None and adc.calibrated:
+        system.calibrate(calibration_episodes(cache, opts, adc.calibration_episodes))
+
+
 def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int = 0,
             episode_options: EpisodeOptions | None = None, progress: bool = False, cache=None,
             digital: DigitalSystem | None = None) -> Comparison:
@@ -117,6 +136,7 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     t0 = time.perf_counter()
     # keys-only: the controller is digital, so both systems use the very same (cached) features
     analog = convert(ckpt, spec, digital_features=digital.features)
+    calibrate(analog, spec, cache, opts)
     t_crossbar = time.perf_counter() - t0
     t_digital = 0.0
     sampler = make_sampler(cache, opts, "test", seed)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 
 from crossbar.spec import HardwareSpec
@@ -124,6 +126,10 @@ class ProgrammedArray:
     g_on: float
     time: float = 0.0
     read_generator: torch.Generator | None = None
+    #: calibrated ADC full scales, one per row tile (a scalar or one per column), or None (worst case)
+    adc_fs: list[torch.Tensor] | None = None
+    #: while calibrating: one CurrentRecorder per row tile (reads are then not quantised)
+    calibration: dict[int, "CurrentRecorder"] | None = None
     _read: tuple | None = field(default=None, repr=False)
 
     @property
@@ -181,6 +187,78 @@ def read_state(spec: HardwareSpec, array: ProgrammedArray) -> tuple[torch.Tensor
     return array._read
 
 
+class CurrentRecorder:
+    """A histogram of the |currents| a tile's ADC saw during calibration (per column, or over
+    all columns), to set its range at a percentile: ``bins`` linear bins up to the tile's
+    worst-case current, so the range is found to within worst / bins."""
+
+    def __init__(self, per_column: bool, worst: float, bins: int = 1 << 16):
+        self.per_column = per_column
+        self.worst = float(worst)
+        self.bins = bins
+        self.hist: torch.Tensor | None = None
+        self.n = 0
+
+    def add(self, current: torch.Tensor, channel_dim: int = 1) -> None:
+        cols = current.shape[channel_dim]
+        if self.per_column:
+            x = current.detach().abs().movedim(channel_dim, -1).reshape(-1, cols)
+            idx = (x * (self.bins / self.worst)).long().clamp_(0, self.bins - 1)
+            idx = idx + torch.arange(cols, device=idx.device) * self.bins
+            counts = torch.bincount(idx.reshape(-1), minlength=cols * self.bins).reshape(cols, self.bins)
+            self.n += x.shape[0]
+        else:  # one histogram for the tile: no reordering needed
+            x = current.detach().abs().float().clamp_(max=self.worst * (1 - 0.5 / self.bins))
+            counts = torch.histc(x, self.bins, 0.0, self.worst).double().reshape(1, self.bins)
+            self.n += x.numel()
+        self.hist = counts if self.hist is None else self.hist + counts
+
+    def full_scale(self, percentile: float) -> torch.Tensor:
+        """The ``percentile`` of |current| (per column: shape (C,); else a scalar), as the upper
+        edge of its histogram bin."""
+        if self.hist is None:
+            raise RuntimeError("no calibration reads were recorded")
+        allowed = (1.0 - percentile / 100.0) * self.n  # values that may lie above the range
+        above = self.hist.flip(1).cumsum(1).flip(1) - self.hist  # count strictly above each bin
+        first = (above <= allowed).double().argmax(dim=1)  # the lowest bin with few enough above it
+        fs = (first.double() + 1.0) * (self.worst / self.bins)
+        return fs if self.per_column else fs[0]
+
+
+def start_calibration(spec: HardwareSpec, array: ProgrammedArray, per_column: bool | None = None) -> None:
+    """Record the array's tile currents from now on (reads are not quantised meanwhile)."""
+    adc = spec.adc_spec
+    per_col = (adc.range == "calibrated_column") if per_column is None else per_column
+    window = array.g_on - array.g_off
+    array.calibration = {t: CurrentRecorder(per_col, adc.full_scale * (rs.stop - rs.start) * spec.dac_spec.v_read * window)
+                         for t, rs in enumerate(_row_slices(spec, array.rows))}
+
+
+def finish_calibration(spec: HardwareSpec, array: ProgrammedArray) -> None:
+    """Fix the array's ADC ranges at the spec's percentile of the recorded currents."""
+    rec = array.calibration
+    array.calibration = None
+    array.adc_fs = [rec[t].full_scale(spec.adc_spec.percentile) for t in sorted(rec)]
+
+
+def _row_slices(spec: HardwareSpec, rows: int) -> list[slice]:
+    tiles = spec.tiles_spec
+    return tiles.row_slices(rows) if tiles is not None else [slice(0, rows)]
+
+
+def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor, worst: float, conv: bool) -> torch.Tensor:
+    """Tile ``t``'s column currents through its ADC (or recorded, while calibrating)."""
+    if array.calibration is not None:
+        array.calibration[t].add(part, 1)
+        return part
+    if array.adc_fs is None:
+        return spec.adc_spec.quantize(part, worst)
+    fs = array.adc_fs[t].to(part.dtype)
+    if fs.dim() == 1:
+        fs = fs.view(1, -1, 1, 1) if conv else fs.view(1, -1)
+    return spec.adc_spec.quantize(part, fs)
+
+
 def _currents(items, current, v, g_sq, generator, conv=None):
     """Apply the read-current hooks to ``current`` (the variance only when one wants it)."""
     if not items:
@@ -216,10 +294,10 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
     else:
         current = torch.zeros(x.shape[0], array.cols, dtype=dtype, device=x.device)
         slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
-        for rs in slices:
+        for t, rs in enumerate(slices):
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = _currents(noisy, v[:, rs] @ gd[rs], v[:, rs], None if g_sq is None else g_sq[rs], gen)
-            current += adc.quantize(part, fs)
+            current += _adc(spec, array, t, part, fs, conv=False)
     out = current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
     return out if gain is None else out * gain
 
@@ -259,7 +337,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     else:
         current = None
         slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
-        for rs in slices:
+        for t, rs in enumerate(slices):
             c0, c1 = rs.start // kk, (rs.stop - 1) // kk + 1
             w = gd[c0 * kk:c1 * kk].clone()
             w[: rs.start - c0 * kk] = 0  # rows of the first/last channel that are not in this tile
@@ -272,7 +350,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
                 sq[rs.stop - c0 * kk:] = 0
                 part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
-            part = adc.quantize(part, fs)
+            part = _adc(spec, array, t, part, fs, conv=True)
             current = part if current is None else current + part
     out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
     return out if gain is None else out * gain

@@ -210,6 +210,26 @@ class AnalogController:
     def clear_cache(self) -> None:
         self.cache.clear()
 
+    @torch.no_grad()
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Set calibrated ADC ranges (``spec.adc_spec.range`` != "worst") from ``images``
+        (B, C, H, W): every array records its tile currents on them, then fixes each tile's range
+        at the spec's percentile. Nothing is cached; the feature cache is cleared."""
+        adc = self.spec.adc_spec
+        if not self.analog or adc is None or not adc.calibrated:
+            return
+        for array in self.arrays.values():
+            conductance.start_calibration(self.spec, array)
+        try:
+            images = images.detach().cpu().float()
+            for i in range(0, images.shape[0], self.batch_size):
+                self.model(images[i:i + self.batch_size])
+        finally:
+            for array in self.arrays.values():
+                if array.calibration is not None:
+                    conductance.finish_calibration(self.spec, array)
+        self.cache.clear()
+
     def summary(self) -> list[dict]:
         """Per analog layer: name, rows, columns, devices, tiles."""
         rows = []

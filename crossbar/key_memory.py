@@ -39,6 +39,8 @@ class KeyCrossbar:
         self._planes: conductance.DevicePlanes | None = None
         self.array: conductance.ProgrammedArray | None = None
         self.n_writes = 0
+        self.adc_fs: list[torch.Tensor] | None = None  # calibrated ADC ranges (one per row tile)
+        self._calibration: dict | None = None
 
     # -- devices ----------------------------------------------------------------------------------
     def _column_planes(self, col: int) -> conductance.DevicePlanes:
@@ -65,6 +67,8 @@ class KeyCrossbar:
         stream = f"keys/d={self.dim}/write={self.n_writes}"  # every write draws fresh write and read noise
         self.array = conductance.program(self.spec, planes, keys.detach().cpu().to(self.dtype).T,
                                          generator=self.spec.generator(stream), time=0.0, read_stream=f"{stream}/read")
+        self.array.adc_fs = self.adc_fs
+        self.array.calibration = self._calibration
         self.n_writes += 1
         return self
 
@@ -76,6 +80,29 @@ class KeyCrossbar:
             raise HardwareSpecError(f"queries must have shape (Q, {self.dim}), got {tuple(queries.shape)}")
         out = conductance.read(self.spec, self.array, queries.detach().cpu())
         return out.to(dtype=queries.dtype if queries.is_floating_point() else torch.float32, device=queries.device)
+
+    def calibrate(self, pairs) -> None:
+        """Set calibrated ADC ranges (one per row tile, whatever ``spec.adc_spec.range`` says:
+        the columns hold a different episode's keys at every write) from ``pairs`` of (keys
+        (N, d), queries (Q, d)): each pair is written and read once while the tile currents are
+        recorded. The writes count as writes of the chip."""
+        adc = self.spec.adc_spec
+        if adc is None or not adc.calibrated:
+            return
+        rows = conductance._row_slices(self.spec, self.dim)
+        window = self.spec.device.g_on - self.spec.device.g_off
+        self._calibration = {t: conductance.CurrentRecorder(False, adc.full_scale * (rs.stop - rs.start)
+                                                            * self.spec.dac_spec.v_read * window)
+                             for t, rs in enumerate(rows)}
+        try:
+            for keys, queries in pairs:
+                self.program(keys)
+                self.similarities(queries)
+        finally:
+            rec, self._calibration = self._calibration, None
+            if self.array is not None:
+                self.array.calibration = None
+        self.adc_fs = [rec[t].full_scale(adc.percentile) for t in sorted(rec)]
 
     @property
     def conductances(self) -> torch.Tensor:

@@ -47,7 +47,8 @@ class HardwareSpec:
       (levels), ``stuck_lrs`` / ``stuck_hrs`` (fractions), ``adc_bits``, ``tile_shape``
       (rows, cols), ``read_voltage`` / ``dac_bits``, ``programming_noise`` (sigma, fraction of
       the window), ``read_noise`` (relative sigma), ``drift_nu`` / ``drift_nu_sigma`` / ``time``
-      (seconds, or ``"1d"``) / ``drift_compensation`` (``none``/``global``). Giving a kind both
+      (seconds, or ``"1d"``) / ``drift_compensation`` (``none``/``global``), ``adc_range``
+      (``worst``/``calibrated``/``calibrated_column``). Giving a kind both
       ways is an error. :data:`SHORTCUT_KINDS` maps each shortcut to its non-ideality.
     - ``seed``: the chip. Device variability and the stuck-at map are drawn from it (once per
       chip), and ``seed_globals()`` seeds Python, NumPy and torch with it (MemTorch draws from
@@ -70,6 +71,7 @@ class HardwareSpec:
     stuck_lrs: float | None = None
     stuck_hrs: float | None = None
     adc_bits: int | None = None
+    adc_range: str | None = None
     tile_shape: tuple[int, int] | None = None
     read_voltage: float | None = None
     dac_bits: int | None = None

@@ -97,6 +97,30 @@ class InMemorySystem:
             dots = q @ self._keys.to(q.dtype).T
         return self.codec.scale(dots, q, self._keys)
 
+    @torch.no_grad()
+    def calibrate(self, episodes) -> None:
+        """Fix calibrated ADC ranges (``spec.adc_spec.range`` != "worst"; otherwise nothing
+        happens) from calibration ``episodes`` (objects with ``support`` and ``query`` images,
+        e.g. a few episodes of training characters): the analog controller records its tile
+        currents on their images, then the key memory records its own on their keys and
+        queries. Call once per chip, before evaluating."""
+        adc = self.spec.adc_spec
+        if adc is None or not adc.calibrated:
+            return
+        episodes = list(episodes)
+        if self.spec.controller_analog:
+            self.controller.calibrate(torch.cat([torch.cat([ep.support, ep.query]) for ep in episodes]))
+        if self.spec.keys_analog:
+            pairs = []
+            for ep in episodes:
+                keys = self.features(ep.support)
+                queries = self.features(ep.query)
+                pairs.append((self.codec.encode(keys.float().cpu()), self.codec.encode(queries.float().cpu())))
+            dim = int(pairs[0][0].shape[1])
+            if self.key_chip is None or self.key_chip.dim != dim:
+                self.key_chip = KeyCrossbar(self.spec, dim)
+            self.key_chip.calibrate(pairs)
+
     def describe(self) -> dict:
         return self.spec.describe()
 

@@ -41,6 +41,7 @@ from device_models.errors import HardwareSpecError
 
 VARIABILITY_MODES = ("own_range", "memtorch_clip")
 ADC_METHODS = ("linear",)
+ADC_RANGES = ("worst", "calibrated", "calibrated_column")
 
 
 def _is_number(v) -> bool:
@@ -328,22 +329,43 @@ class ADC(NonIdeality):
     hardware, not by the data, so a vector's output never depends on its batch (unlike MemTorch's
     ``quantize(..., 'linear')``, which picks a power-of-two range from each tensor it is given).
     Unknown methods are refused (MemTorch ignores them silently).
+
+    ``range``: ``"worst"`` (default: FS as above), ``"calibrated"`` (FS per array tile: the
+    ``percentile`` of |current| over calibration reads, e.g. a few episodes of training
+    characters) or ``"calibrated_column"`` (the same per tile column). The worst case is
+    rarely approached (it needs every input at full scale and every device at LRS), so at low
+    bit counts it leaves real currents a few levels; a calibrated range is set once per chip
+    and then fixed like the worst case.
     """
 
     bits: int
     method: str = "linear"
     full_scale: float = 1.0
+    range: str = "worst"
+    percentile: float = 99.99
+    calibration_episodes: int = 4
 
     kind: ClassVar[str] = "adc"
     stage: ClassVar[str] = "circuit"
-    shortcuts: ClassVar[dict[str, str]] = {"adc_bits": "bits"}
+    shortcuts: ClassVar[dict[str, str]] = {"adc_bits": "bits", "adc_range": "range"}
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "ADC":
+        if values.get("adc_bits") is None:
+            raise HardwareSpecError(f"adc_range needs adc_bits (the ADC's resolution), got only {', '.join(values)}")
+        return super().from_shortcuts(values)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.range != "worst"
 
     def describe(self) -> dict:
-        return {"adc_bits": self.bits, "adc_full_scale": self.full_scale}
+        return {"adc_bits": self.bits, "adc_full_scale": self.full_scale, "adc_range": self.range,
+                "adc_percentile": self.percentile if self.calibrated else None}
 
     @classmethod
     def describe_absent(cls) -> dict:
-        return {"adc_bits": None, "adc_full_scale": None}
+        return {"adc_bits": None, "adc_full_scale": None, "adc_range": None, "adc_percentile": None}
 
     def validate(self) -> None:
         if not _is_int(self.bits) or not 1 <= self.bits <= 24:
@@ -352,6 +374,12 @@ class ADC(NonIdeality):
             raise HardwareSpecError(f"ADC method {self.method!r} is not implemented (only {', '.join(ADC_METHODS)})")
         if not _is_number(self.full_scale) or not 0.0 < self.full_scale <= 1.0:
             raise HardwareSpecError(f"ADC full_scale must be a fraction of the worst-case column current in (0, 1], got {self.full_scale!r}")
+        if self.range not in ADC_RANGES:
+            raise HardwareSpecError(f"adc_range must be one of {', '.join(ADC_RANGES)}, got {self.range!r}")
+        if not _is_number(self.percentile) or not 50.0 <= self.percentile <= 100.0:
+            raise HardwareSpecError(f"ADC calibration percentile must be in [50, 100], got {self.percentile!r}")
+        if not _is_int(self.calibration_episodes) or not 1 <= self.calibration_episodes <= 1000:
+            raise HardwareSpecError(f"ADC calibration episodes must be an integer in [1, 1000], got {self.calibration_episodes!r}")
 
     def quantize(self, current: torch.Tensor, fs) -> torch.Tensor:
         """Quantise ``current`` with range ``[-fs, fs]`` (``fs`` a float or broadcastable tensor)."""

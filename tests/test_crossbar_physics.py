@@ -193,3 +193,63 @@ def test_study_files_take_the_new_parameters():
     assert len(s.cells()) == 8
     with pytest.raises(Exception, match="read_noise = 2.0"):
         Study.from_dict({"checkpoint": "20w5s-binary", "grid": {"read_noise": [2.0]}})
+
+
+# -- calibrated ADC ranges ------------------------------------------------------------------------
+def test_current_recorder_finds_the_percentile():
+    x = torch.rand(4, 100_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * torch.tensor(
+        [[1.0], [2.0], [0.5], [0.25]], dtype=torch.float64)
+    for per_column in (False, True):
+        rec = C.CurrentRecorder(per_column, worst=4.0)
+        rec.add(x[:, :50_000].T, channel_dim=1)
+        rec.add(-x[:, 50_000:].T, channel_dim=1)  # magnitudes count
+        fs = rec.full_scale(99.0)
+        want = torch.quantile(x.reshape(1, -1) if not per_column else x, 0.99, dim=1)
+        assert torch.allclose(fs.reshape(-1), want, atol=2 * 4.0 / rec.bins)
+
+
+def test_calibrated_ranges_follow_the_data_and_beat_the_worst_case():
+    w = torch.randn(256, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.randn(500, 256, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = x @ w
+    errors = {}
+    for rng in ("worst", "calibrated", "calibrated_column"):
+        spec = HardwareSpec(preset="vteam", adc_bits=5, adc_range=rng, tile_shape=(128, 16))
+        arr = _array(spec, weights=w)
+        if rng != "worst":
+            C.start_calibration(spec, arr)
+            C.read(spec, arr, x[:200])
+            C.finish_calibration(spec, arr)
+            worst = 128 * spec.dac_spec.v_read * (arr.g_on - arr.g_off)
+            assert len(arr.adc_fs) == 2 and all(float(f.max()) < 0.5 * worst for f in arr.adc_fs)
+            assert arr.adc_fs[0].dim() == (1 if rng == "calibrated_column" else 0)
+        y = C.read(spec, arr, x[200:])
+        errors[rng] = ((y - exact[200:]).norm() / exact[200:].norm()).item()
+    assert errors["calibrated"] < 0.5 * errors["worst"]
+    assert errors["calibrated_column"] <= errors["calibrated"] * 1.05
+
+
+def test_a_system_calibrates_controller_and_keys_on_training_characters(omniglot_cache):
+    from torch import nn
+
+    from batmann.config import EpisodeOptions
+    from batmann.data import split_characters
+    from batmann.hardware import calibration_episodes
+    from crossbar import convert
+
+    opts = EpisodeOptions(class_num=5, num_shot=1, pool_query_train=4, pool_val_train=2, batch_size_train=2,
+                          val_num_train=2, pool_query_test=4, batch_size_test=2)
+    eps = calibration_episodes(omniglot_cache, opts, 2)
+    train_chars = set(int(c) for c in split_characters(omniglot_cache, "seed")[0])
+    assert all(set(ep.classes.tolist()) <= train_chars for ep in eps)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 32)).eval()
+    spec = HardwareSpec(analog="all", preset="vteam", adc_bits=6, adc_range="calibrated", tile_shape=(64, 64))
+    system = convert(net, spec)
+    system.calibrate(eps)
+    assert all(a.adc_fs is not None and a.calibration is None for a in system.controller.arrays.values())
+    assert system.key_chip is not None and len(system.key_chip.adc_fs) == 1 and system.key_chip.array.calibration is None
+    keys = system.features(eps[0].support)
+    system.write(keys)
+    assert system.key_chip.array.adc_fs is system.key_chip.adc_fs  # every later write keeps the ranges
+    assert system.similarities(system.features(eps[0].query)).shape == (10, 5)

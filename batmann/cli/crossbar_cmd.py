@@ -7,7 +7,7 @@ import argparse
 import json
 
 from crossbar.spec import SHORTCUT_KINDS
-from device_models.nonidealities import DRIFT_COMPENSATIONS, NONIDEALITY_TYPES
+from device_models.nonidealities import ADC_RANGES, DRIFT_COMPENSATIONS, NONIDEALITY_TYPES
 
 
 def _tile(text: str) -> tuple[int, int]:
@@ -31,6 +31,9 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stuck-lrs", type=float, default=None, help="fraction of devices stuck at LRS (default 0)")
     g.add_argument("--stuck-hrs", type=float, default=None, help="fraction of devices stuck at HRS (default 0)")
     g.add_argument("--adc-bits", type=int, default=None, help="ADC resolution in bits (default: no ADC)")
+    g.add_argument("--adc-range", choices=ADC_RANGES, default=None,
+                   help="worst (the largest possible tile current, default), calibrated (per tile, at a percentile "
+                        "of the currents on a few episodes of training characters) or calibrated_column")
     g.add_argument("--tile", dest="tile_shape", type=_tile, default=None, metavar="RxC",
                    help="tile shape, e.g. 128x128 (default: one array)")
     g.add_argument("--read-voltage", type=float, default=None, help="read voltage amplitude in V (default 0.2)")

@@ -163,7 +163,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     (HardwareSpec fields), ``chip_seed``, ``device`` and the cell's identity; returns the store
     row (per-episode crossbar accuracies and agreements, paired statistics)."""
     from batmann.evaluate import score_episode
-    from batmann.hardware import hardware_spec
+    from batmann.hardware import calibrate, hardware_spec
     from batmann.memory import KeyCodec
     from batmann.study.spec import spec_fields
     from batmann.study.stats import paired
@@ -177,6 +177,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     with deterministic_kernels(device):
         digital = ctx.digital_system(task["keys"])
         system = convert(ctx.ckpt, spec, codec=KeyCodec(task["keys"]), digital_features=digital.features)
+        calibrate(system, spec, ctx.cache, ctx.opts)
         acc_d, acc_a, agree, n_q = [], [], [], 0
         sx = sy = sxx = syy = sxy = 0.0
         n = 0
