@@ -84,15 +84,16 @@ class DevicePlanes:
 
 
 def sample_planes(spec: HardwareSpec, rows: int, cols: int, generator: torch.Generator,
-                  dtype=torch.float32) -> DevicePlanes:
+                  dtype=torch.float32, rewritten: bool = False) -> DevicePlanes:
     """Draw the devices of a (rows x cols) differential array: nominal bounds, then every
-    device-stage hook in its sampling order (variability, stuck-at map, drift exponents)."""
+    device-stage hook in its sampling order (variability, stuck-at map, drift exponents,
+    lifetimes). ``rewritten``: the array is rewritten every episode (the key memory)."""
     dev = spec.device
     shape = (2, rows, cols)
     devices = {"g_lo": torch.full(shape, dev.g_off, dtype=torch.float64).to(dtype),
                "g_hi": torch.full(shape, dev.g_on, dtype=torch.float64).to(dtype)}
     for ni in spec.stage("device"):
-        devices.update(ni.sample(shape, generator, dev.g_off, dev.g_on, devices))
+        devices.update(ni.sample(shape, generator, dev.g_off, dev.g_on, devices, rewritten))
     g_lo, g_hi = devices.pop("g_lo"), devices.pop("g_hi")
     return DevicePlanes(g_lo, g_hi, devices)
 

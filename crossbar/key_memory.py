@@ -45,7 +45,7 @@ class KeyCrossbar:
     # -- devices ----------------------------------------------------------------------------------
     def _column_planes(self, col: int) -> conductance.DevicePlanes:
         gen = self.spec.generator(f"keys/d={self.dim}/col={col}")
-        return conductance.sample_planes(self.spec, self.dim, 1, gen, self.dtype)
+        return conductance.sample_planes(self.spec, self.dim, 1, gen, self.dtype, rewritten=True)
 
     def devices(self, n_keys: int) -> conductance.DevicePlanes:
         """The devices of the first ``n_keys`` columns (drawn on first use, then kept)."""

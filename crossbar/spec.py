@@ -48,7 +48,8 @@ class HardwareSpec:
       (rows, cols), ``read_voltage`` / ``dac_bits``, ``programming_noise`` (sigma, fraction of
       the window), ``read_noise`` (relative sigma), ``drift_nu`` / ``drift_nu_sigma`` / ``time``
       (seconds, or ``"1d"``) / ``drift_compensation`` (``none``/``global``), ``adc_range``
-      (``worst``/``calibrated``/``calibrated_column``). Giving a kind both
+      (``worst``/``calibrated``/``calibrated_column``), ``endurance`` (median write cycles) /
+      ``episodes_served`` (cycles the key memory has had). Giving a kind both
       ways is an error. :data:`SHORTCUT_KINDS` maps each shortcut to its non-ideality.
     - ``seed``: the chip. Device variability and the stuck-at map are drawn from it (once per
       chip), and ``seed_globals()`` seeds Python, NumPy and torch with it (MemTorch draws from
@@ -81,6 +82,8 @@ class HardwareSpec:
     drift_nu_sigma: float | None = None
     time: float | str | None = None
     drift_compensation: str | None = None
+    endurance: float | None = None
+    episodes_served: int | None = None
     seed: int = 0
     weight_mapping: str = "per_column"
     programming: str = "fast"

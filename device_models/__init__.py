@@ -17,6 +17,7 @@ from device_models.nonidealities import (
     ConductanceStates,
     DeviceVariability,
     Drift,
+    Endurance,
     InputDAC,
     NonIdeality,
     ProgrammingNoise,
@@ -29,7 +30,7 @@ from device_models.nonidealities import (
 from device_models.presets import PRESETS, DevicePreset, get_preset, list_presets
 
 __all__ = [
-    "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability", "Drift",
+    "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability", "Drift", "Endurance",
     "HardwareSpecError", "InputDAC", "NonIdeality", "ProgrammingNoise", "ReadNoise", "StuckAtFaults", "TileShape",
     "get_preset", "list_presets", "parse_duration", "program_fraction",
 ]

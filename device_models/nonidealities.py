@@ -10,9 +10,11 @@ non-ideality in force, sorted by (stage, order)::
 
     stage     hook                                   when                     classes (order)
     device    sample(shape, generator, g_off, g_on)  once per chip and array  DeviceVariability (0),
-                -> per-device tensors                                          StuckAtFaults (10), Drift (20)
+                -> per-device tensors                                          StuckAtFaults (10), Drift (20),
+                                                                               Endurance (30: lifetimes)
     program   program(g, target, devices, gen)       every write              ConductanceStates (10),
                 -> conductances                                                ProgrammingNoise (20),
+                                                                               Endurance (80: worn out),
                                                                                StuckAtFaults (90: last,
                                                                                nothing un-sticks a device)
     read      read_conductance(g, devices, time)     once per programmed      Drift (10)
@@ -106,10 +108,11 @@ class NonIdeality(ABC):
 
     # -- device stage -----------------------------------------------------------------------------
     def sample(self, shape, generator: torch.Generator, g_off: float, g_on: float,
-               devices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+               devices: dict[str, torch.Tensor], rewritten: bool = False) -> dict[str, torch.Tensor]:
         """Per-device properties of a new array of ``shape`` (2, rows, cols), drawn once per
         chip: a dict of tensors of ``shape`` merged into the array's devices (``g_lo``/``g_hi``
-        are the bounds). ``devices`` holds what earlier items sampled."""
+        are the bounds). ``devices`` holds what earlier items sampled; ``rewritten`` is True for
+        an array rewritten every episode (the key memory), False for one programmed once."""
         return {}
 
     # -- program stage ----------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class DeviceVariability(NonIdeality):
     def is_identity(self) -> bool:
         return self.sigma == 0.0
 
-    def sample(self, shape, generator, g_off, g_on, devices):
+    def sample(self, shape, generator, g_off, g_on, devices, rewritten=False):
         """The bounds ``g_lo``/``g_hi`` of every device (1/r_off_d, 1/r_on_d)."""
         if self.sigma == 0.0:
             return {}
@@ -285,7 +288,7 @@ class StuckAtFaults(NonIdeality):
     def is_identity(self) -> bool:
         return self.lrs + self.hrs == 0.0
 
-    def sample(self, shape, generator, g_off, g_on, devices):
+    def sample(self, shape, generator, g_off, g_on, devices, rewritten=False):
         if self.is_identity:
             return {}
         lrs, hrs = self.sample_masks(shape, generator)
@@ -678,7 +681,7 @@ class Drift(NonIdeality):
     def is_identity(self) -> bool:
         return self.nu_mean == 0.0 and self.nu_sigma == 0.0
 
-    def sample(self, shape, generator, g_off, g_on, devices):
+    def sample(self, shape, generator, g_off, g_on, devices, rewritten=False):
         if self.nu_sigma == 0.0:
             return {}
         nu = self.nu_mean + self.nu_sigma * torch.randn(shape, generator=generator, dtype=torch.float64)
@@ -703,7 +706,70 @@ class Drift(NonIdeality):
         return float(ref / now) if float(now) > 0 else None
 
 
+@dataclass(frozen=True)
+class Endurance(NonIdeality):
+    """Write endurance: each device survives a number of write cycles drawn once per chip,
+    log-normal with median ``cycles`` and log-sigma ``sigma``; a write beyond it leaves the device
+    stuck for good, at its own LRS or HRS (even odds, drawn per device).
+
+    Every write of an array counts one cycle for all its devices (the key memory: one per
+    episode, for the columns written; the controller: one). ``served``: the cycles an array
+    rewritten every episode (the key memory) has already had before the evaluation starts, so
+    a chip can be evaluated after 10^6 episodes without simulating them; arrays programmed once
+    start at 0.
+    """
+
+    cycles: float
+    sigma: float = 0.5
+    served: int = 0
+
+    kind: ClassVar[str] = "endurance"
+    stage: ClassVar[str] = "program"
+    order: ClassVar[int] = 80
+    sample_order: ClassVar[int] = 30
+    shortcuts: ClassVar[dict[str, str]] = {"endurance": "cycles", "episodes_served": "served"}
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "Endurance":
+        if values.get("endurance") is None:
+            raise HardwareSpecError(f"episodes_served needs endurance (the median cycles to failure), got only {', '.join(values)}")
+        return super().from_shortcuts(values)
+
+    def validate(self) -> None:
+        if not _is_number(self.cycles) or not 1.0 <= self.cycles <= 1e15:
+            raise HardwareSpecError(f"endurance must be a median number of write cycles in [1, 1e15], got {self.cycles!r}")
+        if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 5.0:
+            raise HardwareSpecError(f"endurance sigma (of the log of the cycles) must be in [0, 5], got {self.sigma!r}")
+        if not _is_int(self.served) or self.served < 0:
+            raise HardwareSpecError(f"episodes_served must be a non-negative integer, got {self.served!r}")
+
+    def describe(self) -> dict:
+        return {"endurance": self.cycles, "endurance_sigma": self.sigma, "episodes_served": self.served}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"endurance": None, "endurance_sigma": None, "episodes_served": None}
+
+    def sample(self, shape, generator, g_off, g_on, devices, rewritten=False):
+        z = torch.randn(shape, generator=generator, dtype=torch.float64)
+        lifetime = torch.exp(math.log(self.cycles) + self.sigma * z)
+        fails_lrs = torch.rand(shape, generator=generator, dtype=torch.float64) < 0.5
+        start = float(self.served) if rewritten else 0.0
+        return {"endurance_lifetime": lifetime, "endurance_fails_lrs": fails_lrs,
+                "endurance_writes": torch.full(shape, start, dtype=torch.float64)}
+
+    def program(self, g, target, devices, generator):
+        writes = devices.props["endurance_writes"]
+        writes += 1.0  # in place: the count belongs to the chip's devices
+        dead = writes > devices.props["endurance_lifetime"]
+        if not bool(dead.any()):
+            return g
+        lrs = devices.props["endurance_fails_lrs"]
+        worn = torch.where(lrs, devices.g_hi.to(g.dtype), devices.g_lo.to(g.dtype))
+        return torch.where(dead, worn, g)
+
+
 NONIDEALITY_TYPES: dict[str, type[NonIdeality]] = {
-    cls.kind: cls for cls in (DeviceVariability, ConductanceStates, StuckAtFaults, ProgrammingNoise, ReadNoise, Drift,
-                              ADC, InputDAC, TileShape)
+    cls.kind: cls for cls in (DeviceVariability, ConductanceStates, StuckAtFaults, ProgrammingNoise, Endurance,
+                              ReadNoise, Drift, ADC, InputDAC, TileShape)
 }

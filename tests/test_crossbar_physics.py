@@ -253,3 +253,40 @@ def test_a_system_calibrates_controller_and_keys_on_training_characters(omniglot
     system.write(keys)
     assert system.key_chip.array.adc_fs is system.key_chip.adc_fs  # every later write keeps the ranges
     assert system.similarities(system.features(eps[0].query)).shape == (10, 5)
+
+
+# -- endurance ------------------------------------------------------------------------------------
+def test_lifetimes_are_log_normal_and_writes_wear_the_key_memory_out():
+    from device_models import Endurance
+
+    spec = HardwareSpec(preset="vteam", nonidealities=[Endurance(1000.0, sigma=0.5)])
+    planes = C.sample_planes(spec, 200, 100, spec.generator("e"), torch.float64, rewritten=True)
+    life = planes.props["endurance_lifetime"].log()
+    assert life.mean().item() == pytest.approx(math.log(1000.0), abs=0.01) and life.std().item() == pytest.approx(0.5, rel=0.02)
+    keys = torch.sign(torch.randn(8, 32, generator=torch.Generator().manual_seed(0)))
+    chip = KeyCrossbar(HardwareSpec(preset="vteam", seed=1, nonidealities=[Endurance(3.0, sigma=0.0)]), 32)
+    healthy = KeyCrossbar(HardwareSpec(preset="vteam", seed=1), 32)
+    for write in range(1, 6):
+        g = chip.program(keys).conductances
+        g_ok = healthy.program(keys).conductances
+        if write <= 3:
+            assert torch.equal(g, g_ok)
+        else:  # every device is past its 3 cycles: stuck at its own LRS or HRS, whatever is written
+            p = chip.array.planes
+            lrs = p.props["endurance_fails_lrs"]
+            assert torch.equal(g, torch.where(lrs, p.g_hi, p.g_lo))
+    assert chip.array.planes.props["endurance_writes"].max().item() == 5.0
+
+
+def test_episodes_served_ages_only_the_key_memory():
+    keys = torch.sign(torch.randn(20, 64, generator=torch.Generator().manual_seed(1)))
+    stuck = []
+    for served in (0, 500, 1000, 5000):
+        chip = KeyCrossbar(HardwareSpec(preset="vteam", endurance=1000.0, episodes_served=served, seed=2), 64)
+        chip.program(keys)
+        p = chip.array.planes
+        stuck.append((p.props["endurance_writes"] > p.props["endurance_lifetime"]).double().mean().item())
+    assert stuck[0] == 0.0 and stuck[1] < 0.2 and stuck[2] == pytest.approx(0.5, abs=0.05) and stuck[3] > 0.99
+    spec = HardwareSpec(preset="vteam", endurance=1000.0, episodes_served=5000)
+    arr = C.program(spec, C.sample_planes(spec, 8, 4, spec.generator("c"), torch.float64), torch.ones(8, 4))
+    assert (arr.planes.props["endurance_writes"] == 1).all()  # a controller array: programmed once

@@ -48,6 +48,10 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
                    help="device-to-device spread of nu (default 0)")
     g.add_argument("--time", default=None, metavar="T",
                    help="read time after programming the controller: seconds or 1h, 1d, 1y (default 1 s)")
+    g.add_argument("--endurance", type=float, default=None, metavar="CYCLES",
+                   help="median write cycles before a device wears out stuck (log-normal; default: no wear)")
+    g.add_argument("--episodes-served", type=int, default=None, metavar="N",
+                   help="with --endurance: write cycles the key memory has already had (default 0)")
     g.add_argument("--drift-compensation", choices=DRIFT_COMPENSATIONS, default=None,
                    help="none, or global: rescale each array's outputs by an all-ones reference read (default none)")
 
