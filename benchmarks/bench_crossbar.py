@@ -120,6 +120,9 @@ def main(argv=None) -> int:
         ("all analog, non-ideal", HardwareSpec(analog="all", **nonideal)),
         ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles",
          HardwareSpec(analog="all", adc_bits=8, dac_bits=8, tile_shape=(256, 256), **nonideal)),
+        ("all analog, non-ideal + programming noise, read noise, drift (1 y, compensated), endurance",
+         HardwareSpec(analog="all", programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02,
+                      time="1y", drift_compensation="global", endurance=1e6, episodes_served=10**5, **nonideal)),
     ]
     rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
     if args.memtorch_forward:
