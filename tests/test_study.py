@@ -388,3 +388,11 @@ def test_digital_features_are_stored_once_and_reused(ckpt, tmp_path, omniglot_ca
     ids = fs.chunks(stored)[0]  # the same chunk again: the same bits
     again = real(ctx.ckpt.model, omniglot_cache, ids)
     assert torch.equal(again, torch.stack([stored[i] for i in ids]))
+
+
+def test_dependent_parameters_are_checked_together():
+    s = Study.from_dict({"checkpoint": "x", "grid": {"adc_bits": [4, 8], "adc_range": ["worst", "calibrated"]},
+                         "zip": [{"stuck_lrs": [0.0, 0.9], "stuck_hrs": [0.9, 0.0]}]})
+    assert len(s.cells()) == 8  # adc_range needs adc_bits, given by the grid; each zip step is valid as a whole
+    with pytest.raises(ConfigError, match=r"zip\[0\] step 1 \(stuck_lrs = 0.9, stuck_hrs = 0.2\)"):
+        Study.from_dict({"checkpoint": "x", "zip": [{"stuck_lrs": [0.0, 0.9], "stuck_hrs": [0.9, 0.2]}]})

@@ -292,13 +292,27 @@ class Study:
         from batmann.hardware import hardware_spec
         from device_models.errors import HardwareSpecError
 
-        for k, values in list(self.grid.items()) + [(k, v) for z in self.zips for k, v in z.items()]:
-            for v in values:  # one value at a time first, so the message names the key
-                try:
-                    if k != "keys":
-                        hardware_spec(**spec_fields({**self.hardware, k: v}))
-                except (HardwareSpecError, ConfigError) as exc:
-                    raise ConfigError(f"{source}: {k} = {v!r}: {str(exc).splitlines()[0]}") from None
+        first = {k: v[0] for k, v in self.grid.items()}
+        for z in self.zips:
+            first.update({k: v[0] for k, v in z.items()})
+
+        def check(changed: dict[str, Any], name: str) -> None:
+            params = {**self.hardware, **first, **changed}
+            params.pop("keys", None)
+            try:
+                hardware_spec(**spec_fields(params))
+            except (HardwareSpecError, ConfigError) as exc:
+                raise ConfigError(f"{source}: {name}: {str(exc).splitlines()[0]}") from None
+
+        # one value at a time first (the other parameters at their first value), so the message names the key
+        for k, values in self.grid.items():
+            for v in values:
+                if k != "keys":
+                    check({k: v}, f"{k} = {v!r}")
+        for i, z in enumerate(self.zips):
+            for j in range(len(next(iter(z.values())))):
+                step = {k: vals[j] for k, vals in z.items()}
+                check(step, f"zip[{i}] step {j} ({', '.join(f'{k} = {v!r}' for k, v in step.items())})")
         for params in self.steps():
             try:
                 hardware_spec(**spec_fields({k: v for k, v in params.items() if k != "keys"}))
