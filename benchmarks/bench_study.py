@@ -8,7 +8,7 @@
 2. **Workers** (all analog): the same all-analog study with ``--workers 1`` and ``--workers 2``
    (each worker process on one thread); the ratio of their wall times.
 
-    .venv/bin/python benchmarks/bench_study.py            # 50 x 2 x 100 keys-only; 4 all-analog cells
+    .venv/bin/python benchmarks/bench_study.py            # 50 x 2 x 100 keys-only; 4 x 10 all-analog
     .venv/bin/python benchmarks/bench_study.py --configs 10 --episodes 20 --analog-episodes 3
 
 The feature store of the runs is a scratch ``$BATMANN_HOME`` (Omniglot linked from the real one),
@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--chips", type=int, default=2, help="chips per configuration (default 2)")
     ap.add_argument("--episodes", type=int, default=100, help="episodes of the keys-only study (default 100)")
     ap.add_argument("--analog-cells", type=int, default=4, help="all-analog cells (default 4)")
-    ap.add_argument("--analog-episodes", type=int, default=5, help="episodes per all-analog cell (default 5)")
+    ap.add_argument("--analog-episodes", type=int, default=10, help="episodes per all-analog cell (default 10)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     home = scratch_home()

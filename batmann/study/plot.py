@@ -55,6 +55,13 @@ def _numeric(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+def _partners(rows: list[dict], names: list[str]) -> list[str]:
+    """Parameters that vary but move with the plotted ones (zip partners)."""
+    known = [k for k in rows[0] if k not in ("chips", "episodes", "keys_used") and not k.endswith(("_pct", "_pp"))
+             and k != "score_correlation"]
+    return [k for k in known if k not in names and len({repr(r[k]) for r in rows}) > 1]
+
+
 def _check(rows: list[dict], names: list[str]) -> None:
     if not rows:
         raise ConfigError("the study store holds no recorded cells yet")
@@ -66,9 +73,12 @@ def _check(rows: list[dict], names: list[str]) -> None:
     for k in known:
         if k in names or k == "keys" and "keys_used" in names or k == "keys_used" and "keys" in names:
             continue
-        vals = {repr(r[k]) for r in rows}
-        if len(vals) > 1:
-            raise ConfigError(f"parameter {k!r} takes {len(vals)} values in this study; plot it as --hue, --col, "
+        groups: dict[tuple, set] = {}  # a parameter that moves with the plotted ones (a zip partner) is fine
+        for r in rows:
+            groups.setdefault(tuple(repr(r[n]) for n in names), set()).add(repr(r[k]))
+        if any(len(v) > 1 for v in groups.values()):
+            n = len({repr(r[k]) for r in rows})
+            raise ConfigError(f"parameter {k!r} takes {n} values in this study; plot it as --hue, --col, "
                               f"--x or --y")
 
 
@@ -94,6 +104,9 @@ def plot_study(store, out: str, x: str, hue: str | None = None, col: str | None 
     title = f"{', '.join(ckpts)}: {episodes} episodes x {chips} chip{'s' if chips > 1 else ''}"
     if study.get("name"):
         title = f"{study['name']} - {title}"
+    moving = _partners(rows, names)
+    if moving:
+        title += f" ({', '.join(moving)} moving with the plotted parameters)"
     if y:
         _heatmap(rows, out, fmt, x, y, col, metric, title)
     else:
