@@ -162,18 +162,12 @@ class Study:
             raise ConfigError(f"{source}: chip_seed must be a non-negative integer, got {chip_seed!r}")
         episodes = cls._episodes(data.get("episodes", {}), source)
         keys = parameter_keys()
-        hardware = data.get("hardware", {})
-        if not isinstance(hardware, dict):
-            raise ConfigError(f"{source}: [hardware] must be a table, got {hardware!r}")
         hw = {}
-        for k, v in hardware.items():
+        for k, v in cls._table(data, "hardware", source).items():
             cls._check_key(k, keys, f"{source}: hardware")
             hw[k] = normalize_value(k, v, f"{source}: hardware.{k}")
-        grid_in = data.get("grid", {})
-        if not isinstance(grid_in, dict):
-            raise ConfigError(f"{source}: [grid] must be a table, got {grid_in!r}")
         grid = {}
-        for k, values in grid_in.items():
+        for k, values in cls._table(data, "grid", source).items():
             cls._check_key(k, keys, f"{source}: grid")
             grid[k] = cls._values(k, values, f"{source}: grid.{k}")
         zips_in = data.get("zip", [])
@@ -208,6 +202,13 @@ class Study:
         study = cls(tuple(checkpoints), chips, chip_seed, episodes, hw, grid, tuple(zips), name, description)
         study.check_configurations(source)
         return study
+
+    @staticmethod
+    def _table(data: dict, name: str, source: str) -> dict:
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table, got {table!r}")
+        return table
 
     @staticmethod
     def _check_key(k: str, keys: tuple[str, ...], where: str) -> None:
