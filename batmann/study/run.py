@@ -119,9 +119,17 @@ def run_study(study: Study, out: str | Path, executor: str = "local", workers: i
                 n_img = sum(len(j["ids"]) for j in jobs)
                 say(f"study: digital features of {n_img} images ({len(jobs)} chunks, {ex.workers} workers)")
                 bar = tqdm(total=n_img, desc="digital features", unit="img", disable=not progress, dynamic_ncols=True)
+                pending: dict = {}  # written every 30 s and at the end (each write rewrites the file)
+                last = time.monotonic()
                 for es, ids, feats in ex.unordered(feature_chunk, jobs):
-                    context(es, device).store.save(dict(zip(ids, feats)))
+                    pending.setdefault(es, {}).update(zip(ids, feats))
                     bar.update(len(ids))
+                    if time.monotonic() - last > 30:
+                        for e, new in pending.items():
+                            context(e, device).store.save(new)
+                        pending, last = {}, time.monotonic()
+                for e, new in pending.items():
+                    context(e, device).store.save(new)
                 bar.close()
             # 3. digital references
             refs: dict[tuple[str, str], str] = {}
