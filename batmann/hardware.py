@@ -49,7 +49,7 @@ class Comparison:
         }
 
 
-class _Pearson:
+class Pearson:
     """Streaming Pearson correlation of two equally long sequences of numbers."""
 
     def __init__(self) -> None:
@@ -141,7 +141,7 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     t_digital = 0.0
     sampler = make_sampler(cache, opts, "test", seed)
     acc_d, acc_a, agree, total = [], [], 0, 0
-    corr = _Pearson()
+    corr = Pearson()
     bar = tqdm(range(episodes), desc="digital vs crossbar", disable=not progress, leave=False, dynamic_ncols=True)
     for i in bar:
         ep = sampler.sample(index=i)

@@ -69,7 +69,7 @@ class Context:
 
     def image_ids(self) -> list[int]:
         """Every (image, rotation) id of the episode set, sorted, without repeats."""
-        if getattr(self, "_ids", None) is not None:
+        if self._ids is not None:
             return self._ids
         ids: set[int] = set()
         for i in range(self.es.count):
@@ -111,15 +111,19 @@ class Context:
         return system
 
 
-    def digital_scores(self, keys: str, digital=None) -> list:
-        """The digital system's :class:`~batmann.evaluate.EpisodeScores` of every episode (once
-        per process and key format; every cell compares with them)."""
+    def digital_scores(self, keys: str) -> list:
+        """The digital system's (:class:`~batmann.evaluate.EpisodeScores`, exact accuracy) of every
+        episode, computed once per process and key format; every cell compares with them."""
         from batmann.evaluate import score_episode
 
         if keys not in self._digital_scores:
-            system = digital if digital is not None else self.digital_system(keys)
-            self._digital_scores[keys] = [score_episode(system, self.sampler.sample(index=i))
-                                          for i in range(self.es.count)]
+            system = self.digital_system(keys)
+            out = []
+            for i in range(self.es.count):
+                ep = self.sampler.sample(index=i)
+                scores = score_episode(system, ep)
+                out.append((scores, _exact(scores, ep)))
+            self._digital_scores[keys] = out
         return self._digital_scores[keys]
 
 
@@ -159,15 +163,11 @@ def feature_chunk(task: dict[str, Any]) -> tuple[EpisodeSet, list[int], torch.Te
 
 def digital_reference(es: EpisodeSet, keys: str, device: str = "cpu") -> dict[str, Any]:
     """The digital system's per-episode accuracies on the episode set (features from the store)."""
-    from batmann.evaluate import mean_ci95, score_episode
+    from batmann.evaluate import mean_ci95
 
     ctx = context(es, device)
     with deterministic_kernels(device):
-        system = ctx.digital_system(keys)
-        accs = []
-        for i in range(es.count):
-            ep = ctx.sampler.sample(index=i)
-            accs.append(_exact(score_episode(system, ep), ep))
+        accs = [acc for _, acc in ctx.digital_scores(keys)]
     mean, ci = mean_ci95(accs)
     return {"keys": keys, "accuracy_pct": mean, "ci95_pct": ci, "per_episode": accs,
             "ways": ctx.opts.class_num, "shots": ctx.opts.num_shot, "queries": ctx.opts.batch_size_test}
@@ -184,7 +184,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     (HardwareSpec fields), ``chip_seed``, ``device`` and the cell's identity; returns the store
     row (per-episode crossbar accuracies and agreements, paired statistics)."""
     from batmann.evaluate import score_episode
-    from batmann.hardware import calibrate, hardware_spec
+    from batmann.hardware import Pearson, calibrate, hardware_spec
     from batmann.memory import KeyCodec
     from batmann.study.spec import spec_fields
     from batmann.study.stats import paired
@@ -197,29 +197,22 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     spec = hardware_spec(**spec_fields(task["hardware"]), seed=task["chip_seed"])
     with deterministic_kernels(device):
         digital = ctx.digital_system(task["keys"])
-        scores = ctx.digital_scores(task["keys"], digital)
+        scores = ctx.digital_scores(task["keys"])
         system = convert(ctx.ckpt, spec, codec=KeyCodec(task["keys"]), digital_features=digital.features)
         calibrate(system, spec, ctx.cache, ctx.opts)
         acc_d, acc_a, agree, n_q = [], [], [], 0
-        sx = sy = sxx = syy = sxy = 0.0
-        n = 0
+        pearson = Pearson()
         for i in range(es.count):
             ep = ctx.sampler.sample(index=i)
-            rd = scores[i]
+            rd, acc = scores[i]
             ra = score_episode(system, ep)
-            acc_d.append(_exact(rd, ep))
+            acc_d.append(acc)
             acc_a.append(_exact(ra, ep))
             agree.append(int((rd.predictions == ra.predictions).sum()))
             n_q = rd.predictions.numel()
-            x, y = rd.similarities.double().flatten(), ra.similarities.double().flatten()
-            n += x.numel()
-            sx += x.sum().item()
-            sy += y.sum().item()
-            sxx += (x * x).sum().item()
-            syy += (y * y).sum().item()
-            sxy += (x * y).sum().item()
-    vx, vy = sxx - sx * sx / n, syy - sy * sy / n
-    corr = (sxy - sx * sy / n) / math.sqrt(vx * vy) if vx > 0 and vy > 0 else (1.0 if vx <= 0 and vy <= 0 else None)
+            pearson.add(rd.similarities, ra.similarities)
+    corr = pearson.value()
+    corr = None if math.isnan(corr) else corr  # undefined (one side constant): no value
     p = paired(acc_a, acc_d)
     return {
         "cell_id": task["cell_id"], "config_id": task["config_id"], "ref_id": task["ref_id"],
