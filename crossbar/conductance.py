@@ -15,7 +15,9 @@ the hooks of the spec's non-idealities (``spec.stage(...)``) in their documented
    memtorch_clip) -- then each ``program`` hook: ConductanceStates, ProgrammingNoise (fresh
    generator per write), StuckAtFaults last, so nothing after can undo them (MemTorch trap 2).
 3. **read** (:func:`read`, :func:`read_conductance`): the conductances seen ``time`` seconds after
-   programming (``read_conductance`` hooks, e.g. Drift; computed once per array and time) and an
+   programming (``read_conductance`` hooks, e.g. Drift; IRDrop acts on each physical array and
+   plane on its own, replacing G by the effective G of the circuit; computed once per array and
+   time) and an
    output gain (``output_gain``, e.g. global drift compensation); then per input vector::
 
        V = x / max|x| * v_read                      (InputDAC, optional DAC bits)
@@ -177,7 +179,10 @@ def read_state(spec: HardwareSpec, array: ProgrammedArray) -> tuple[torch.Tensor
         items = spec.stage("read")
         g = array.g
         for ni in items:
-            g = ni.read_conductance(g, array.planes, array.time)
+            if ni.per_array:
+                g = _per_array(spec, ni, g, array)
+            else:
+                g = ni.read_conductance(g, array.planes, array.time)
         gain = None
         for ni in items:
             k = ni.output_gain(array.g, g)
@@ -186,6 +191,19 @@ def read_state(spec: HardwareSpec, array: ProgrammedArray) -> tuple[torch.Tensor
         noisy = tuple(ni for ni in items if type(ni).read_current is not NonIdeality.read_current)
         array._read = (g, gain, noisy)
     return array._read
+
+
+def _per_array(spec: HardwareSpec, ni: NonIdeality, g: torch.Tensor, array: ProgrammedArray) -> torch.Tensor:
+    """Apply ``ni.read_conductance`` to each plane of each physical array (tile) on its own."""
+    tiles = spec.tiles_spec
+    rows = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
+    cols = tiles.col_slices(array.cols) if tiles is not None else [slice(0, array.cols)]
+    out = torch.empty_like(g)
+    for p in range(g.shape[0]):
+        for rs in rows:
+            for cs in cols:
+                out[p, rs, cs] = ni.read_conductance(g[p, rs, cs], array.planes, array.time)
+    return out
 
 
 class CurrentRecorder:

@@ -35,6 +35,20 @@ PROGRAMMING_ROUTES = ("fast", "memtorch")
 SHORTCUT_KINDS = {name: cls.kind for cls in NONIDEALITY_TYPES.values() for name in cls.shortcuts}
 
 
+def _build_nonidealities(items: dict) -> tuple[NonIdeality, ...]:
+    """Non-ideality objects from ``{kind: {field: value}}`` (one-line errors naming the kind)."""
+    kinds = nonideality_kinds()
+    built = []
+    for kind, fields in items.items():
+        if kind not in kinds:
+            raise HardwareSpecError(f"unknown non-ideality {kind!r} (expected one of {', '.join(kinds)})")
+        try:
+            built.append(kinds[kind](**(fields or {})))
+        except TypeError as exc:
+            raise HardwareSpecError(f"bad fields for non-ideality {kind!r}: {exc}") from None
+    return tuple(built)
+
+
 @dataclass(frozen=True)
 class HardwareSpec:
     """What to simulate. Validated once, on construction (one-line :class:`HardwareSpecError`).
@@ -49,7 +63,9 @@ class HardwareSpec:
       the window), ``read_noise`` (relative sigma), ``drift_nu`` / ``drift_nu_sigma`` / ``time``
       (seconds, or ``"1d"``) / ``drift_compensation`` (``none``/``global``), ``adc_range``
       (``worst``/``calibrated``/``calibrated_column``), ``endurance`` (median write cycles) /
-      ``episodes_served`` (cycles the key memory has had). Giving a kind both
+      ``episodes_served`` (cycles the key memory has had), ``wire_resistance`` (ohms per
+      segment) / ``source_resistance`` (ohms) / ``ir_drop_solver`` (``auto``/``exact``/
+      ``approx``). Giving a kind both
       ways is an error. :data:`SHORTCUT_KINDS` maps each shortcut to its non-ideality.
     - ``seed``: the chip. Device variability and the stuck-at map are drawn from it (once per
       chip), and ``seed_globals()`` seeds Python, NumPy and torch with it (MemTorch draws from
@@ -84,6 +100,9 @@ class HardwareSpec:
     drift_compensation: str | None = None
     endurance: float | None = None
     episodes_served: int | None = None
+    wire_resistance: float | None = None
+    source_resistance: float | None = None
+    ir_drop_solver: str | None = None
     seed: int = 0
     weight_mapping: str = "per_column"
     programming: str = "fast"
@@ -115,6 +134,8 @@ class HardwareSpec:
                 raise HardwareSpecError(f"non-ideality {cls.kind!r} given twice (in nonidealities and as "
                                         f"{'/'.join(given)})")
             chain[cls.kind] = cls.from_shortcuts(given)
+        for ni in self.preset.measured:  # what was measured on the device, unless set above
+            chain.setdefault(ni.kind, ni)
         chain.setdefault("dac", InputDAC())
         order = list(NONIDEALITY_TYPES)
         object.__setattr__(self, "_chain", dict(sorted(chain.items(), key=lambda kv: order.index(kv[0])
@@ -214,6 +235,7 @@ class HardwareSpec:
         if registered != preset:
             preset = {f.name: (dict(getattr(preset, f.name)) if f.name == "memtorch_params" else getattr(preset, f.name))
                       for f in dataclasses.fields(preset)}
+            preset["measured"] = {ni.kind: dataclasses.asdict(ni) for ni in preset["measured"]}
         else:
             preset = preset.name
         return {"analog": self.analog, "preset": preset, "seed": int(self.seed),
@@ -233,23 +255,16 @@ class HardwareSpec:
             raise HardwareSpecError(f"unknown hardware spec field {unknown[0]!r} (expected one of {', '.join(sorted(names))})")
         kw = dict(data)
         if isinstance(kw.get("preset"), dict):
-            fields = kw["preset"]
+            fields = dict(kw["preset"])
+            if isinstance(fields.get("measured"), dict):
+                fields["measured"] = _build_nonidealities(fields["measured"])
             try:
                 kw["preset"] = DevicePreset(**fields)
             except TypeError as exc:
                 raise HardwareSpecError(f"bad preset table: {exc}") from None
         items = kw.get("nonidealities") or {}
         if isinstance(items, dict):
-            kinds = nonideality_kinds()
-            built = []
-            for kind, fields in items.items():
-                if kind not in kinds:
-                    raise HardwareSpecError(f"unknown non-ideality {kind!r} (expected one of {', '.join(kinds)})")
-                try:
-                    built.append(kinds[kind](**(fields or {})))
-                except TypeError as exc:
-                    raise HardwareSpecError(f"bad fields for non-ideality {kind!r}: {exc}") from None
-            kw["nonidealities"] = tuple(built)
+            kw["nonidealities"] = _build_nonidealities(items)
         if isinstance(kw.get("tile_shape"), list):
             kw["tile_shape"] = tuple(kw["tile_shape"])
         return cls(**kw)

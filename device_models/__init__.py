@@ -5,8 +5,10 @@
   ``data_driven``, ``stanford_pku``); :func:`get_preset`.
 - :mod:`device_models.nonidealities`: :class:`DeviceVariability`, :class:`ConductanceStates`,
   :class:`StuckAtFaults`, :class:`ProgrammingNoise`, :class:`ReadNoise`, :class:`Drift`,
-  :class:`ADC`, :class:`InputDAC`, :class:`TileShape`, all behind :class:`NonIdeality` (hooks by
+  :class:`IRDrop`, :class:`ADC`, :class:`InputDAC`, :class:`TileShape`, all behind :class:`NonIdeality` (hooks by
   stage: device, program, read, circuit).
+- :mod:`device_models.ir_drop`: the circuit solve of a crossbar with line resistance (exact
+  nodal analysis and a fast line relaxation).
 - :mod:`device_models.errors`: :class:`HardwareSpecError`.
 """
 
@@ -19,6 +21,7 @@ from device_models.nonidealities import (
     Drift,
     Endurance,
     InputDAC,
+    IRDrop,
     NonIdeality,
     ProgrammingNoise,
     ReadNoise,
@@ -31,6 +34,6 @@ from device_models.presets import PRESETS, DevicePreset, get_preset, list_preset
 
 __all__ = [
     "ADC", "NONIDEALITY_TYPES", "PRESETS", "ConductanceStates", "DevicePreset", "DeviceVariability", "Drift", "Endurance",
-    "HardwareSpecError", "InputDAC", "NonIdeality", "ProgrammingNoise", "ReadNoise", "StuckAtFaults", "TileShape",
+    "HardwareSpecError", "InputDAC", "IRDrop", "NonIdeality", "ProgrammingNoise", "ReadNoise", "StuckAtFaults", "TileShape",
     "get_preset", "list_presets", "parse_duration", "program_fraction",
 ]

@@ -17,8 +17,9 @@ non-ideality in force, sorted by (stage, order)::
                                                                                Endurance (80: worn out),
                                                                                StuckAtFaults (90: last,
                                                                                nothing un-sticks a device)
-    read      read_conductance(g, devices, time)     once per programmed      Drift (10)
-                -> conductances; output_gain(...)    array and read time
+    read      read_conductance(g, devices, time)     once per programmed      Drift (10),
+                -> conductances; output_gain(...)    array and read time      IRDrop (15: per physical
+                                                                               array, G -> effective G)
               read_current(current, variance, gen)   every read               ReadNoise (20)
     circuit   (the read circuit's own methods)       every read               InputDAC, TileShape, ADC
 
@@ -56,7 +57,8 @@ def _is_int(v) -> bool:
 
 STAGES = ("device", "program", "read", "circuit")
 DRIFT_COMPENSATIONS = ("none", "global")
-PROGRAMMING_NOISE_MODES = ("window", "state")
+PROGRAMMING_NOISE_MODES = ("window", "state", "measured")
+IR_DROP_SOLVERS = ("auto", "exact", "approx")
 
 
 class NonIdeality(ABC):
@@ -75,6 +77,8 @@ class NonIdeality(ABC):
     shortcuts: ClassVar[dict[str, str]] = {}
     #: read stage: the pipeline computes the current variance sum(V^2 G^2) for read_current
     wants_variance: ClassVar[bool] = False
+    #: read stage: read_conductance acts on each physical array (tile) on its own, one plane at a time
+    per_array: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -495,7 +499,10 @@ class ProgrammingNoise(NonIdeality):
     ``mode="window"`` (default): sigma_p = ``sigma`` x the device's own window (g_hi - g_lo),
     the same for every state; ``mode="state"``: sigma_p = ``sigma`` x (g - g_lo), growing with
     the programmed conductance (filamentary devices are noisier in their low-resistance
-    states). The result is clipped to the device's bounds. Write-verify: with
+    states); ``mode="measured"``: sigma_p(G) = ``sigma`` x max(0, sum_i c_i (G / 1 uS)^i) uS, a
+    polynomial fitted to measured devices (``coefficients_us`` = (c_0, c_1, ...); ``sigma`` scales
+    it, 1 = as measured; the measured device presets carry one). The result is clipped to the
+    device's bounds. Write-verify: with
     ``verify_iterations`` = N > 0, devices farther than ``tolerance`` x window from the target
     are written again (fresh noise), up to N times. The key memory gets fresh errors every
     episode (it is rewritten); the controller once per chip.
@@ -505,17 +512,32 @@ class ProgrammingNoise(NonIdeality):
     mode: str = "window"
     verify_iterations: int = 0
     tolerance: float = 0.0
+    coefficients_us: tuple[float, ...] = ()
 
     kind: ClassVar[str] = "programming_noise"
     stage: ClassVar[str] = "program"
     order: ClassVar[int] = 20
     shortcuts: ClassVar[dict[str, str]] = {"programming_noise": "sigma"}
 
+    def __post_init__(self) -> None:
+        if isinstance(self.coefficients_us, list):
+            object.__setattr__(self, "coefficients_us", tuple(self.coefficients_us))
+        self.validate()
+
     def validate(self) -> None:
-        if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 1.0:
-            raise HardwareSpecError(f"programming noise sigma must be a fraction of the device window in [0, 1], got {self.sigma!r}")
         if self.mode not in PROGRAMMING_NOISE_MODES:
             raise HardwareSpecError(f"programming noise mode must be one of {', '.join(PROGRAMMING_NOISE_MODES)}, got {self.mode!r}")
+        if self.mode == "measured":
+            if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 10.0:
+                raise HardwareSpecError(f"measured programming noise: sigma scales the measured spread, in [0, 10], got {self.sigma!r}")
+            if (not isinstance(self.coefficients_us, tuple) or not self.coefficients_us
+                    or not all(_is_number(c) for c in self.coefficients_us)):
+                raise HardwareSpecError(f"measured programming noise needs coefficients_us (finite numbers), got {self.coefficients_us!r}")
+        else:
+            if not _is_number(self.sigma) or not 0.0 <= self.sigma <= 1.0:
+                raise HardwareSpecError(f"programming noise sigma must be a fraction of the device window in [0, 1], got {self.sigma!r}")
+            if self.coefficients_us:
+                raise HardwareSpecError(f"coefficients_us is for mode 'measured', not {self.mode!r}")
         if not _is_int(self.verify_iterations) or not 0 <= self.verify_iterations <= 100:
             raise HardwareSpecError(f"write-verify iterations must be an integer in [0, 100], got {self.verify_iterations!r}")
         if not _is_number(self.tolerance) or not 0.0 <= self.tolerance <= 1.0:
@@ -543,7 +565,10 @@ class ProgrammingNoise(NonIdeality):
         window = hi - lo
 
         def write(aim: torch.Tensor) -> torch.Tensor:
-            scale = window if self.mode == "window" else (aim - lo)
+            if self.mode == "measured":
+                scale = self.spread(aim)
+            else:
+                scale = window if self.mode == "window" else (aim - lo)
             noise = torch.randn(aim.shape, generator=generator, dtype=torch.float64).to(g.dtype)
             return torch.minimum(torch.maximum(aim + self.sigma * scale * noise, lo), hi)
 
@@ -554,6 +579,15 @@ class ProgrammingNoise(NonIdeality):
                 break
             out = torch.where(bad, write(g), out)
         return out
+
+
+    def spread(self, g: torch.Tensor) -> torch.Tensor:
+        """The measured sigma_p (siemens) of devices programmed to ``g`` (siemens), mode measured."""
+        gu = g * 1e6
+        sig = torch.zeros_like(g)
+        for c in reversed(self.coefficients_us):  # Horner
+            sig = sig * gu + c
+        return sig.clamp_min(0.0) * 1e-6
 
 
 @dataclass(frozen=True)
@@ -769,7 +803,81 @@ class Endurance(NonIdeality):
         return torch.where(dead, worn, g)
 
 
+@dataclass(frozen=True)
+class IRDrop(NonIdeality):
+    """IR drop: word and bit lines with ``wire_resistance`` ohms per cell-to-cell segment and
+    ``source_resistance`` ohms at the drivers and the sinks (``device_models.ir_drop`` draws the
+    circuit).
+
+    The array stays linear, so its reads are ``V @ G_eff``: the hook replaces each plane of each
+    physical array (tile) by its effective conductances, solved once per programmed array.
+    ``solver``: ``exact`` (sparse nodal solve), ``approx`` (``sweeps`` of line relaxation) or
+    ``auto`` (exact up to ``AUTO_EXACT_CELLS`` devices per array, approx beyond). Devices far
+    from the drivers and sinks see less than the applied voltage, so every output shrinks,
+    unevenly; the read noise is still drawn from the device conductances.
+    """
+
+    wire_resistance: float
+    source_resistance: float = 0.0
+    solver: str = "auto"
+    sweeps: int = 3
+
+    kind: ClassVar[str] = "ir_drop"
+    stage: ClassVar[str] = "read"
+    order: ClassVar[int] = 15
+    per_array: ClassVar[bool] = True
+    shortcuts: ClassVar[dict[str, str]] = {"wire_resistance": "wire_resistance",
+                                           "source_resistance": "source_resistance",
+                                           "ir_drop_solver": "solver"}
+    AUTO_EXACT_CELLS: ClassVar[int] = 128 * 128
+
+    @classmethod
+    def from_shortcuts(cls, values: dict) -> "IRDrop":
+        if values.get("wire_resistance") is None:
+            raise HardwareSpecError(f"IR drop needs wire_resistance (ohms per segment), got only {', '.join(values)}")
+        return super().from_shortcuts(values)
+
+    def validate(self) -> None:
+        if not _is_number(self.wire_resistance) or not 0.0 <= self.wire_resistance <= 1e6:
+            raise HardwareSpecError(f"wire_resistance must be ohms per segment in [0, 1e6], got {self.wire_resistance!r}")
+        if not _is_number(self.source_resistance) or not 0.0 <= self.source_resistance <= 1e9:
+            raise HardwareSpecError(f"source_resistance must be ohms in [0, 1e9], got {self.source_resistance!r}")
+        if self.solver not in IR_DROP_SOLVERS:
+            raise HardwareSpecError(f"ir_drop_solver must be one of {', '.join(IR_DROP_SOLVERS)}, got {self.solver!r}")
+        if not _is_int(self.sweeps) or not 1 <= self.sweeps <= 1000:
+            raise HardwareSpecError(f"IR drop sweeps must be an integer in [1, 1000], got {self.sweeps!r}")
+
+    def describe(self) -> dict:
+        return {"wire_resistance": self.wire_resistance, "source_resistance": self.source_resistance,
+                "ir_drop_solver": self.solver}
+
+    @classmethod
+    def describe_absent(cls) -> dict:
+        return {"wire_resistance": None, "source_resistance": None, "ir_drop_solver": None}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.wire_resistance == 0.0
+
+    def method(self, rows: int, cols: int) -> str:
+        """The solver used for a (rows x cols) array."""
+        if self.solver != "auto":
+            return self.solver
+        return "exact" if rows * cols <= self.AUTO_EXACT_CELLS else "approx"
+
+    def read_conductance(self, g, devices, time):
+        from device_models import ir_drop
+
+        if self.wire_resistance == 0.0:
+            return g
+        if self.method(*g.shape) == "exact":
+            out = ir_drop.effective_conductance_exact(g, self.wire_resistance, self.source_resistance)
+        else:
+            out = ir_drop.effective_conductance_approx(g, self.wire_resistance, self.source_resistance, self.sweeps)
+        return out.to(g.dtype)
+
+
 NONIDEALITY_TYPES: dict[str, type[NonIdeality]] = {
     cls.kind: cls for cls in (DeviceVariability, ConductanceStates, StuckAtFaults, ProgrammingNoise, Endurance,
-                              ReadNoise, Drift, ADC, InputDAC, TileShape)
+                              ReadNoise, Drift, IRDrop, ADC, InputDAC, TileShape)
 }

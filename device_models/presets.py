@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from device_models.errors import HardwareSpecError
+from device_models.nonidealities import ProgrammingNoise
 
 MEMTORCH_MODELS = ("VTEAM", "LinearIonDrift", "Data_Driven", "Data_Driven2021", "Stanford_PKU")
 
@@ -40,6 +41,9 @@ class DevicePreset:
     memtorch_params: Mapping[str, object] = field(default_factory=dict)
     source: str = ""
     description: str = ""
+    #: non-idealities measured on this device: in force unless the hardware spec sets its own
+    #: of the same kind (e.g. ``programming_noise=0`` switches the measured one off)
+    measured: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -62,6 +66,11 @@ class DevicePreset:
         params["r_off"] = float(self.r_off)
         params.setdefault("time_series_resolution", 1e-10)
         object.__setattr__(self, "memtorch_params", MappingProxyType(params))
+        from device_models.nonidealities import NonIdeality
+
+        kinds = [ni.kind for ni in self.measured if isinstance(ni, NonIdeality)]
+        if len(kinds) != len(self.measured) or len(set(kinds)) != len(kinds):
+            raise HardwareSpecError(f"preset {self.name}: measured must be NonIdeality objects, one per kind")
 
     @property
     def g_on(self) -> float:
@@ -88,6 +97,9 @@ class DevicePreset:
 
 
 _MEMTORCH_SRC = "the defaults of memtorch/bh/memristor/{}.py (memtorch-cpu 1.1.6)"
+_LINEAR = {"time_series_resolution": 1e-4}  # measured presets: MemTorch's linear ion drift model
+# carries their window (MemTorch has no model of these devices; the programming="memtorch" route
+# only needs r_on / r_off)
 
 PRESETS: Mapping[str, DevicePreset] = MappingProxyType({
     p.name: p
@@ -157,6 +169,45 @@ PRESETS: Mapping[str, DevicePreset] = MappingProxyType({
             + _MEMTORCH_SRC.format("Stanford_PKU"),
             description="Stanford-PKU filamentary RRAM model (on/off ratio 403). MemTorch's "
             "Stanford_PKU.set_conductance does not update the device's g (see MEMTORCH-NOTES)",
+        ),
+        DevicePreset(
+            name="rram_wan2022",
+            r_on=1 / 39e-6,
+            r_off=1e6,
+            memtorch_model="LinearIonDrift",
+            memtorch_params=_LINEAR,
+            source="Wan et al., Nature 608:504-512, 2022 (NeuRRAM), Extended Data Fig. 3: programming "
+            "error at t = 1 s after write-verify, cubic fit in uS as in CrossSim "
+            "simulator/devices/custom/RRAM_Wan.py (valid up to 39.26 uS); the same data back aihwkit's "
+            "ReRamWan2022NoiseModel",
+            description="NeuRRAM RRAM, 1-39 uS (g_min of 1 uS is ours: the fit gives none); programming "
+            "error 1.3-2.5 uS, measured",
+            measured=(ProgrammingNoise(1.0, mode="measured", coefficients_us=(1.053, 0.2374, -1.167e-2, 1.536e-4)),),
+        ),
+        DevicePreset(
+            name="rram_milo2021",
+            r_on=1 / 225e-6,
+            r_off=1 / 50e-6,
+            memtorch_model="LinearIonDrift",
+            memtorch_params=_LINEAR,
+            source="Milo et al., IEEE IRPS 2021, Fig. 4 (IGVVA-100 incremental gate-voltage write-verify): "
+            "programming error fit sigma = 4.782321 - 0.009107 G uS, 50-225 uS, as in CrossSim "
+            "simulator/devices/custom/RRAM_Milo.py",
+            description="HfO2 1T1R RRAM with write-verify, 50-225 uS (on/off 4.5); programming error "
+            "2.7-4.3 uS, measured",
+            measured=(ProgrammingNoise(1.0, mode="measured", coefficients_us=(4.782321, -0.009107)),),
+        ),
+        DevicePreset(
+            name="hfox_cmo2025",
+            r_on=1 / 88.2e-6,
+            r_off=1 / 9e-6,
+            memtorch_model="LinearIonDrift",
+            memtorch_params=_LINEAR,
+            source="Falcone et al., arXiv:2502.04524, 2025 (IBM CMO/HfOx ReRAM), via aihwkit "
+            "inference/noise/reram.py ReRamCMONoiseModel: 9-88.2 uS, programming error sigma = "
+            "0.0112185 + 0.0112903 G uS with a 2 % write-verify acceptance range",
+            description="CMO/HfOx ReRAM, 9-88.2 uS (on/off 9.8); programming error 0.11-1.0 uS, measured",
+            measured=(ProgrammingNoise(1.0, mode="measured", coefficients_us=(0.0112185391, 0.01129027418)),),
         ),
     )
 })

@@ -22,7 +22,7 @@ else
   $PIP install "$TORCH_SPEC"
 fi
 # What MemTorch imports (its declared requirements name the dead 'sklearn' package).
-$PIP install numpy pandas scipy scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
+$PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
 # Studies (SQLite store, Dask executor, parquet export) and the notebook runner of the tests.
 $PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel
 # MemTorch compiles against the installed torch: no build isolation, no dependency resolution.

@@ -290,3 +290,32 @@ def test_episodes_served_ages_only_the_key_memory():
     spec = HardwareSpec(preset="vteam", endurance=1000.0, episodes_served=5000)
     arr = C.program(spec, C.sample_planes(spec, 8, 4, spec.generator("c"), torch.float64), torch.ones(8, 4))
     assert (arr.planes.props["endurance_writes"] == 1).all()  # a controller array: programmed once
+
+
+# -- measured device presets ----------------------------------------------------------------------
+def test_measured_presets_bring_their_programming_noise_and_it_has_the_measured_spread():
+    spec = HardwareSpec(preset="hfox_cmo2025")
+    ni = spec.get("programming_noise")
+    assert ni.mode == "measured" and not spec.is_ideal
+    clean = _array(HardwareSpec(preset="hfox_cmo2025", programming_noise=0.0))
+    noisy = _array(spec)
+    target = clean.g[0, 1:]  # mid-window targets: 48.6 uS
+    want = 0.0112185391 + 0.01129027418 * target.mean().item() * 1e6  # uS
+    err = (noisy.g[0, 1:] - target) * 1e6
+    assert abs(err.mean().item()) < 0.05 * want and err.std().item() == pytest.approx(want, rel=0.05)
+    assert torch.equal(_array(spec).g, noisy.g)  # seeded
+    # a spec's own setting replaces the measured one; the spec round-trips through plain data
+    assert HardwareSpec(preset="hfox_cmo2025", programming_noise=0.02).get("programming_noise") == ProgrammingNoise(0.02)
+    assert HardwareSpec(preset="hfox_cmo2025", programming_noise=0.0).is_ideal
+    assert HardwareSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_measured_noise_needs_its_coefficients():
+    for bad in (dict(mode="measured"), dict(mode="measured", coefficients_us=(1.0, float("inf"))),
+                dict(mode="window", coefficients_us=(1.0,))):
+        with pytest.raises(HardwareSpecError) as e:
+            ProgrammingNoise(1.0, **bad)
+        assert "\n" not in str(e.value)
+    sig = ProgrammingNoise(1.0, mode="measured", coefficients_us=(4.782321, -0.009107)).spread(
+        torch.tensor([50e-6, 225e-6, 1.0], dtype=torch.float64))
+    assert sig[0].item() == pytest.approx(4.327e-6, rel=1e-3) and sig[2].item() == 0.0  # clipped at 0

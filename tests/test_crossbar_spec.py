@@ -136,10 +136,12 @@ def test_shortcut_kinds_name_what_each_shortcut_sets():
     values = {"variability": 0.1, "states": 8, "stuck_lrs": 0.01, "stuck_hrs": 0.01, "adc_bits": 6,
               "tile_shape": (64, 64), "read_voltage": 0.3, "dac_bits": 8, "programming_noise": 0.05,
               "read_noise": 0.02, "drift_nu": 0.05, "drift_nu_sigma": 0.01, "time": "1d",
-              "drift_compensation": "global", "adc_range": "calibrated", "endurance": 1e6, "episodes_served": 10}
+              "drift_compensation": "global", "adc_range": "calibrated", "endurance": 1e6, "episodes_served": 10,
+              "wire_resistance": 1.0, "source_resistance": 5.0, "ir_drop_solver": "exact"}
     assert set(values) == set(SHORTCUT_KINDS)
     for field, value in values.items():
         extra = ({"drift_nu": 0.05} if SHORTCUT_KINDS[field] == "drift" else {"adc_bits": 6} if field == "adc_range"
-                 else {"endurance": 10.0} if field == "episodes_served" else {})
+                 else {"endurance": 10.0} if field == "episodes_served"
+                 else {"wire_resistance": 1.0} if field in ("source_resistance", "ir_drop_solver") else {})
         got = {ni.kind for ni in HardwareSpec(**{**extra, field: value}).resolved_nonidealities} - {"dac"}
         assert got == ({SHORTCUT_KINDS[field]} - {"dac"}), field

@@ -89,11 +89,11 @@ def test_one_interface():
     import dataclasses
 
     from crossbar import HardwareSpec
-    from device_models.nonidealities import STAGES, Drift, Endurance, ProgrammingNoise, ReadNoise
+    from device_models.nonidealities import STAGES, Drift, Endurance, IRDrop, ProgrammingNoise, ReadNoise
 
     objs = [DeviceVariability(0.05), ConductanceStates(8), StuckAtFaults(0.01, 0.02), ADC(6),
             InputDAC(0.1, 8), TileShape(128, 64), ProgrammingNoise(0.05), ReadNoise(0.02), Drift(0.05),
-            Endurance(1e6)]
+            Endurance(1e6), IRDrop(1.0)]
     assert {o.kind for o in objs} == set(NONIDEALITY_TYPES)
     spec_fields = {f.name for f in dataclasses.fields(HardwareSpec)}
     for o in objs:

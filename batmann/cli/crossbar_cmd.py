@@ -7,7 +7,7 @@ import argparse
 import json
 
 from crossbar.spec import SHORTCUT_KINDS
-from device_models.nonidealities import ADC_RANGES, DRIFT_COMPENSATIONS, NONIDEALITY_TYPES
+from device_models.nonidealities import ADC_RANGES, DRIFT_COMPENSATIONS, IR_DROP_SOLVERS, NONIDEALITY_TYPES
 
 
 def _tile(text: str) -> tuple[int, int]:
@@ -54,6 +54,12 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
                    help="with --endurance: write cycles the key memory has already had (default 0)")
     g.add_argument("--drift-compensation", choices=DRIFT_COMPENSATIONS, default=None,
                    help="none, or global: rescale each array's outputs by an all-ones reference read (default none)")
+    g.add_argument("--wire-resistance", type=float, default=None, metavar="OHM",
+                   help="IR drop: line resistance per cell-to-cell segment, ohms (default: ideal wires)")
+    g.add_argument("--source-resistance", type=float, default=None, metavar="OHM",
+                   help="with --wire-resistance: driver and sink resistance, ohms (default 0)")
+    g.add_argument("--ir-drop-solver", choices=IR_DROP_SOLVERS, default=None,
+                   help="exact (nodal solve), approx (line relaxation) or auto (exact up to 128x128 arrays; default)")
 
 
 #: The hardware flags: the preset, the analog part and every shortcut field of HardwareSpec.
@@ -133,11 +139,13 @@ def run_presets(args: argparse.Namespace) -> int:
     from device_models import PRESETS
 
     rows = [{"name": p.name, "r_on_ohm": p.r_on, "r_off_ohm": p.r_off, "memtorch_model": p.memtorch_model,
+             "measured": {ni.kind: ni.describe() for ni in p.measured}, "description": p.description,
              "source": p.source} for p in PRESETS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:<18} r_on {r['r_on_ohm']:>9.0f} ohm  r_off {r['r_off_ohm']:>9.0f} ohm  "
-                  f"{r['memtorch_model']:<16} {r['source']}")
+            measured = f"  measured: {', '.join(r['measured'])}" if r["measured"] else ""
+            print(f"{r['name']:<16} r_on {r['r_on_ohm']:>9.0f} ohm  r_off {r['r_off_ohm']:>9.0f} ohm  "
+                  f"({r['memtorch_model']}){measured}\n    {r['description']}\n    source: {r['source']}")
     return 0
