@@ -23,10 +23,10 @@ The network is linear, so the output currents are ``I = V @ G_eff`` for an effec
   rounding; cost grows fast with the array (reported in ``benchmarks/bench_crossbar.py``).
 * :func:`effective_conductance_approx`: alternating line relaxation (block Gauss-Seidel): with
   the bit-line voltages held, every word line is a tridiagonal system, solved exactly (Thomas
-  algorithm, vectorised over lines and drives); then every bit line likewise, and so on for
-  ``iterations`` sweeps starting from the ideal voltages. The node matrix is symmetric positive
-  definite, so the sweeps converge for any resistance; a few sweeps suffice for the line
-  resistances of real arrays (error against the exact solve: ``docs/crossbar-model.md``).
+  algorithm, factorised once, vectorised over lines and drives); then every bit line likewise,
+  sweep after sweep from grounded bit lines until ``G_eff`` stops moving (``tolerance``). The
+  node matrix is symmetric positive definite, so the sweeps converge for any resistance; slowly
+  when the drop is large (error and cost against the exact solve: ``docs/crossbar-model.md``).
 """
 
 from __future__ import annotations
@@ -149,76 +149,81 @@ def _exact(g: torch.Tensor, r_wire: float, r_source: float) -> torch.Tensor:
     return torch.from_numpy(geff).to(g.device)
 
 
-def _thomas(lower: torch.Tensor, diag: torch.Tensor, upper: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve tridiagonal systems along the last axis (Thomas algorithm, no pivoting: the systems
-    here are diagonally dominant). ``lower``/``upper``/``diag``: (L, N) coefficient rows (lower[:, 0]
-    and upper[:, -1] unused), ``rhs``: (L, N, B). Returns (L, N, B)."""
-    n = diag.shape[1]
-    cp = torch.empty_like(diag)
-    dp = torch.empty_like(rhs)
-    cp[:, 0] = upper[:, 0] / diag[:, 0]
-    dp[:, 0] = rhs[:, 0] / diag[:, 0, None]
-    for k in range(1, n):
-        denom = diag[:, k] - lower[:, k] * cp[:, k - 1]
-        cp[:, k] = upper[:, k] / denom
-        dp[:, k] = (rhs[:, k] - lower[:, k, None] * dp[:, k - 1]) / denom[:, None]
-    x = torch.empty_like(rhs)
-    x[:, -1] = dp[:, -1]
-    for k in range(n - 2, -1, -1):
-        x[:, k] = dp[:, k] - cp[:, k, None] * x[:, k + 1]
-    return x
+class _Lines:
+    """Tridiagonal systems of a set of lines, factorised once (Thomas algorithm, no pivoting: the
+    systems are diagonally dominant): ``g`` (N, L) device conductances along N nodes of L lines,
+    segments ``gw`` between neighbours, the source ``gs`` at node ``end`` (``inf`` pins it)."""
 
+    def __init__(self, g: torch.Tensor, gw: float, gs: float, end: int):
+        n = g.shape[0]
+        diag = g.clone()
+        diag[1:] += gw
+        diag[:-1] += gw
+        lower = torch.full_like(g, -gw)
+        upper = torch.full_like(g, -gw)
+        if math.isfinite(gs):
+            diag[end] += gs
+        else:  # the end node's equation becomes V = known
+            diag[end] = 1.0
+            lower[end] = 0.0
+            upper[end] = 0.0
+        cp = torch.empty_like(diag)
+        inv = torch.empty_like(diag)
+        inv[0] = 1.0 / diag[0]
+        cp[0] = upper[0] * inv[0]
+        for k in range(1, n):
+            inv[k] = 1.0 / (diag[k] - lower[k] * cp[k - 1])
+            cp[k] = upper[k] * inv[k]
+        self.lower, self.cp, self.inv = lower[:, :, None], cp[:, :, None], inv[:, :, None]
 
-def _line_system(g: torch.Tensor, gw: float, gs: float, driven_end: str):
-    """Tridiagonal coefficients of the lines along the last axis of ``g`` (L, N): each node has
-    its device (to the other line), segments to its neighbours, and the source at one end
-    (``driven_end`` 'first' or 'last'; ``gs`` = inf pins it)."""
-    lines, n = g.shape
-    diag = g.clone()
-    diag[:, 1:] += gw
-    diag[:, :-1] += gw
-    off = torch.full_like(g, -gw)
-    end = 0 if driven_end == "first" else n - 1
-    if math.isfinite(gs):
-        diag[:, end] += gs
-    return off, diag, off, end
+    def solve_(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Solve in place: ``rhs`` (N, L, B) becomes the node voltages."""
+        lower, cp, inv = self.lower, self.cp, self.inv
+        rhs[0].mul_(inv[0])
+        for k in range(1, rhs.shape[0]):
+            rhs[k].addcmul_(lower[k], rhs[k - 1], value=-1.0).mul_(inv[k])
+        for k in range(rhs.shape[0] - 2, -1, -1):
+            rhs[k].addcmul_(cp[k], rhs[k + 1], value=-1.0)
+        return rhs
 
 
 def effective_conductance_approx(g: torch.Tensor, r_wire: float, r_source: float = 0.0,
-                                 iterations: int = 3) -> torch.Tensor:
-    """``G_eff`` (R, C), siemens, float64, by ``iterations`` sweeps of alternating line relaxation
-    (see module doc): each sweep solves every word line, then every bit line, exactly."""
+                                 tolerance: float = 1e-5, max_sweeps: int = 200) -> torch.Tensor:
+    """``G_eff`` (R, C), siemens, float64, by alternating line relaxation (see module doc): each
+    sweep solves every word line, then every bit line, exactly; sweeps stop when no entry of
+    ``G_eff`` moved by more than ``tolerance`` x its largest entry (or after ``max_sweeps``)."""
     _check(g, r_wire, r_source)
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations!r}")
+    if not (tolerance > 0):
+        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
     gd = g.detach().to(torch.float64)
     rows, cols = gd.shape
     gw = 1.0 / r_wire
     gs = 1.0 / r_source if r_source > 0 else math.inf
-    eye = torch.eye(rows, dtype=torch.float64, device=gd.device)  # drive r: V = e_r
-    # word lines: L = rows lines of N = cols nodes, drives along the last axis
-    wl, wd, wu, _ = _line_system(gd, gw, gs, "first")
-    bl, bd, bu, _ = _line_system(gd.T.contiguous(), gw, gs, "last")
-    if not math.isfinite(gs):  # pinned ends: the end node's equation becomes V = known
-        for lo, di, up, e in ((wl, wd, wu, 0), (bl, bd, bu, rows - 1)):
-            di[:, e] = 1.0
-            lo[:, e] = 0.0
-            up[:, e] = 0.0
+    words = _Lines(gd.T.contiguous(), gw, gs, 0)  # nodes along a word line: (cols, rows)
+    bits = _Lines(gd, gw, gs, rows - 1)  # nodes along a bit line: (rows, cols)
+    g_w = gd.T[:, :, None]  # (cols, rows, 1)
+    g_b = gd[:, :, None]  # (rows, cols, 1)
+    eye = torch.eye(rows, dtype=torch.float64, device=gd.device)
     geff = torch.empty(rows, cols, dtype=torch.float64, device=gd.device)
     for r0 in range(0, rows, DRIVE_BLOCK):
         drive = eye[:, r0:r0 + DRIVE_BLOCK]  # (rows, block): word-line drive voltages
-        vb = torch.zeros(rows, cols, drive.shape[1], dtype=torch.float64, device=gd.device)  # (i, j, drive)
-        vw = vb
-        for _ in range(iterations):
-            rhs = gd[:, :, None] * vb  # device currents into word-line nodes from the bit lines
+        block = drive.shape[1]
+        vb = torch.zeros(rows, cols, block, dtype=torch.float64, device=gd.device)  # (i, j, drive)
+        last = None
+        for _ in range(max_sweeps):
+            rhs = (g_w * vb.transpose(0, 1)).contiguous()  # (j, i, drive): device currents into word-line nodes
             if math.isfinite(gs):
-                rhs[:, 0, :] += gs * drive
+                rhs[0] += gs * drive
             else:
-                rhs[:, 0, :] = drive
-            vw = _thomas(wl, wd, wu, rhs)  # (rows, cols, drive)
-            rhs_b = (gd[:, :, None] * vw).transpose(0, 1).contiguous()  # (cols, rows, drive)
+                rhs[0] = drive
+            vw = words.solve_(rhs).transpose(0, 1)  # (i, j, drive)
+            rhs_b = (g_b * vw).contiguous()
             if not math.isfinite(gs):
-                rhs_b[:, -1, :] = 0.0
-            vb = _thomas(bl, bd, bu, rhs_b).transpose(0, 1)
-        geff[r0:r0 + DRIVE_BLOCK] = torch.einsum("ij,ijr->rj", gd, vw - vb)
+                rhs_b[-1] = 0.0
+            vb = bits.solve_(rhs_b)
+            cur = torch.einsum("ij,ijr->rj", gd, vw - vb)
+            if last is not None and (cur - last).abs().max() <= tolerance * cur.abs().max():
+                break
+            last = cur
+        geff[r0:r0 + DRIVE_BLOCK] = cur
     return geff.to(g.device)

@@ -96,9 +96,11 @@ def test_approximation_converges_to_the_exact_solve():
     g = _g(48, 40, seed=2)
     for r_s in (0.0, 20.0):
         exact = effective_conductance_exact(g, 1.0, r_s)
-        err = [((effective_conductance_approx(g, 1.0, r_s, k) - exact).abs().sum(0) / exact.sum(0)).max().item()
-               for k in (1, 3, 30)]
-        assert err[0] > err[1] > err[2] and err[1] < 1e-3 and err[2] < 1e-10
+        err = [((effective_conductance_approx(g, 1.0, r_s, tol) - exact).abs().sum(0) / exact.sum(0)).max().item()
+               for tol in (1e-2, 1e-4, 1e-9)]
+        assert err[0] > err[1] > err[2] and err[1] < 1e-4 and err[2] < 1e-10
+    one_sweep = effective_conductance_approx(g, 1.0, 0.0, tolerance=1e-9, max_sweeps=1)
+    assert ((one_sweep - exact).abs().max() / exact.abs().max()) > 1e-4  # the sweeps are what converges
 
 
 def test_the_pipeline_reads_through_the_effective_conductances_of_each_tile():
@@ -124,7 +126,7 @@ def test_the_pipeline_reads_through_the_effective_conductances_of_each_tile():
 
 def test_auto_solver_picks_by_array_size_and_zero_resistance_is_ideal():
     ni = IRDrop(1.0)
-    assert ni.method(128, 128) == "exact" and ni.method(256, 128) == "approx"
+    assert ni.method(32, 32) == "exact" and ni.method(64, 64) == "approx"
     assert IRDrop(1.0, solver="approx").method(8, 8) == "approx"
     assert HardwareSpec(wire_resistance=0.0).is_ideal and not HardwareSpec(wire_resistance=1.0).is_ideal
     d = HardwareSpec(wire_resistance=2.0, source_resistance=10.0).describe()
