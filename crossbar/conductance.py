@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from crossbar.cpu_features import has_fast_bf16
 from crossbar.spec import HardwareSpec
 from device_models.nonidealities import NonIdeality
 from device_models.nonidealities import program_fraction
@@ -266,16 +267,17 @@ def _row_slices(spec: HardwareSpec, rows: int) -> list[slice]:
 
 
 def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor, worst: float, conv: bool) -> torch.Tensor:
-    """Tile ``t``'s column currents through its ADC (or recorded, while calibrating)."""
+    """Tile ``t``'s column currents through its ADC (or recorded, while calibrating); ``part`` is
+    quantised in place."""
     if array.calibration is not None:
         array.calibration[t].add(part, 1)
         return part
     if array.adc_fs is None:
-        return spec.adc_spec.quantize(part, worst)
+        return spec.adc_spec.quantize_(part, worst)
     fs = array.adc_fs[t].to(part.dtype)
     if fs.dim() == 1:
         fs = fs.view(1, -1, 1, 1) if conv else fs.view(1, -1)
-    return spec.adc_spec.quantize(part, fs)
+    return spec.adc_spec.quantize_(part, fs)
 
 
 def _currents(items, current, v, g_sq, generator, conv=None):
@@ -347,8 +349,12 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     g_sq = g[0] * g[0] + g[1] * g[1] if noisy else None
     gen = array.read_generator
 
-    def conv(inp, mat, c=c_in):
-        return F.conv2d(inp, mat.T.reshape(array.cols, c, kernel_size, kernel_size), stride=stride, padding=padding)
+    def conv(inp, mat, c=c_in):  # the read-noise variance sum V^2 G^2: all terms positive, so bf16
+        # products with fp32 sums keep it to ~0.3 % where the CPU has native bf16 (5x faster here)
+        k = mat.T.reshape(array.cols, c, kernel_size, kernel_size)
+        if inp.dtype == torch.float32 and has_fast_bf16(inp.device):
+            return F.conv2d(inp.bfloat16(), k.bfloat16(), stride=stride, padding=padding).float()
+        return F.conv2d(inp, k, stride=stride, padding=padding)
 
     kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
     if adc is None:
@@ -370,7 +376,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
                 part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = _adc(spec, array, t, part, fs, conv=True)
-            current = part if current is None else current + part
+            current = part if current is None else current.add_(part)
     out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
     return out if gain is None else out * gain
 

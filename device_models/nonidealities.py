@@ -390,10 +390,16 @@ class ADC(NonIdeality):
 
     def quantize(self, current: torch.Tensor, fs) -> torch.Tensor:
         """Quantise ``current`` with range ``[-fs, fs]`` (``fs`` a float or broadcastable tensor)."""
+        return self.quantize_(current.clone(), fs)
+
+    def quantize_(self, current: torch.Tensor, fs) -> torch.Tensor:
+        """:meth:`quantize` in place (``current`` is overwritten and returned): mid-rise levels
+        (floor(I / step) + 1/2) step, clipped at +-(fs - step / 2), step = 2 fs / 2^bits."""
         step = 2.0 * fs / (2 ** self.bits)
-        q = (torch.floor(current / step) + 0.5) * step
         lim = fs - step / 2.0
-        return torch.maximum(torch.minimum(q, torch.as_tensor(lim, dtype=q.dtype)), torch.as_tensor(-lim, dtype=q.dtype))
+        if isinstance(step, torch.Tensor):
+            step, lim = step.to(current.dtype), lim.to(current.dtype)
+        return current.div_(step).floor_().add_(0.5).mul_(step).clamp_(-lim, lim)
 
 
 @dataclass(frozen=True)
@@ -630,8 +636,9 @@ class ReadNoise(NonIdeality):
     def read_current(self, current, variance, generator):
         if self.sigma == 0.0:
             return current
-        e = torch.randn(current.shape, generator=generator, dtype=torch.float64).to(current.dtype)
-        return current + (self.sigma / math.sqrt(self.reads)) * variance.clamp_min(0).sqrt() * e
+        e = torch.randn(current.shape, generator=generator, dtype=current.dtype)  # drawn at the read's precision
+        noise = variance.clamp_min(0).sqrt_().mul_(e)
+        return current.add(noise, alpha=self.sigma / math.sqrt(self.reads))
 
 
 def parse_duration(value) -> float:

@@ -8,6 +8,7 @@ import platform
 import torch
 
 from batmann.errors import ConfigError
+from crossbar.cpu_features import has_fast_bf16  # noqa: F401 (re-exported: one definition)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -23,19 +24,6 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for CUDA but torch sees no CUDA device; use --device cpu")
     return dev
-
-
-def has_fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively on ``device``: a CUDA device with bf16 support, or a
-    CPU with AVX512-BF16 or AMX. Elsewhere (an AVX2-only CPU, say) oneDNN emulates bf16, and a
-    full-precision controller trained 14x and tested 30x slower in bf16 than in fp32
-    (docs/performance.md)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-    return False
 
 
 def describe_device(device: torch.device) -> str:
