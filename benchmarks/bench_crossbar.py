@@ -123,6 +123,10 @@ def main(argv=None) -> int:
         ("all analog, non-ideal + programming noise, read noise, drift (1 y, compensated), endurance",
          HardwareSpec(analog="all", programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02,
                       time="1y", drift_compensation="global", endurance=1e6, episodes_served=10**5, **nonideal)),
+        ("the same + IR drop (1 ohm per segment, 128x128 arrays) + calibrated 8-bit ADC",
+         HardwareSpec(analog="all", programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02,
+                      time="1y", drift_compensation="global", endurance=1e6, episodes_served=10**5,
+                      wire_resistance=1.0, tile_shape=(128, 128), adc_bits=8, **nonideal)),
     ]
     rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
     if args.memtorch_forward:

@@ -36,7 +36,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["effective_conductance_exact", "effective_conductance_approx", "currents_exact", "node_matrix"]
+__all__ = ["NotConverged", "effective_conductance_exact", "effective_conductance_approx", "currents_exact", "node_matrix"]
 
 
 def _check(g: torch.Tensor, r_wire: float, r_source: float) -> None:
@@ -187,11 +187,17 @@ class _Lines:
         return rhs
 
 
+class NotConverged(RuntimeError):
+    """The line relaxation did not converge within its sweeps (a very strong IR drop)."""
+
+
 def effective_conductance_approx(g: torch.Tensor, r_wire: float, r_source: float = 0.0,
-                                 tolerance: float = 1e-5, max_sweeps: int = 200) -> torch.Tensor:
+                                 tolerance: float = 1e-5, max_sweeps: int = 200,
+                                 strict: bool = False) -> torch.Tensor:
     """``G_eff`` (R, C), siemens, float64, by alternating line relaxation (see module doc): each
     sweep solves every word line, then every bit line, exactly; sweeps stop when no entry of
-    ``G_eff`` moved by more than ``tolerance`` x its largest entry (or after ``max_sweeps``)."""
+    ``G_eff`` moved by more than ``tolerance`` x its largest entry, or after ``max_sweeps``
+    (then :class:`NotConverged` is raised if ``strict``)."""
     _check(g, r_wire, r_source)
     if not (tolerance > 0):
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
@@ -210,7 +216,7 @@ def effective_conductance_approx(g: torch.Tensor, r_wire: float, r_source: float
         block = drive.shape[1]
         vb = torch.zeros(rows, cols, block, dtype=torch.float64, device=gd.device)  # (i, j, drive)
         last = None
-        for _ in range(max_sweeps):
+        for sweep in range(max_sweeps):
             rhs = (g_w * vb.transpose(0, 1)).contiguous()  # (j, i, drive): device currents into word-line nodes
             if math.isfinite(gs):
                 rhs[0] += gs * drive
@@ -224,6 +230,8 @@ def effective_conductance_approx(g: torch.Tensor, r_wire: float, r_source: float
             cur = torch.einsum("ij,ijr->rj", gd, vw - vb)
             if last is not None and (cur - last).abs().max() <= tolerance * cur.abs().max():
                 break
+            if strict and sweep == max_sweeps - 1:
+                raise NotConverged(f"line relaxation moved by more than {tolerance:g} after {max_sweeps} sweeps")
             last = cur
         geff[r0:r0 + DRIVE_BLOCK] = cur
     return geff.to(g.device)

@@ -820,7 +820,8 @@ class IRDrop(NonIdeality):
     physical array (tile) by its effective conductances, solved once per programmed array.
     ``solver``: ``exact`` (sparse nodal solve), ``approx`` (line relaxation until ``G_eff`` moves
     by less than ``tolerance`` of its largest entry) or ``auto`` (exact up to ``AUTO_EXACT_CELLS``
-    devices per array, approx beyond: faster, and within 1e-4 of exact on the arrays measured). Devices far
+    devices per array; beyond, approx, switching to exact when it has not converged after
+    ``AUTO_MAX_SWEEPS`` sweeps: a very strong drop). Devices far
     from the drivers and sinks see less than the applied voltage, so every output shrinks,
     unevenly; the read noise is still drawn from the device conductances.
     """
@@ -838,6 +839,9 @@ class IRDrop(NonIdeality):
                                            "source_resistance": "source_resistance",
                                            "ir_drop_solver": "solver"}
     AUTO_EXACT_CELLS: ClassVar[int] = 32 * 32
+    #: auto: sweeps of relaxation before switching to the exact solve (a sweep costs about 1/20
+    #: of an exact solve at 128 x 128)
+    AUTO_MAX_SWEEPS: ClassVar[int] = 12
 
     @classmethod
     def from_shortcuts(cls, values: dict) -> "IRDrop":
@@ -878,11 +882,16 @@ class IRDrop(NonIdeality):
 
         if self.wire_resistance == 0.0:
             return g
+        args = (g, self.wire_resistance, self.source_resistance)
         if self.method(*g.shape) == "exact":
-            out = ir_drop.effective_conductance_exact(g, self.wire_resistance, self.source_resistance)
-        else:
-            out = ir_drop.effective_conductance_approx(g, self.wire_resistance, self.source_resistance, self.tolerance)
-        return out.to(g.dtype)
+            return ir_drop.effective_conductance_exact(*args).to(g.dtype)
+        if self.solver == "approx":
+            return ir_drop.effective_conductance_approx(*args, self.tolerance).to(g.dtype)
+        try:  # auto: relaxation, unless the drop is so strong that it converges slowly
+            return ir_drop.effective_conductance_approx(*args, self.tolerance, max_sweeps=self.AUTO_MAX_SWEEPS,
+                                                        strict=True).to(g.dtype)
+        except ir_drop.NotConverged:
+            return ir_drop.effective_conductance_exact(*args).to(g.dtype)
 
 
 NONIDEALITY_TYPES: dict[str, type[NonIdeality]] = {

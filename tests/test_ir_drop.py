@@ -146,3 +146,16 @@ def test_bad_values_are_one_line_errors():
     r = subprocess.run([sys.executable, "-m", "batmann", "crossbar", "evaluate", "--wire-resistance", "-3",
                         "--episodes", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "wire_resistance" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_auto_falls_back_to_the_exact_solve_when_the_relaxation_is_slow():
+    from device_models.ir_drop import NotConverged
+
+    strong = _g(64, 48, seed=3, g_lo=1e-3, g_hi=2e-2)  # VTEAM-like devices on 3-ohm wires: ~99 % drop
+    with pytest.raises(NotConverged):
+        effective_conductance_approx(strong, 3.0, max_sweeps=IRDrop.AUTO_MAX_SWEEPS, strict=True)
+    exact = effective_conductance_exact(strong, 3.0)
+    assert torch.equal(IRDrop(3.0).read_conductance(strong, None, 0.0), exact)
+    mild = _g(64, 48, seed=3)
+    fast = IRDrop(1.0).read_conductance(mild, None, 0.0)
+    assert torch.allclose(fast, effective_conductance_exact(mild, 1.0), rtol=1e-4)
