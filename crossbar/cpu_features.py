@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_bf16() -> bool:
+def _cpu_bf16() -> bool:  # not cached: cheap, and tests fake the flags
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 

@@ -110,6 +110,33 @@ def test_read_noise_on_convolutions_and_tiles():
     assert (y.mean(0) - ideal[0]).abs().mean() < 0.1 * ideal.abs().mean()  # around the noise-free value
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_read_noise_variance_of_convolutions_matches_the_unfolded_sum(monkeypatch, native_bf16):
+    """sum V^2 (G+^2 + G-^2) per output, as the pipeline draws it: fp32, or bf16 products where the
+    CPU has native bf16 (both paths checked on any CPU: the choice is faked)."""
+    monkeypatch.setattr(C, "has_fast_bf16", lambda device: native_bf16)
+    spec = HardwareSpec(preset="vteam", read_noise=0.1)
+    w = torch.randn(3 * 9, 5, generator=torch.Generator().manual_seed(7))
+    planes = C.sample_planes(spec, 27, 5, spec.generator("v"), torch.float32)
+    arr = C.program(spec, planes, w, generator=spec.generator("v/w"), read_stream="v/r")
+    img = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(8))
+    seen = {}
+    noise = type(spec.get("read_noise"))
+
+    def spy(self, current, variance, generator):
+        seen["variance"] = variance
+        return current
+
+    monkeypatch.setattr(noise, "read_current", spy)
+    C.read_conv(spec, arr, img, 3, padding=1)
+    v, _ = spec.dac_spec.encode(img.reshape(2, -1), img.reshape(2, -1).abs().amax(dim=1))
+    cols = torch.nn.functional.unfold(v.reshape(img.shape), 3, padding=1)  # (B, 27, L)
+    g_sq = arr.g[0] ** 2 + arr.g[1] ** 2
+    want = torch.einsum("brl,rc->bcl", cols.double() ** 2, g_sq.double()).reshape(2, 5, 6, 6)
+    rel = ((seen["variance"].double() - want).abs() / want).max().item()
+    assert rel < (1e-2 if native_bf16 else 1e-5)
+
+
 # -- drift ----------------------------------------------------------------------------------------
 def test_drift_follows_the_power_law_per_device():
     spec = HardwareSpec(preset="vteam", drift_nu=0.05, drift_nu_sigma=0.02, seed=2)
