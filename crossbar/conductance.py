@@ -359,26 +359,47 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
     if adc is None:
         current = _currents(noisy, F.conv2d(v, kernel, stride=stride, padding=padding), v, g_sq, gen, conv)
-    else:
-        current = None
-        slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
-        for t, rs in enumerate(slices):
-            c0, c1 = rs.start // kk, (rs.stop - 1) // kk + 1
-            w = gd[c0 * kk:c1 * kk].clone()
+        out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
+        return out if gain is None else out * gain
+    slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
+    tiles_ = []  # per row tile: its channels, its conductances (rows outside the tile zeroed), its worst current
+    for rs in slices:
+        c0, c1 = rs.start // kk, (rs.stop - 1) // kk + 1
+
+        def masked(m, rs=rs, c0=c0, c1=c1):
+            w = m[c0 * kk:c1 * kk].clone()
             w[: rs.start - c0 * kk] = 0  # rows of the first/last channel that are not in this tile
             w[rs.stop - c0 * kk:] = 0
-            wt = w.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size)
+            return w
+
+        wt = masked(gd).T.reshape(array.cols, c1 - c0, kernel_size, kernel_size).contiguous()
+        sq = masked(g_sq) if noisy else None
+        tiles_.append((c0, c1, wt, sq, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
+    if noisy:  # the read noise is drawn tile by tile over the whole batch
+        current = None
+        for t, (c0, c1, wt, sq, fs) in enumerate(tiles_):
             part = F.conv2d(v[:, c0:c1], wt, stride=stride, padding=padding)
-            if noisy:
-                sq = g_sq[c0 * kk:c1 * kk].clone()
-                sq[: rs.start - c0 * kk] = 0
-                sq[rs.stop - c0 * kk:] = 0
-                part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
-            fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
+            part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
             part = _adc(spec, array, t, part, fs, conv=True)
             current = part if current is None else current.add_(part)
+    else:  # a few images at a time, so that each tile's partial sums stay in cache while the ADC
+        # quantises and adds them (2x faster than whole-batch tiles here; the same numbers)
+        h, w_ = F.conv2d(v[:1, :1], wt[:1, :1], stride=stride, padding=padding).shape[2:]
+        step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
+        current = torch.empty(b, array.cols, h, w_, dtype=dtype, device=x.device)
+        for i in range(0, b, step):
+            acc = None
+            for t, (c0, c1, wt, _, fs) in enumerate(tiles_):
+                part = F.conv2d(v[i:i + step, c0:c1], wt, stride=stride, padding=padding)
+                part = _adc(spec, array, t, part, fs, conv=True)
+                acc = part if acc is None else acc.add_(part)
+            current[i:i + step] = acc
     out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
     return out if gain is None else out * gain
+
+
+#: partial sums per image chunk of the tiled, ADC-read convolution (fp32: 2 MB, an L2 cache)
+TILE_CHUNK_ELEMENTS = 1 << 19
 
 
 def tile_count(spec: HardwareSpec, rows: int, cols: int) -> int:

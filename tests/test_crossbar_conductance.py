@@ -190,3 +190,16 @@ def test_conv_read_equals_the_read_of_unfolded_patches(kw, padding, stride):
         assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     else:  # summation order may move a value across an ADC threshold, very rarely
         assert (y != ref).float().mean().item() < 0.01
+
+
+def test_tiled_adc_convolution_gives_the_same_bits_in_image_chunks(monkeypatch):
+    spec = HardwareSpec(preset="vteam", variability=0.1, adc_bits=6, tile_shape=(20, 8))
+    w = real(3 * 9, 6)
+    planes = C.sample_planes(spec, 27, 6, spec.generator("k"), torch.float32)
+    arr = C.program(spec, planes, w.float(), generator=spec.generator("k/w"))
+    img = torch.randn(7, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    whole = C.read_conv(spec, arr, img, 3, padding=1)
+    monkeypatch.setattr(C, "TILE_CHUNK_ELEMENTS", 6 * 8 * 8 * 2)  # two images per chunk
+    assert torch.equal(C.read_conv(spec, arr, img, 3, padding=1), whole)
+    per_image = torch.cat([C.read_conv(spec, arr, img[i:i + 1], 3, padding=1) for i in range(7)])
+    assert torch.allclose(per_image, whole, rtol=0, atol=1e-6 * whole.abs().max().item())
