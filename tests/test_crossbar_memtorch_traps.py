@@ -142,3 +142,21 @@ def test_memtorch_clip_mode_equals_memtorch_programming_of_varied_devices(memtor
     ours = program_fraction(frac[0], 1 / r_off_d, 1 / r_on_d, 1 / R_OFF, 1 / R_ON, "memtorch_clip")
     assert torch.allclose(ours.float(), cb.conductance_matrix.float(), rtol=1e-6)
     assert (1 / r_on_d).std() > 0  # the devices really varied
+
+
+def test_drift_equals_memtorch_conductance_drift_on_the_same_devices(memtorch):
+    """MemTorch's retention model (Boybat et al. 2018: G(t) = G(t0) (t / t0)^-nu, one nu for the
+    layer) applied to a patched layer's crossbars, against our Drift on the same conductances."""
+    from memtorch.bh.nonideality.Retention import apply_retention_model
+    from memtorch.bh.nonideality.endurance_retention_models.conductance_drift import model_conductance_drift
+
+    from device_models import Drift
+
+    _, m = patched_linear(memtorch)
+    before = [cb.conductance_matrix.clone().double() for cb in m[0].crossbars]
+    apply_retention_model(m[0], 86400.0, model_conductance_drift, initial_time=1.0, drift_coefficient=0.06)
+    ours = Drift(0.06, time=86400.0, t0=1.0)
+    planes = C.DevicePlanes(torch.zeros(1), torch.zeros(1))
+    for g0, cb in zip(before, m[0].crossbars):
+        assert torch.allclose(ours.read_conductance(g0, planes, 86400.0), cb.conductance_matrix.double(), rtol=1e-6)
+        assert not torch.allclose(g0, cb.conductance_matrix.double(), rtol=0.1)  # and it did drift
