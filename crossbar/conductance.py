@@ -35,8 +35,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import math
-
 import torch
 
 from crossbar.cpu_features import has_fast_bf16
@@ -197,7 +195,7 @@ def read_state(spec: HardwareSpec, array: ProgrammedArray) -> tuple[torch.Tensor
 def _per_array(spec: HardwareSpec, ni: NonIdeality, g: torch.Tensor, array: ProgrammedArray) -> torch.Tensor:
     """Apply ``ni.read_conductance`` to each plane of each physical array (tile) on its own."""
     tiles = spec.tiles_spec
-    rows = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
+    rows = _row_slices(spec, array.rows)
     cols = tiles.col_slices(array.cols) if tiles is not None else [slice(0, array.cols)]
     out = torch.empty_like(g)
     for p in range(g.shape[0]):
@@ -361,7 +359,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
         current = _currents(noisy, F.conv2d(v, kernel, stride=stride, padding=padding), v, g_sq, gen, conv)
         out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
         return out if gain is None else out * gain
-    slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
+    slices = _row_slices(spec, array.rows)
     tiles_ = []  # per row tile: its channels, its conductances (rows outside the tile zeroed), its worst current
     for rs in slices:
         c0, c1 = rs.start // kk, (rs.stop - 1) // kk + 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
