@@ -296,7 +296,7 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
 
     ``row_scale`` (B,) overrides the per-row input full scale (conv layers pass one per image).
     """
-    dac, adc, tiles = spec.dac_spec, spec.adc_spec, spec.tiles_spec
+    dac, adc = spec.dac_spec, spec.adc_spec
     dtype = array.g.dtype
     x = x.to(dtype)
     if row_scale is not None:
@@ -312,8 +312,7 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
         current = _currents(noisy, v @ gd, v, g_sq, gen)
     else:
         current = torch.zeros(x.shape[0], array.cols, dtype=dtype, device=x.device)
-        slices = tiles.row_slices(array.rows) if tiles is not None else [slice(0, array.rows)]
-        for t, rs in enumerate(slices):
+        for t, rs in enumerate(_row_slices(spec, array.rows)):
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = _currents(noisy, v[:, rs] @ gd[rs], v[:, rs], None if g_sq is None else g_sq[rs], gen)
             current += _adc(spec, array, t, part, fs, conv=False)
@@ -332,7 +331,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     """
     from torch.nn import functional as F
 
-    dac, adc, tiles = spec.dac_spec, spec.adc_spec, spec.tiles_spec
+    dac, adc = spec.dac_spec, spec.adc_spec
     dtype = array.g.dtype
     b, c_in = x.shape[:2]
     kk = kernel_size * kernel_size
@@ -357,8 +356,21 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
     if adc is None:
         current = _currents(noisy, F.conv2d(v, kernel, stride=stride, padding=padding), v, g_sq, gen, conv)
-        out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
-        return out if gain is None else out * gain
+    else:
+        current = _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv)
+    out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
+    return out if gain is None else out * gain
+
+
+def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv) -> torch.Tensor:
+    """The column currents of :func:`read_conv` with an ADC: each row tile is a convolution over
+    the input channels it holds, quantised by its own ADC, then the tiles are summed."""
+    from torch.nn import functional as F
+
+    dac, adc = spec.dac_spec, spec.adc_spec
+    kk = kernel_size * kernel_size
+    window = array.g_on - array.g_off
+    b, _, height, width = v.shape
     slices = _row_slices(spec, array.rows)
     tiles_ = []  # per row tile: its channels, its conductances (rows outside the tile zeroed), its worst current
     for rs in slices:
@@ -382,9 +394,10 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
             current = part if current is None else current.add_(part)
     else:  # a few images at a time, so that each tile's partial sums stay in cache while the ADC
         # quantises and adds them (2x faster than whole-batch tiles here; the same numbers)
-        h, w_ = F.conv2d(v[:1, :1], wt[:1, :1], stride=stride, padding=padding).shape[2:]
+        h = (height + 2 * padding - kernel_size) // stride + 1
+        w_ = (width + 2 * padding - kernel_size) // stride + 1
         step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
-        current = torch.empty(b, array.cols, h, w_, dtype=dtype, device=x.device)
+        current = torch.empty(b, array.cols, h, w_, dtype=v.dtype, device=v.device)
         for i in range(0, b, step):
             acc = None
             for t, (c0, c1, wt, _, fs) in enumerate(tiles_):
@@ -392,8 +405,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
                 part = _adc(spec, array, t, part, fs, conv=True)
                 acc = part if acc is None else acc.add_(part)
             current[i:i + step] = acc
-    out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
-    return out if gain is None else out * gain
+    return current
 
 
 #: partial sums per image chunk of the tiled, ADC-read convolution (fp32: 2 MB, an L2 cache)
