@@ -128,9 +128,9 @@ def _exact(g: torch.Tensor, r_wire: float, r_source: float) -> torch.Tensor:
         couple = None
     else:  # the line ends are pinned: driven word-line ends at the drive, bit-line ends at 0 V
         free = np.setdiff1d(np.arange(2 * n), pinned)
-        csr = mat.tocsr()
-        lu = splu(csr[free][:, free].tocsc(), permc_spec="COLAMD")
-        couple = csr[free][:, driven]  # how the pinned drive nodes enter the free equations
+        rows_free = mat.tocsr()[free]
+        lu = splu(rows_free[:, free].tocsc(), permc_spec="COLAMD")
+        couple = rows_free[:, driven]  # how the pinned drive nodes enter the free equations
     geff = np.empty((rows, cols))
     for r0 in range(0, rows, DRIVE_BLOCK):
         drives = np.arange(r0, min(rows, r0 + DRIVE_BLOCK))
