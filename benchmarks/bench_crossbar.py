@@ -120,6 +120,8 @@ def main(argv=None) -> int:
         ("all analog, non-ideal", HardwareSpec(analog="all", **nonideal)),
         ("all analog, non-ideal + 8-bit ADC, 128x128 tiles",
          HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), **nonideal)),
+        ("all analog, non-ideal + 8-bit ADC, 128x128 tiles, kernel-major conv rows",
+         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", **nonideal)),
         ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles",
          HardwareSpec(analog="all", adc_bits=8, dac_bits=8, tile_shape=(256, 256), **nonideal)),
         ("all analog, non-ideal + programming noise, read noise, drift (1 y, compensated), endurance",

@@ -77,6 +77,10 @@ class DevicePlanes:
         return first._map(lambda name, _: torch.cat([getattr(p, name) if name in ("g_lo", "g_hi") else p.props[name]
                                                      for p in parts], dim=2))
 
+    def rows(self, index: torch.Tensor) -> "DevicePlanes":
+        """The planes with their rows reordered (or selected) by ``index``."""
+        return self._map(lambda name, t: t[:, index])
+
     def columns(self, n: int) -> "DevicePlanes":
         return self._map(lambda name, t: t[:, :, :n])
 
@@ -132,7 +136,18 @@ class ProgrammedArray:
     adc_fs: list[torch.Tensor] | None = None
     #: while calibrating: one CurrentRecorder per row tile (reads are then not quantised)
     calibration: dict[int, "CurrentRecorder"] | None = None
+    #: a convolution laid out kernel-major (``conv_rows="kernel"``): physical row i holds the
+    #: weight row ``row_index[i]`` of the (c, kh, kw) order; None: rows in the weights' order
+    row_index: torch.Tensor | None = None
     _read: tuple | None = field(default=None, repr=False)
+
+    def with_rows(self, index: torch.Tensor) -> "ProgrammedArray":
+        """This (unread) array with its rows laid out in the order ``index`` (see ``row_index``)."""
+        if self._read is not None or self.calibration is not None or self.adc_fs is not None:
+            raise RuntimeError("reorder an array's rows before it is read")
+        return ProgrammedArray(g=self.g[:, index], col_scale=self.col_scale, planes=self.planes.rows(index),
+                               g_off=self.g_off, g_on=self.g_on, time=self.time, read_generator=self.read_generator,
+                               row_index=index)
 
     @property
     def rows(self) -> int:
@@ -149,6 +164,13 @@ class ProgrammedArray:
     def effective_weights(self) -> torch.Tensor:
         """The (R, C) weights this array computes with a linear read (for inspection)."""
         return self.g_diff / (self.g_on - self.g_off) * self.col_scale
+
+
+def kernel_major_rows(c_in: int, kernel_size: int) -> torch.Tensor:
+    """The (kh, kw, c) word-line order of a conv's (c, kh, kw) weight rows: entry i is the weight
+    row on physical row i (``conv_rows="kernel"``)."""
+    kk = kernel_size * kernel_size
+    return torch.arange(c_in * kk).view(c_in, kk).T.reshape(-1)
 
 
 def program(spec: HardwareSpec, planes: DevicePlanes, weights: torch.Tensor,
@@ -278,15 +300,14 @@ def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor,
     return spec.adc_spec.quantize_(part, fs)
 
 
-def _currents(items, current, v, g_sq, generator, conv=None):
-    """Apply the read-current hooks to ``current`` (the variance only when one wants it)."""
+def _currents(items, current, variance, generator):
+    """Apply the read-current hooks to ``current``; ``variance()`` gives sum V^2 (G+^2 + G-^2) of
+    each output, computed only when a hook wants it."""
     if not items:
         return current
-    variance = None
-    if any(ni.wants_variance for ni in items):
-        variance = (v * v) @ g_sq if conv is None else conv(v * v, g_sq)
+    var = variance() if any(ni.wants_variance for ni in items) else None
     for ni in items:
-        current = ni.read_current(current, variance, generator)
+        current = ni.read_current(current, var, generator)
     return current
 
 
@@ -309,25 +330,33 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
     window = array.g_on - array.g_off
     if adc is None:
         # without an ADC the tile partial sums (and their independent noises) add up exactly
-        current = _currents(noisy, v @ gd, v, g_sq, gen)
+        current = _currents(noisy, v @ gd, lambda: (v * v) @ g_sq, gen)
     else:
         current = torch.zeros(x.shape[0], array.cols, dtype=dtype, device=x.device)
         for t, rs in enumerate(_row_slices(spec, array.rows)):
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
-            part = _currents(noisy, v[:, rs] @ gd[rs], v[:, rs], None if g_sq is None else g_sq[rs], gen)
+            part = _currents(noisy, v[:, rs] @ gd[rs], lambda rs=rs: (v[:, rs] * v[:, rs]) @ g_sq[rs], gen)
             current += _adc(spec, array, t, part, fs, conv=False)
     out = current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
     return out if gain is None else out * gain
+
+
+def _low_precision_sums(a: torch.Tensor) -> bool:
+    """Whether sums of positive products (the read-noise variance) may use bf16 products with fp32
+    sums: ~0.3 % error, 5x faster where the CPU has native bf16."""
+    return a.dtype == torch.float32 and has_fast_bf16(a.device)
 
 
 def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kernel_size: int,
               stride: int = 1, padding: int = 0) -> torch.Tensor:
     """The analog convolution of images ``x`` (B, C_in, H, W) -> (B, C_out, H', W'), weight units.
 
-    Same maths as :func:`read` on the unfolded patches (rows = C_in * k * k in (c, kh, kw) order,
-    one input full scale per image, zero padding at 0 V), computed as convolutions with the
-    conductance planes: a row tile is a range of (c, kh, kw) rows, i.e. a group of input channels
-    with the rows outside the tile masked to zero. Much faster than unfolding each image.
+    Same maths as :func:`read` on the unfolded patches (rows = C_in * k * k, one input full scale
+    per image, zero padding at 0 V). Rows in (c, kh, kw) order (``conv_rows="channel"``): a row
+    tile is a group of input channels with the rows outside the tile masked to zero, read as a
+    convolution. Rows in (kh, kw, c) order (``"kernel"``, ``array.row_index`` set): a row tile is
+    a range of input channels of one or more kernel positions, read as matrix products of the
+    channels-last image with each position's weights. Much faster than unfolding each image.
     """
     from torch.nn import functional as F
 
@@ -345,17 +374,23 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     gd = g[0] - g[1]  # (R, C_out)
     g_sq = g[0] * g[0] + g[1] * g[1] if noisy else None
     gen = array.read_generator
+    kernel_major = array.row_index is not None
 
-    def conv(inp, mat, c=c_in):  # the read-noise variance sum V^2 G^2: all terms positive, so bf16
-        # products with fp32 sums keep it to ~0.3 % where the CPU has native bf16 (5x faster here)
-        k = mat.T.reshape(array.cols, c, kernel_size, kernel_size)
-        if inp.dtype == torch.float32 and has_fast_bf16(inp.device):
+    def kernel(mat, c=c_in):  # (rows of c channels, C_out) -> conv weights (C_out, c, k, k)
+        if kernel_major:
+            return mat.T.reshape(array.cols, kernel_size, kernel_size, c).permute(0, 3, 1, 2)
+        return mat.T.reshape(array.cols, c, kernel_size, kernel_size)
+
+    def conv(inp, mat, c=c_in, positive=False):
+        k = kernel(mat, c)
+        if positive and _low_precision_sums(inp):
             return F.conv2d(inp.bfloat16(), k.bfloat16(), stride=stride, padding=padding).float()
         return F.conv2d(inp, k, stride=stride, padding=padding)
 
-    kernel = gd.T.reshape(array.cols, c_in, kernel_size, kernel_size)
     if adc is None:
-        current = _currents(noisy, F.conv2d(v, kernel, stride=stride, padding=padding), v, g_sq, gen, conv)
+        current = _currents(noisy, conv(v, gd), lambda: conv(v * v, g_sq, positive=True), gen)
+    elif kernel_major:
+        current = _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen)
     else:
         current = _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv)
     out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
@@ -363,10 +398,9 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
 
 
 def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv) -> torch.Tensor:
-    """The column currents of :func:`read_conv` with an ADC: each row tile is a convolution over
-    the input channels it holds, quantised by its own ADC, then the tiles are summed."""
-    from torch.nn import functional as F
-
+    """The column currents of :func:`read_conv` with an ADC, rows in (c, kh, kw) order: each row
+    tile is a convolution over the input channels it holds, quantised by its own ADC, then the
+    tiles are summed."""
     dac, adc = spec.dac_spec, spec.adc_spec
     kk = kernel_size * kernel_size
     window = array.g_on - array.g_off
@@ -382,14 +416,13 @@ def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, nois
             w[rs.stop - c0 * kk:] = 0
             return w
 
-        wt = masked(gd).T.reshape(array.cols, c1 - c0, kernel_size, kernel_size).contiguous()
         sq = masked(g_sq) if noisy else None
-        tiles_.append((c0, c1, wt, sq, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
+        tiles_.append((c0, c1, masked(gd), sq, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
     if noisy:  # the read noise is drawn tile by tile over the whole batch
         current = None
         for t, (c0, c1, wt, sq, fs) in enumerate(tiles_):
-            part = F.conv2d(v[:, c0:c1], wt, stride=stride, padding=padding)
-            part = _currents(noisy, part, v[:, c0:c1], sq, gen, lambda i, m, c=c1 - c0: conv(i, m, c))
+            vt = v[:, c0:c1]
+            part = _currents(noisy, conv(vt, wt, c1 - c0), lambda: conv(vt * vt, sq, c1 - c0, positive=True), gen)
             part = _adc(spec, array, t, part, fs, conv=True)
             current = part if current is None else current.add_(part)
     else:  # a few images at a time, so that each tile's partial sums stay in cache while the ADC
@@ -397,15 +430,98 @@ def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, nois
         h = (height + 2 * padding - kernel_size) // stride + 1
         w_ = (width + 2 * padding - kernel_size) // stride + 1
         step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
+        kernels = [conv_w.contiguous() for conv_w in (
+            wt.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size) for c0, c1, wt, _, _ in tiles_)]
         current = torch.empty(b, array.cols, h, w_, dtype=v.dtype, device=v.device)
         for i in range(0, b, step):
             acc = None
-            for t, (c0, c1, wt, _, fs) in enumerate(tiles_):
-                part = F.conv2d(v[i:i + step, c0:c1], wt, stride=stride, padding=padding)
+            for t, ((c0, c1, _, _, fs), k) in enumerate(zip(tiles_, kernels)):
+                part = torch.nn.functional.conv2d(v[i:i + step, c0:c1], k, stride=stride, padding=padding)
                 part = _adc(spec, array, t, part, fs, conv=True)
                 acc = part if acc is None else acc.add_(part)
             current[i:i + step] = acc
     return current
+
+
+def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen) -> torch.Tensor:
+    """The column currents of :func:`read_conv` with an ADC, rows in (kh, kw, c) order.
+
+    Physical row r holds input channel r % C_in of kernel position r // C_in. A row tile's partial
+    sums are the products of the channels-last padded image, shifted to each kernel position the
+    tile covers, with that position's rows; each is computed for whole image rows (a batched
+    matrix product over contiguous memory) and cut to the output columns. Returns (B, C_out, H',
+    W') in channels-last memory.
+    """
+    from torch.nn import functional as F
+
+    dac, adc = spec.dac_spec, spec.adc_spec
+    window = array.g_on - array.g_off
+    c_in = array.rows // (kernel_size * kernel_size)
+    b = v.shape[0]
+    xp = F.pad(v, (padding,) * 4) if padding else v
+    x = xp.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C_in)
+    _, hp, wp, _ = x.shape
+    h = (hp - kernel_size) // stride + 1
+    w_ = (wp - kernel_size) // stride + 1
+    # per row tile: [(kh, kw, first channel, last channel + 1, first row)], its worst current
+    tiles_ = []
+    for rs in _row_slices(spec, array.rows):
+        segs = []
+        r = rs.start
+        while r < rs.stop:
+            pos, c0 = divmod(r, c_in)
+            c1 = min(c_in, c0 + rs.stop - r)
+            segs.append((pos // kernel_size, pos % kernel_size, c0, c1, r))
+            r += c1 - c0
+        tiles_.append((segs, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
+
+    def tile_sum(inp, mat, segs, low=False):  # (n, Hp, Wp, C_in) -> the tile's (n, C_out, H', W') sums (a view)
+        out = None
+        for kh, kw, c0, c1, r0 in segs:
+            rows_ = inp[:, kh:kh + stride * (h - 1) + 1:stride, :, c0:c1]  # (n, H', Wp, c)
+            m = mat[r0:r0 + c1 - c0]
+            if low:
+                part = torch.matmul(rows_.bfloat16().reshape(rows_.shape[0], -1, c1 - c0), m.bfloat16()).float()
+            else:
+                part = torch.matmul(rows_.reshape(rows_.shape[0], -1, c1 - c0), m)
+            part = part.view(rows_.shape[0], h, wp, -1)[:, :, kw:kw + stride * (w_ - 1) + 1:stride]
+            out = part if out is None else out.add_(part)
+        return out.permute(0, 3, 1, 2)
+
+    current = torch.zeros(b, h, w_, array.cols, dtype=v.dtype, device=v.device).permute(0, 3, 1, 2)
+    offset = 0.0  # the half steps of the quantised tiles (see ADC.accumulate_)
+    if noisy:  # the read noise is drawn tile by tile over the whole batch
+        x2 = x * x
+        low = _low_precision_sums(x2)
+        for t, (segs, fs) in enumerate(tiles_):
+            part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g_sq, segs, low), gen)
+            offset = offset + _adc_add(spec, array, t, current, part, fs)
+    else:  # a few images at a time, so that each tile's partial sums stay in cache
+        step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * wp))
+        for i in range(0, b, step):
+            acc = current[i:i + step]
+            for t, (segs, fs) in enumerate(tiles_):
+                half = _adc_add(spec, array, t, acc, tile_sum(x[i:i + step], gd, segs), fs)
+                if i == 0:
+                    offset = offset + half
+    if isinstance(offset, torch.Tensor):
+        return current.add_(offset.view(1, -1, 1, 1) if offset.dim() == 1 else offset)
+    return current.add_(offset) if offset else current
+
+
+def _adc_add(spec: HardwareSpec, array: ProgrammedArray, t: int, total: torch.Tensor, part: torch.Tensor,
+             worst: float):
+    """``total += `` tile ``t``'s column currents ``part`` (B, C, H, W) through its ADC, less half
+    a step (returned, to add once; see ``ADC.accumulate_``); while calibrating, recorded and
+    added as they are (0 returned)."""
+    if array.calibration is not None:
+        array.calibration[t].add(part, 1)
+        total.add_(part)
+        return 0.0
+    if array.adc_fs is None:
+        return spec.adc_spec.accumulate_(total, part, worst)
+    fs = array.adc_fs[t].to(part.dtype)
+    return spec.adc_spec.accumulate_(total, part, fs.view(1, -1, 1, 1) if fs.dim() == 1 else fs)
 
 
 #: partial sums per image chunk of the tiled, ADC-read convolution (fp32: 2 MB, an L2 cache)

@@ -49,6 +49,15 @@ from crossbar.spec import HardwareSpec
 from device_models.errors import HardwareSpecError
 
 
+def _weight_order(array: conductance.ProgrammedArray, plane: int) -> torch.Tensor:
+    """One plane's (R, C) conductances with rows in the weights' (c, kh, kw) order, the order
+    MemTorch's forward unfolds its inputs in."""
+    g = array.g[plane]
+    if array.row_index is not None:
+        g = g[torch.argsort(array.row_index)]
+    return g.float().contiguous()
+
+
 class ProgrammedCrossbar:
     """Duck-types the parts of ``memtorch.bh.crossbar.Crossbar`` that ``memtorch.mn`` forward reads.
 
@@ -63,7 +72,7 @@ class ProgrammedCrossbar:
         self.tiles_map = None
         self.devices = None  # MemTorch's per-device objects are not built on the fast route
         self.r_on_mean, self.r_off_mean = r_on, r_off
-        self.conductance_matrix = array.g[plane].float().contiguous()
+        self.conductance_matrix = _weight_order(array, plane)
         self.max_abs_conductance = self.conductance_matrix.abs().max()
 
     def update(self, *args, **kwargs):  # MemTorch non-idealities would call this: refuse them
@@ -105,6 +114,10 @@ class _Programmer:
         drift = self.spec.get("drift")
         array = conductance.program(self.spec, planes, w, generator=self.spec.generator(f"{stream}/write"),
                                     time=drift.time if drift is not None else 0.0, read_stream=f"{stream}/read")
+        if weight.dim() == 4 and self.spec.conv_rows == "kernel" and weight.shape[1] > 1:
+            # devices and writes are drawn per weight in the (c, kh, kw) order either way; only
+            # their places on the arrays change (with one input channel both orders are the same)
+            array = array.with_rows(conductance.kernel_major_rows(weight.shape[1], weight.shape[2]))
         self.arrays[name] = array
         return array
 
@@ -291,7 +304,7 @@ def convert_controller(plain_controller: nn.Module, spec: HardwareSpec, read: st
         else:  # overwrite MemTorch's matrices (its device objects are left as they were)
             array = programmer.program_layer(name, m.weight)
             for plane, cb in enumerate(m.crossbars[:2]):
-                cb.conductance_matrix = array.g[plane].float().contiguous()
+                cb.conductance_matrix = _weight_order(array, plane)
                 cb.max_abs_conductance = cb.conductance_matrix.abs().max()
         arrays[name] = array
         if name in no_bias and m.bias is not None:

@@ -28,6 +28,8 @@ from device_models.presets import PRESETS, DevicePreset, get_preset
 
 ANALOG_PARTS = ("keys", "controller", "all")
 WEIGHT_MAPPINGS = ("per_column", "naive")
+#: how a convolution's (c, kh, kw) weight rows are laid along the arrays' word lines
+CONV_ROW_ORDERS = ("channel", "kernel")
 PROGRAMMING_ROUTES = ("fast", "memtorch")
 #: The shortcut fields of :class:`HardwareSpec` and the non-ideality kind each one sets (each
 #: non-ideality class declares its own in ``shortcuts``).
@@ -73,6 +75,13 @@ class HardwareSpec:
       device window, its scale restored digitally; binary layers with per-channel scales use
       exactly two states per device) or ``"naive"`` (MemTorch's ``naive_map``: one scale per
       layer).
+    - ``conv_rows``: the word-line order of a convolution's C_in x k x k weight rows.
+      ``"channel"`` (default): (c, kh, kw), PyTorch's, MemTorch's and aihwkit's unfold order, so a
+      128-row tile holds all k x k taps of a few input channels. ``"kernel"``: (kh, kw, c), one
+      kernel position's input channels per row block (the kernel-splitting mapping of NeuroSim,
+      Peng et al., ISCAS 2019). Only which rows share a tile's ADC and where a row sits on the
+      bit line (IR drop) change; devices are drawn per weight in the same order either way.
+      ``"kernel"`` reads tiled convolutions as matrix products, much faster.
     - ``programming``: ``"fast"`` (default: MemTorch's ``patch_model`` builds the ``memtorch.mn``
       layers but the per-device Python objects are skipped; conductances come from the vectorised
       pipeline) or ``"memtorch"`` (MemTorch builds its device objects as usual, then the
@@ -104,6 +113,7 @@ class HardwareSpec:
     ir_drop_solver: str | None = None
     seed: int = 0
     weight_mapping: str = "per_column"
+    conv_rows: str = "channel"
     programming: str = "fast"
     _chain: dict = field(default=None, init=False, repr=False, compare=False)
 
@@ -115,6 +125,8 @@ class HardwareSpec:
             raise HardwareSpecError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.weight_mapping not in WEIGHT_MAPPINGS:
             raise HardwareSpecError(f"weight_mapping must be one of {', '.join(WEIGHT_MAPPINGS)}, got {self.weight_mapping!r}")
+        if self.conv_rows not in CONV_ROW_ORDERS:
+            raise HardwareSpecError(f"conv_rows must be one of {', '.join(CONV_ROW_ORDERS)}, got {self.conv_rows!r}")
         if self.programming not in PROGRAMMING_ROUTES:
             raise HardwareSpecError(f"programming must be one of {', '.join(PROGRAMMING_ROUTES)}, got {self.programming!r}")
         items = list(self.nonidealities) if self.nonidealities is not None else []
@@ -208,7 +220,7 @@ class HardwareSpec:
         """One flat dict with every parameter (absent non-idealities as None), for results tables;
         built from each non-ideality's ``describe()``."""
         d = {"analog": self.analog, **self.device.describe(), "seed": int(self.seed),
-             "weight_mapping": self.weight_mapping}
+             "weight_mapping": self.weight_mapping, "conv_rows": self.conv_rows}
         for kind, cls in NONIDEALITY_TYPES.items():
             ni = self._chain.get(kind)
             d.update(ni.describe() if ni is not None else cls.describe_absent())
@@ -226,7 +238,7 @@ class HardwareSpec:
     # -- saving and loading ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The whole chip as plain data (JSON/TOML-able): ``analog``, ``preset`` (a registered
-        name, or the preset's fields), ``seed``, ``weight_mapping``, ``programming`` and
+        name, or the preset's fields), ``seed``, ``weight_mapping``, ``conv_rows``, ``programming`` and
         ``nonidealities`` (``{kind: {field: value}}``, every non-ideality in force with all its
         fields). :meth:`from_dict` rebuilds an equal spec."""
         preset = self.device
@@ -238,7 +250,7 @@ class HardwareSpec:
         else:
             preset = preset.name
         return {"analog": self.analog, "preset": preset, "seed": int(self.seed),
-                "weight_mapping": self.weight_mapping, "programming": self.programming,
+                "weight_mapping": self.weight_mapping, "conv_rows": self.conv_rows, "programming": self.programming,
                 "nonidealities": {ni.kind: dataclasses.asdict(ni) for ni in self.resolved_nonidealities}}
 
     @classmethod

@@ -401,6 +401,22 @@ class ADC(NonIdeality):
             step, lim = step.to(current.dtype), lim.to(current.dtype)
         return current.div_(step).floor_().add_(0.5).mul_(step).clamp_(-lim, lim)
 
+    def accumulate_(self, total: torch.Tensor, current: torch.Tensor, fs) -> torch.Tensor:
+        """``total += quantize(current, fs) - step / 2`` with fewer passes over memory (``current``
+        is overwritten): the level codes floor(I / step), clipped to [-2^(bits-1), 2^(bits-1) - 1],
+        times the step. Returns the half step (a float or a tensor like ``fs``) the caller adds
+        once after the last tile; the sum then equals the sum of :meth:`quantize` up to float
+        rounding."""
+        step = 2.0 * fs / (2 ** self.bits)
+        half = 2 ** (self.bits - 1)
+        codes = current.div_(step.to(current.dtype) if isinstance(step, torch.Tensor) else step)
+        codes.floor_().clamp_(-half, half - 1)
+        if isinstance(step, torch.Tensor):
+            total.addcmul_(codes, step.to(total.dtype))
+        else:
+            total.add_(codes, alpha=step)
+        return step / 2.0
+
 
 @dataclass(frozen=True)
 class InputDAC(NonIdeality):

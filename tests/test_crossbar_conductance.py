@@ -203,3 +203,121 @@ def test_tiled_adc_convolution_gives_the_same_bits_in_image_chunks(monkeypatch):
     assert torch.equal(C.read_conv(spec, arr, img, 3, padding=1), whole)
     per_image = torch.cat([C.read_conv(spec, arr, img[i:i + 1], 3, padding=1) for i in range(7)])
     assert torch.allclose(per_image, whole, rtol=0, atol=1e-6 * whole.abs().max().item())
+
+
+# -- kernel-major conv rows (conv_rows="kernel") ----------------------------------------------------
+def _kernel_major_array(spec, c_in=5, c_out=8, k=3, seed=0):
+    w = torch.randn(c_out, c_in, k, k, generator=torch.Generator().manual_seed(seed))
+    planes = C.sample_planes(spec, c_in * k * k, c_out, spec.generator("km"), torch.float32)
+    arr = C.program(spec, planes, w.reshape(c_out, -1).T, generator=spec.generator("km/w"))
+    return arr, arr.with_rows(C.kernel_major_rows(c_in, k))
+
+
+def test_kernel_major_rows_are_the_kh_kw_c_order():
+    idx = C.kernel_major_rows(3, 2)  # rows (c, kh, kw) = c * 4 + kh * 2 + kw
+    assert idx.tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    spec = HardwareSpec(preset="vteam", variability=0.2, stuck_lrs=0.1)
+    chan, kern = _kernel_major_array(spec)
+    idx = C.kernel_major_rows(5, 3)
+    assert torch.equal(kern.g, chan.g[:, idx])  # same devices, other places
+    assert torch.equal(kern.planes.stuck_lrs, chan.planes.stuck_lrs[:, idx])
+
+
+@pytest.mark.parametrize("kw", [dict(adc_bits=5, tile_shape=(32, 8)), dict(adc_bits=4, tile_shape=(7, 8), dac_bits=5),
+                                dict(adc_bits=6, tile_shape=(20, 3), variability=0.1, stuck_hrs=0.05)])
+@pytest.mark.parametrize("padding,stride", [(0, 1), (1, 1), (1, 2)])
+def test_kernel_major_tiles_equal_the_read_of_reordered_patches(kw, padding, stride):
+    """Tiles of (kh, kw, c) rows, some straddling kernel positions, each through its own ADC ==
+    the matrix read of the unfolded patches with their rows in that order."""
+    from torch.nn import functional as F
+
+    spec = HardwareSpec(conv_rows="kernel", **kw)
+    _, arr = _kernel_major_array(spec)
+    x = torch.rand(4, 5, 9, 9, generator=torch.Generator().manual_seed(1)) - 0.3
+    y = C.read_conv(spec, arr, x, 3, stride, padding)
+    cols = F.unfold(x, 3, padding=padding, stride=stride)  # (B, R, L), rows (c, kh, kw)
+    b, r, l = cols.shape
+    patches = cols.transpose(1, 2).reshape(b * l, r)[:, C.kernel_major_rows(5, 3)]
+    ref = C.read(spec, arr, patches, row_scale=x.reshape(b, -1).abs().amax(1).repeat_interleave(l))
+    ref = ref.reshape(b, l, -1).transpose(1, 2).reshape(y.shape)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+def test_kernel_major_rows_change_nothing_without_an_adc_or_ir_drop():
+    from torch import nn
+
+    from crossbar import convert
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 6, 3, stride=2), nn.Flatten()).eval()
+    x = torch.randn(5, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    base = dict(analog="all", preset="vteam", variability=0.1, states=16, stuck_lrs=0.01, read_noise=0.05)
+    chan = convert(net, HardwareSpec(**base))
+    kern = convert(net, HardwareSpec(conv_rows="kernel", **base))
+    assert torch.equal(chan.features(x), kern.features(x))
+    # MemTorch's own forward unfolds in (c, kh, kw) order: its crossbars see the weight order
+    from crossbar.controller import _weight_order
+
+    a_chan, a_kern = chan.controller.arrays, kern.controller.arrays
+    assert sum(a.row_index is not None for a in a_kern.values()) == 2  # both convs
+    for name in a_chan:
+        assert torch.equal(_weight_order(a_kern[name], 0), _weight_order(a_chan[name], 0))
+    with_adc = dict(base, adc_bits=6, tile_shape=(16, 16))
+    assert not torch.equal(convert(net, HardwareSpec(**with_adc)).features(x),
+                           convert(net, HardwareSpec(conv_rows="kernel", **with_adc)).features(x))
+
+
+def test_kernel_major_tiles_give_the_same_bits_in_image_chunks_and_draw_read_noise_per_tile(monkeypatch):
+    spec = HardwareSpec(preset="vteam", variability=0.1, adc_bits=6, tile_shape=(20, 8), conv_rows="kernel")
+    _, arr = _kernel_major_array(spec)
+    img = torch.randn(7, 5, 8, 8, generator=torch.Generator().manual_seed(3))
+    whole = C.read_conv(spec, arr, img, 3, padding=1)
+    monkeypatch.setattr(C, "TILE_CHUNK_ELEMENTS", 8 * 8 * 10 * 2)  # two images per chunk
+    assert torch.equal(C.read_conv(spec, arr, img, 3, padding=1), whole)
+    # read noise with a fine ADC: the spread of repeated reads is the same in both row orders
+    spreads = {}
+    for rows in ("channel", "kernel"):
+        noisy = HardwareSpec(preset="vteam", read_noise=0.05, adc_bits=16, tile_shape=(20, 8), conv_rows=rows)
+        chan, kern = _kernel_major_array(noisy)
+        a = kern if rows == "kernel" else chan
+        a.read_generator = torch.Generator().manual_seed(5)
+        reads = torch.stack([C.read_conv(noisy, a, img[:2], 3, padding=1) for _ in range(200)])
+        spreads[rows] = reads.std(0).mean().item()
+    assert spreads["kernel"] == pytest.approx(spreads["channel"], rel=0.05)
+
+
+def test_kernel_major_calibration_records_each_tile():
+    spec = HardwareSpec(preset="vteam", adc_bits=5, adc_range="calibrated_column", tile_shape=(16, 8),
+                        conv_rows="kernel")
+    _, arr = _kernel_major_array(spec)
+    x = torch.rand(6, 5, 9, 9, generator=torch.Generator().manual_seed(4))
+    C.start_calibration(spec, arr)
+    raw = C.read_conv(spec, arr, x, 3)  # unquantised while calibrating
+    C.finish_calibration(spec, arr)
+    assert len(arr.adc_fs) == 3 and all(f.shape == (8,) for f in arr.adc_fs)
+    worst = 16 * spec.dac_spec.v_read * (arr.g_on - arr.g_off)
+    assert all(float(f.max()) < worst for f in arr.adc_fs)
+    quantised = C.read_conv(spec, arr, x, 3)
+    assert not torch.equal(quantised, raw)
+    assert ((quantised - raw).norm() / raw.norm()).item() < 0.1
+
+
+def test_accumulating_adc_codes_equals_summing_quantised_tiles():
+    from device_models import ADC
+
+    adc = ADC(5)
+    parts = [torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(i)) * 2 for i in range(4)]
+    for fs in (3.0, torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, -1, 1, 1)):
+        want = sum(adc.quantize(p, fs) for p in parts)
+        total = torch.zeros(3, 4, 5, 5)
+        offset = sum(adc.accumulate_(total, p.clone(), fs) for p in parts)
+        assert torch.allclose(total + offset, want, rtol=0, atol=1e-5)
+
+
+def test_conv_rows_is_validated_and_saved():
+    from device_models.errors import HardwareSpecError
+
+    with pytest.raises(HardwareSpecError, match="conv_rows must be one of channel, kernel, got 'row'"):
+        HardwareSpec(conv_rows="row")
+    spec = HardwareSpec(conv_rows="kernel", adc_bits=8)
+    assert HardwareSpec.from_dict(spec.to_dict()) == spec and spec.describe()["conv_rows"] == "kernel"

@@ -21,7 +21,7 @@ def _tile(text: str) -> tuple[int, int]:
 def add_hardware_options(p: argparse.ArgumentParser) -> None:
     """The chip's flags, named as the :class:`crossbar.HardwareSpec` fields; unset ones stay None
     (the spec file's value, else the field's default)."""
-    from crossbar.spec import ANALOG_PARTS
+    from crossbar.spec import ANALOG_PARTS, CONV_ROW_ORDERS
 
     g = p.add_argument_group("hardware (HardwareSpec fields)")
     g.add_argument("--preset", default=None, help="device preset (see `batmann crossbar presets`; default ideal)")
@@ -59,11 +59,15 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-resistance", type=float, default=None, metavar="OHM",
                    help="with --wire-resistance: driver and sink resistance, ohms (default 0)")
     g.add_argument("--ir-drop-solver", choices=IR_DROP_SOLVERS, default=None,
-                   help="exact (nodal solve), approx (line relaxation) or auto (exact up to 128x128 arrays; default)")
+                   help="exact (nodal solve), approx (line relaxation) or auto (exact up to 32x32 arrays; default)")
+    g.add_argument("--conv-rows", choices=CONV_ROW_ORDERS, default=None,
+                   help="word-line order of a convolution's weight rows: channel ((c, kh, kw), as PyTorch and "
+                        "MemTorch unfold; default) or kernel ((kh, kw, c): a tile holds input channels of one "
+                        "kernel position; reads with tiles and an ADC run much faster)")
 
 
-#: The hardware flags: the preset, the analog part and every shortcut field of HardwareSpec.
-HARDWARE_FLAGS = ("preset", "analog") + tuple(SHORTCUT_KINDS)
+#: The hardware flags: the preset, the analog part, the conv row order and every shortcut field of HardwareSpec.
+HARDWARE_FLAGS = ("preset", "analog", "conv_rows") + tuple(SHORTCUT_KINDS)
 
 
 def spec_from_args(args: argparse.Namespace, seed: int):
