@@ -34,6 +34,7 @@ LABELS = {
     "keys_used": "key format",
     "checkpoint": "checkpoint",
     "weight_mapping": "weight mapping",
+    "conv_rows": "conv row order",
 }
 
 
