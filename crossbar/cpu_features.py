@@ -20,3 +20,25 @@ def has_fast_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return _cpu_bf16()
     return False
+
+
+def _cpu_int8() -> bool:  # not cached, as _cpu_bf16
+    checks = ("_is_amx_tile_supported", "_is_vnni_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def has_fast_int8(device: torch.device) -> bool:
+    """Whether int8 matrix products with int32 sums (``torch._int_mm``) run on native units of
+    ``device``: a CPU with AMX or AVX512-VNNI. Elsewhere the binarized layers stay in fp32."""
+    return device.type == "cpu" and _cpu_int8()
+
+
+def describe_cpu_path() -> str:
+    """One line naming the arithmetic units the fast paths use on this CPU (for ``--verbose``)."""
+    units = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"),
+                                      ("AVX512-VNNI", "_is_vnni_supported"), ("AVX-512", "_is_avx512_supported"),
+                                      ("AVX2", "_is_avx2_supported"))
+             if bool(getattr(torch.cpu, check, lambda: False)())]
+    int8 = "int8 (exact)" if _cpu_int8() else "fp32"
+    bf16 = "native" if _cpu_bf16() else "emulated (not used)"
+    return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {int8}; bf16: {bf16}"

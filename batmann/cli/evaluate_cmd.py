@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", "--gpu", dest="device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-save", action="store_true", help="do not record the result")
+    p.add_argument("--verbose", action="store_true",
+                   help="say which arithmetic units the controller runs on (e.g. exact int8 binarized layers on AMX)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -40,7 +42,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from batmann.checkpoint import load_checkpoint
     from batmann.utils.device import resolve_device
 
-    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    device = resolve_device(args.device)
+    if args.verbose:
+        from crossbar.cpu_features import describe_cpu_path
+
+        print(describe_cpu_path() if device.type == "cpu" else f"device: {device}", file=sys.stderr)
+    ckpt = load_checkpoint(args.checkpoint, device)
     opts = ckpt.config.episodes
     overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots),
                                    ("batch_size_test", args.queries_test), ("split", args.split)) if v is not None}

@@ -1,0 +1,72 @@
+"""Exact int8 kernels for +-1 x +-1 layers: the same bits as fp32, on the shipped checkpoints too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from batmann.models import binary_kernels as bk
+from batmann.models import layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pm1(*shape, seed=0):
+    return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
+
+
+@pytest.mark.parametrize("b,c,o,k,h,stride,padding", [(3, 5, 7, 3, 9, 1, 0), (3, 5, 7, 3, 9, 2, 1), (2, 16, 8, 5, 11, 2, 2),
+                                                      (33, 128, 16, 5, 12, 1, 0), (1, 1, 4, 3, 5, 1, 1)])
+def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stride, padding, monkeypatch):
+    x, w = pm1(b, c, h, h, seed=1), pm1(o, c, k, k, seed=2)
+    monkeypatch.setattr(bk, "PATCH_CHUNK_BYTES", 1000)  # several image chunks
+    got = bk.pm1_conv2d(x, w, stride, padding)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, F.conv2d(x, w, stride=stride, padding=padding))
+
+
+def test_pm1_kernels_reach_the_largest_sums_exactly():
+    x, w = torch.ones(2, 128, 5, 5), torch.ones(3, 128, 5, 5)
+    w[1] = -1
+    assert bk.pm1_conv2d(x, w).flatten().tolist() == [3200.0, -3200.0, 3200.0] * 2  # beyond int8 and bf16
+    xl, wl = pm1(4, 2048, seed=3), pm1(512, 2048, seed=4)
+    assert torch.equal(bk.pm1_linear(xl, wl), F.linear(xl, wl))
+    assert bk.pm1_linear(torch.ones(1, 2048), torch.ones(1, 2048)).item() == 2048.0
+
+
+@pytest.mark.parametrize("name", ["20w5s-binary", "100w5s-binary", "20w5s-binary-lake"])
+def test_shipped_binary_checkpoints_give_bit_identical_features_on_int8(name, omniglot_cache, monkeypatch):
+    from batmann.checkpoint import load_checkpoint
+
+    model = load_checkpoint(name).model.eval()
+    assert any(isinstance(m, layers.XnorConv2d) for m in model.modules())
+    images = torch.as_tensor(omniglot_cache.images[::97][:48]).float().unsqueeze(1) / 255
+    calls = []
+    real = bk.pm1_conv2d
+    monkeypatch.setattr(bk, "pm1_conv2d", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)  # whatever this CPU has
+    with torch.no_grad():
+        monkeypatch.setattr(bk, "ENABLED", False)
+        fp32 = model(images)
+        assert not calls
+        monkeypatch.setattr(bk, "ENABLED", True)
+        int8 = model(images)
+    assert len(calls) == 3  # conv2..conv4
+    assert torch.equal(int8, fp32)
+
+
+def test_training_keeps_the_fp32_straight_through_path(monkeypatch):
+    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)
+    monkeypatch.setattr(bk, "pm1_conv2d", lambda *a: pytest.fail("int8 kernel used under autograd"))
+    conv = layers.XnorConv2d(4, 6, 3)
+    x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_the_cpu_path_is_described():
+    from crossbar.cpu_features import describe_cpu_path
+
+    line = describe_cpu_path()
+    assert line.startswith("CPU units: ") and "binarized layers: " in line
