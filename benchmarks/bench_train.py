@@ -26,10 +26,12 @@ from batmann.checkpoint import build_model
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
+from batmann.models import binary_kernels
 from batmann.tasks import make_sampler
 from batmann.train import train_step
 from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.device import has_fast_bf16
+from crossbar.cpu_features import describe_cpu_path, has_fast_int8
 
 SEED_TRAIN_EPS, SEED_TEST_EPS = 0.71, 1.5
 
@@ -59,7 +61,9 @@ def train_rate(cfg: TrainConfig, cache, steps: int) -> float:
     return 1.0 / statistics.median(times)
 
 
-def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int = 0) -> float:
+def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int = 0, int8: bool = False) -> float:
+    """Test episodes/s; ``int8``: binarized layers on the exact int8 kernels (else fp32)."""
+    binary_kernels.ENABLED = int8
     model = build_model(cfg).eval()
     system = DigitalSystem(model, keys="bipolar", cache_features=cached,
                            autocast=cfg.effective_precision == "bf16")
@@ -86,26 +90,36 @@ def main() -> None:
     ap.add_argument("--cached-episodes", type=int, default=100)
     args = ap.parse_args()
     cache = load_image_cache(32)
+    cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(torch.device('cpu'))}")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(cpu)}; {describe_cpu_path()}")
+    print("test: fp32 kernels; with int8: the XNOR layers' +-1 products on the exact int8 kernels (same features)")
     print("| task | controller | precision | deterministic | train ep/s | x seed | test ep/s | x seed | "
-          "test ep/s, feature cache | x seed |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "test ep/s, int8 | x seed | test ep/s, feature cache | x seed | feature cache, int8 | x seed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
                 cfg = TrainConfig(model=ModelConfig(controller=kind), episodes=task(tag), precision=prec, device="cpu")
                 steps = args.steps if tag.startswith("20") else max(2, args.steps // 2)
-                te = test_rate(cfg, cache, args.test_episodes, cached=False) if args.test_episodes else float("nan")
+                int8 = kind == "xnor" and has_fast_int8(cpu)
+                nan = float("nan")
+                te = test_rate(cfg, cache, args.test_episodes, cached=False) if args.test_episodes else nan
+                te8 = test_rate(cfg, cache, args.test_episodes, cached=False, int8=True) \
+                    if args.test_episodes and int8 else nan
                 tc = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup) \
-                    if args.cached else float("nan")
+                    if args.cached else nan
+                tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, int8=True) \
+                    if args.cached and int8 else nan
+                binary_kernels.ENABLED = True
                 for det in args.deterministic.split(","):
                     with deterministic_kernels("cpu", enabled=det == "on"):
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
                     print(f"| {tag} | {kind} | {prec} | {det} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | {te:.2f} | "
-                          f"{r(te, SEED_TEST_EPS)} | {tc:.1f} | {r(tc, SEED_TEST_EPS)} |", flush=True)
+                          f"{r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
+                          f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,13 @@ def has_fast_int8(device: torch.device) -> bool:
     return device.type == "cpu" and _cpu_int8()
 
 
-def describe_cpu_path() -> str:
-    """One line naming the arithmetic units the fast paths use on this CPU (for ``--verbose``)."""
+def describe_cpu_path(int8_enabled: bool = True) -> str:
+    """One line naming the arithmetic units the fast paths use on this CPU (for ``--verbose``);
+    ``int8_enabled=False``: the int8 kernels are switched off (BATMANN_INT8=0)."""
     units = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"),
                                       ("AVX512-VNNI", "_is_vnni_supported"), ("AVX-512", "_is_avx512_supported"),
                                       ("AVX2", "_is_avx2_supported"))
              if bool(getattr(torch.cpu, check, lambda: False)())]
-    int8 = "int8 (exact)" if _cpu_int8() else "fp32"
+    int8 = "int8 (exact)" if _cpu_int8() and int8_enabled else "fp32"
     bf16 = "native" if _cpu_bf16() else "emulated (not used)"
     return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {int8}; bf16: {bf16}"

@@ -70,3 +70,37 @@ def test_the_cpu_path_is_described():
 
     line = describe_cpu_path()
     assert line.startswith("CPU units: ") and "binarized layers: " in line
+
+
+def test_evaluate_verbose_says_when_the_int8_kernels_are_off(monkeypatch):
+    from crossbar.cpu_features import describe_cpu_path
+
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    assert "binarized layers: int8 (exact)" in describe_cpu_path()
+    assert "binarized layers: fp32" in describe_cpu_path(int8_enabled=False)
+
+
+def test_inference_max_pooling_gives_the_same_values_and_training_keeps_max_pool2d():
+    pool = layers.MaxPool2d(2, stride=2)
+    x = torch.randn(3, 4, 8, 6, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, :2] = float("nan")
+    with torch.no_grad():
+        got = pool(x)
+    want = F.max_pool2d(x, 2)
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)) and got.isnan().sum() == want.isnan().sum() == 1
+    odd = torch.randn(2, 3, 7, 5)
+    assert torch.equal(pool(odd), F.max_pool2d(odd, 2))
+    xg = x.nan_to_num(0.0).requires_grad_()
+    pool(xg).sum().backward()  # max_pool2d's gradient: one 1 per window
+    assert xg.grad.sum().item() == want.numel()
+
+
+def test_xnor_inference_weights_follow_weight_updates(monkeypatch):
+    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)
+    conv = layers.XnorConv2d(4, 6, 3).eval()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        before = conv(x)
+        conv.weight.mul_(-1)  # in place: the cached +-1 weights must be refreshed
+        after = conv(x)
+    assert torch.equal(after, -before)

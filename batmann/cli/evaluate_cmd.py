@@ -44,9 +44,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     if args.verbose:
+        from batmann.models import binary_kernels
         from crossbar.cpu_features import describe_cpu_path
 
-        print(describe_cpu_path() if device.type == "cpu" else f"device: {device}", file=sys.stderr)
+        print(describe_cpu_path(binary_kernels.ENABLED) if device.type == "cpu" else f"device: {device}",
+              file=sys.stderr)
     ckpt = load_checkpoint(args.checkpoint, device)
     opts = ckpt.config.episodes
     overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots),

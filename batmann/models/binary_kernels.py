@@ -11,13 +11,15 @@ runs int8 natively, and only without autograd (training keeps the fp32 STE path)
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-#: the XNOR layers use these kernels at inference where the CPU runs int8 natively (tests and
-#: benchmarks switch them off to compare with fp32)
-ENABLED = True
+#: the XNOR layers use these kernels at inference where the CPU runs int8 natively; the
+#: environment variable BATMANN_INT8=0 (or setting this to False) keeps them in fp32, to compare
+ENABLED = os.environ.get("BATMANN_INT8", "1") != "0"
 
 #: int8 patch-matrix bytes per image chunk (keeps the unfolded patches in the last-level cache)
 PATCH_CHUNK_BYTES = 1 << 25

@@ -45,6 +45,7 @@ from batmann.models.layers import (
     BinaryLinear,
     Int8Conv2d,
     Int8Linear,
+    MaxPool2d,
     RbnnConv2d,
     RbnnLinear,
     XnorConv2d,
@@ -161,7 +162,7 @@ class Controller(nn.Module):
                 elif what == "relu":
                     feats[name] = nn.ReLU()
                 else:
-                    feats[name] = nn.MaxPool2d(2, stride=2)
+                    feats[name] = MaxPool2d(2, stride=2)
             self.features = nn.Sequential(feats)
             self.flatten = nn.Flatten()
             self.fc1 = make("fc1", FC_IN, int(feature_dim), None)

@@ -44,8 +44,10 @@ def export_plain(controller: nn.Module) -> nn.Sequential:
     for name, m in controller.features.named_children():
         if isinstance(m, WEIGHT_LAYER_TYPES):
             add_layer(name, m)
-        elif type(m) in (nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d):
+        elif type(m) in (nn.ReLU, nn.BatchNorm2d):
             mods[name] = copy.deepcopy(m)
+        elif isinstance(m, nn.MaxPool2d):  # the controller's fast MaxPool2d: the same pooling
+            mods[name] = nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
         else:  # pragma: no cover - the controller has nothing else
             raise TypeError(f"cannot export a {type(m).__name__} module ({name})")
     mods["flatten"] = nn.Flatten()

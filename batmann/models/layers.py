@@ -205,6 +205,24 @@ class SignActivation(nn.Module):
         return f"center={self.center}"
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d``; at inference a 2x2, stride-2 pool over even sizes is two element-wise
+    maxima (rows, then columns): the same values, about 6x faster on CPU than
+    ``max_pool2d``, which also computes indices. Training keeps ``max_pool2d`` (its gradient)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        h, w = x.shape[-2:]
+        if (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 4 or h % 2 or w % 2 \
+                or self.kernel_size not in (2, (2, 2)) or self.stride not in (2, (2, 2)) \
+                or self.padding not in (0, (0, 0)) or self.dilation not in (1, (1, 1)) \
+                or self.ceil_mode or self.return_indices or not x.is_contiguous():
+            return super().forward(x)
+        b, c = x.shape[:2]
+        rows = x.view(b, c, h // 2, 2, w)
+        rows = torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).view(b, c, h // 2, w // 2, 2)
+        return torch.maximum(rows[..., 0], rows[..., 1])
+
+
 class StandardizeActivation(nn.Module):
     """``x -> (x - mean(x)) / std(x)`` per sample (all non-batch dims); RBNN ``a32`` input."""
 
@@ -295,10 +313,19 @@ class _XnorMixin:
         with torch.no_grad(), _fp32(self.weight):
             return q.sign_pm1(standardize_rows(self.weight))
 
+    def _inference_weight(self) -> Tensor:
+        """The +-1 weights, kept between inference calls while the weights are unchanged."""
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        cached = getattr(self, "_bw_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.binary_weight())
+            self._bw_cache = cached
+        return cached[1]
+
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         fast = _integer_path(self, x)  # inference: the same numbers from int8 units
         with _fp32(x):
-            bw = q.xnor_weight_sign(standardize_rows(self.weight))
+            bw = self._inference_weight() if fast else q.xnor_weight_sign(standardize_rows(self.weight))
             # == xnor_act_sign(standardize_rows(x))
             ba = centered_sign_int8(x) if fast else centered_sign_ste(x, "hardtanh")
         if fast:
