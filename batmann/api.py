@@ -8,17 +8,20 @@ from pathlib import Path
 from batmann.checkpoint import Checkpoint, load_checkpoint
 from batmann.config import KEY_MODES, EpisodeOptions
 from batmann.errors import ConfigError
-from batmann.evaluate import EvalResult, evaluate_model
+from batmann.evaluate import EvalResult, evaluate_model, inference_precision
 from batmann.utils.device import resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 1000, seed: int = 0,
                         keys: str | None = None, episode_options: EpisodeOptions | None = None,
-                        device: str = "auto", progress: bool = False, cache=None) -> EvalResult:
+                        device: str = "auto", progress: bool = False, cache=None,
+                        precision: str = "fp32") -> EvalResult:
     """Test-only evaluation of a checkpoint on ``episodes`` test episodes.
 
     ``keys`` and ``episode_options`` default to the checkpoint's own; ``seed`` fixes the
-    episodes (the same seed gives the same episodes for every checkpoint).
+    episodes (the same seed gives the same episodes for every checkpoint). ``precision``:
+    ``fp32``, ``bf16`` or ``auto`` (:func:`batmann.evaluate.inference_precision`; the command
+    line's default).
     """
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1 (got {episodes})")
@@ -35,4 +38,6 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
         from batmann.data import load_image_cache
 
         cache = load_image_cache(config.model.image_size)
-    return evaluate_model(ckpt.model.to(dev), config, cache, dev, episodes, seed, progress=progress)
+    precision = inference_precision(config.model.controller, precision, dev)
+    return evaluate_model(ckpt.model.to(dev), config, cache, dev, episodes, seed, progress=progress,
+                          precision=precision)

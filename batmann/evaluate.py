@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 import torch
 
+from batmann.errors import ConfigError
 from batmann.memory import class_logits, inference_similarity, quantize_keys
 
 
@@ -50,8 +51,8 @@ class DigitalSystem:
 
     @torch.no_grad()
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.autocast and images.device.type == "cpu":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+        if self.autocast and images.device.type in ("cpu", "cuda"):
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
                 return self.model(images).float()
         return self.model(images).float()
 
@@ -172,13 +173,35 @@ def evaluate_system(system: System, sampler, episodes: int, progress: bool = Fal
                       queries_per_class=queries, per_episode=accs)
 
 
+def inference_precision(controller: str, precision: str, device: torch.device | str) -> str:
+    """The precision an evaluation runs in: ``fp32``, ``bf16`` (autocast), or for ``auto`` bf16
+    for a full-precision controller where ``device`` runs bf16 natively and fp32 elsewhere and
+    for binarized controllers (their +-1 products are exact in int8 anyway). bf16 inference of
+    the shipped fp controllers gave the same prediction as fp32 for 99.75-99.94 % of the queries
+    (``benchmarks/bench_precision.py``, docs/performance.md#precision)."""
+    from batmann.options import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if controller != "fp":
+        return "fp32"
+    from batmann.utils.device import has_fast_bf16, resolve_device
+
+    return "bf16" if has_fast_bf16(resolve_device(device)) else "fp32"
+
+
 def evaluate_model(model: torch.nn.Module, config, cache, device: torch.device | str, episodes: int,
-                   seed: int, progress: bool = False) -> EvalResult:
+                   seed: int, progress: bool = False, precision: str = "fp32") -> EvalResult:
     """Digital accuracy of ``model`` on ``episodes`` test episodes (test characters of
     ``config.episodes.split``, test query pool, key mode ``config.keys``; a
-    :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image."""
+    :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image;
+    ``precision`` ``fp32`` or ``bf16`` (autocast; see :func:`inference_precision`)."""
     from batmann.tasks import make_sampler
 
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"evaluation precision must be fp32 or bf16, got {precision!r}")
     sampler = make_sampler(cache, config.episodes, "test", seed, device)
-    system = DigitalSystem(model, keys=config.keys, cache_features=True)
+    system = DigitalSystem(model, keys=config.keys, cache_features=True, autocast=precision == "bf16")
     return evaluate_system(system, sampler, episodes, progress=progress, desc="test")

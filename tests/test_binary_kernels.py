@@ -104,3 +104,47 @@ def test_xnor_inference_weights_follow_weight_updates(monkeypatch):
         conv.weight.mul_(-1)  # in place: the cached +-1 weights must be refreshed
         after = conv(x)
     assert torch.equal(after, -before)
+
+
+# -- inference precision ------------------------------------------------------------------------
+def test_auto_precision_is_bf16_only_for_fp_controllers_on_native_bf16(monkeypatch):
+    from batmann import evaluate
+    from batmann.errors import ConfigError
+    from batmann.utils import device as dev
+
+    monkeypatch.setattr(dev, "has_fast_bf16", lambda d: True)
+    assert evaluate.inference_precision("fp", "auto", "cpu") == "bf16"
+    assert evaluate.inference_precision("xnor", "auto", "cpu") == "fp32"
+    assert evaluate.inference_precision("xnor", "bf16", "cpu") == "bf16"
+    monkeypatch.setattr(dev, "has_fast_bf16", lambda d: False)
+    assert evaluate.inference_precision("fp", "auto", "cpu") == "fp32"
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        evaluate.inference_precision("fp", "fp16", "cpu")
+
+
+def test_bf16_evaluation_runs_under_autocast_and_is_recorded_as_such(omniglot_cache, monkeypatch):
+    import json
+    import os
+    from pathlib import Path
+
+    from batmann.api import evaluate_checkpoint
+    from batmann.cli import main
+
+    seen = []
+    real = torch.autocast.__init__
+
+    def spy(self, device_type, *a, **k):
+        seen.append((device_type, k.get("dtype")))
+        real(self, device_type, *a, **k)
+
+    monkeypatch.setattr(torch.autocast, "__init__", spy)
+    r32 = evaluate_checkpoint("5w1s-fp", episodes=3, precision="fp32", cache=omniglot_cache)
+    assert ("cpu", torch.bfloat16) not in seen
+    r16 = evaluate_checkpoint("5w1s-fp", episodes=3, precision="bf16", cache=omniglot_cache)
+    assert ("cpu", torch.bfloat16) in seen
+    assert abs(r16.accuracy_pct - r32.accuracy_pct) < 10
+    assert main(["evaluate", "--checkpoint", "5w1s-fp", "--episodes", "2", "--seed", "13", "--precision", "bf16",
+                 "--json"]) == 0
+    record = Path(os.environ["BATMANN_HOME"]) / "evaluations" / "5w1s-fp.eval.json"
+    entries = json.loads(record.read_text())["results"]
+    assert any(e["settings"]["seed"] == 13 and e["settings"]["precision"] == "bf16" for e in entries)
