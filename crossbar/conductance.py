@@ -286,18 +286,22 @@ def _row_slices(spec: HardwareSpec, rows: int) -> list[slice]:
     return tiles.row_slices(rows) if tiles is not None else [slice(0, rows)]
 
 
-def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor, worst: float, conv: bool) -> torch.Tensor:
+def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor, worst: float) -> torch.Tensor:
     """Tile ``t``'s column currents through its ADC (or recorded, while calibrating); ``part`` is
     quantised in place."""
     if array.calibration is not None:
         array.calibration[t].add(part, 1)
         return part
+    return spec.adc_spec.quantize_(part, _full_scale(array, t, part, worst))
+
+
+def _full_scale(array: ProgrammedArray, t: int, part: torch.Tensor, worst: float):
+    """Tile ``t``'s ADC range for its currents ``part`` (B, C[, H, W]): the worst case, or the
+    calibrated one (a scalar, or one per column shaped to broadcast over ``part``)."""
     if array.adc_fs is None:
-        return spec.adc_spec.quantize_(part, worst)
+        return worst
     fs = array.adc_fs[t].to(part.dtype)
-    if fs.dim() == 1:
-        fs = fs.view(1, -1, 1, 1) if conv else fs.view(1, -1)
-    return spec.adc_spec.quantize_(part, fs)
+    return fs.view(1, -1, *([1] * (part.dim() - 2))) if fs.dim() == 1 else fs
 
 
 def _currents(items, current, variance, generator):
@@ -336,7 +340,7 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
         for t, rs in enumerate(_row_slices(spec, array.rows)):
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = _currents(noisy, v[:, rs] @ gd[rs], lambda rs=rs: (v[:, rs] * v[:, rs]) @ g_sq[rs], gen)
-            current += _adc(spec, array, t, part, fs, conv=False)
+            current += _adc(spec, array, t, part, fs)
     out = current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
     return out if gain is None else out * gain
 
@@ -401,6 +405,8 @@ def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, nois
     """The column currents of :func:`read_conv` with an ADC, rows in (c, kh, kw) order: each row
     tile is a convolution over the input channels it holds, quantised by its own ADC, then the
     tiles are summed."""
+    from torch.nn import functional as F
+
     dac, adc = spec.dac_spec, spec.adc_spec
     kk = kernel_size * kernel_size
     window = array.g_on - array.g_off
@@ -423,21 +429,20 @@ def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, nois
         for t, (c0, c1, wt, sq, fs) in enumerate(tiles_):
             vt = v[:, c0:c1]
             part = _currents(noisy, conv(vt, wt, c1 - c0), lambda: conv(vt * vt, sq, c1 - c0, positive=True), gen)
-            part = _adc(spec, array, t, part, fs, conv=True)
+            part = _adc(spec, array, t, part, fs)
             current = part if current is None else current.add_(part)
     else:  # a few images at a time, so that each tile's partial sums stay in cache while the ADC
         # quantises and adds them (2x faster than whole-batch tiles here; the same numbers)
         h = (height + 2 * padding - kernel_size) // stride + 1
         w_ = (width + 2 * padding - kernel_size) // stride + 1
         step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
-        kernels = [conv_w.contiguous() for conv_w in (
-            wt.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size) for c0, c1, wt, _, _ in tiles_)]
+        kernels = [wt.T.reshape(array.cols, c1 - c0, kernel_size, kernel_size).contiguous() for c0, c1, wt, _, _ in tiles_]
         current = torch.empty(b, array.cols, h, w_, dtype=v.dtype, device=v.device)
         for i in range(0, b, step):
             acc = None
             for t, ((c0, c1, _, _, fs), k) in enumerate(zip(tiles_, kernels)):
-                part = torch.nn.functional.conv2d(v[i:i + step, c0:c1], k, stride=stride, padding=padding)
-                part = _adc(spec, array, t, part, fs, conv=True)
+                part = F.conv2d(v[i:i + step, c0:c1], k, stride=stride, padding=padding)
+                part = _adc(spec, array, t, part, fs)
                 acc = part if acc is None else acc.add_(part)
             current[i:i + step] = acc
     return current
@@ -475,15 +480,11 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
             r += c1 - c0
         tiles_.append((segs, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
 
-    def tile_sum(inp, mat, segs, low=False):  # (n, Hp, Wp, C_in) -> the tile's (n, C_out, H', W') sums (a view)
+    def tile_sum(inp, mat, segs):  # (n, Hp, Wp, C_in) -> the tile's (n, C_out, H', W') sums (a view)
         out = None
         for kh, kw, c0, c1, r0 in segs:
             rows_ = inp[:, kh:kh + stride * (h - 1) + 1:stride, :, c0:c1]  # (n, H', Wp, c)
-            m = mat[r0:r0 + c1 - c0]
-            if low:
-                part = torch.matmul(rows_.bfloat16().reshape(rows_.shape[0], -1, c1 - c0), m.bfloat16()).float()
-            else:
-                part = torch.matmul(rows_.reshape(rows_.shape[0], -1, c1 - c0), m)
+            part = torch.matmul(rows_.reshape(rows_.shape[0], -1, c1 - c0), mat[r0:r0 + c1 - c0]).to(v.dtype)
             part = part.view(rows_.shape[0], h, wp, -1)[:, :, kw:kw + stride * (w_ - 1) + 1:stride]
             out = part if out is None else out.add_(part)
         return out.permute(0, 3, 1, 2)
@@ -491,10 +492,11 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     current = torch.zeros(b, h, w_, array.cols, dtype=v.dtype, device=v.device).permute(0, 3, 1, 2)
     offset = 0.0  # the half steps of the quantised tiles (see ADC.accumulate_)
     if noisy:  # the read noise is drawn tile by tile over the whole batch
-        x2 = x * x
-        low = _low_precision_sums(x2)
+        x2, g2 = x * x, g_sq
+        if _low_precision_sums(x2):  # converted once for every tile
+            x2, g2 = x2.bfloat16(), g2.bfloat16()
         for t, (segs, fs) in enumerate(tiles_):
-            part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g_sq, segs, low), gen)
+            part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
             offset = offset + _adc_add(spec, array, t, current, part, fs)
     else:  # a few images at a time, so that each tile's partial sums stay in cache
         step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * wp))
@@ -518,10 +520,7 @@ def _adc_add(spec: HardwareSpec, array: ProgrammedArray, t: int, total: torch.Te
         array.calibration[t].add(part, 1)
         total.add_(part)
         return 0.0
-    if array.adc_fs is None:
-        return spec.adc_spec.accumulate_(total, part, worst)
-    fs = array.adc_fs[t].to(part.dtype)
-    return spec.adc_spec.accumulate_(total, part, fs.view(1, -1, 1, 1) if fs.dim() == 1 else fs)
+    return spec.adc_spec.accumulate_(total, part, _full_scale(array, t, part, worst))
 
 
 #: partial sums per image chunk of the tiled, ADC-read convolution (fp32: 2 MB, an L2 cache)
