@@ -1,8 +1,8 @@
 """Print the results table of the shipped checkpoints from their own records.
 
 Every number comes from ``batmann/checkpoints/<name>.json`` (configuration, provenance, training
-time) and ``<name>.eval.json`` (the ``batmann evaluate --checkpoint <name> --episodes 1000``
-result, episode seed 0, the checkpoint's own problem and split). A checkpoint without that
+time) and ``<name>.eval.json`` (the ``batmann evaluate --checkpoint <name> --episodes 1000
+--precision fp32`` result, episode seed 0, the checkpoint's own problem and split). A checkpoint without that
 evaluation is listed as not evaluated.
 
 Two forms: the default, short one (the README's: accuracy beside the seed's and the published
@@ -161,7 +161,7 @@ def row(name: str, full: bool = False) -> str | None:
         return head + f"{_reproduce(prov, name)} |"
     storage = prov.get("stored_as", "?").split(" ")[0]
     return (head + f"{_training(prov)} | {storage} | {_train_commands(prov, name)}, then "
-            f"`batmann evaluate --checkpoint {name} --episodes 1000` |")
+            f"`batmann evaluate --checkpoint {name} --episodes 1000 --precision fp32` |")
 
 
 #: the short table's header (the README's)
