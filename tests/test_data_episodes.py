@@ -154,3 +154,46 @@ def test_device_path_matches_cpu_path(omniglot_cache):
     b._images = omniglot_cache.images_tensor("cpu")
     for _ in range(8):
         assert _same(a.sample(), b.sample())
+
+
+def test_within_alphabet_episodes_draw_every_class_from_one_alphabet(omniglot_cache):
+    from batmann.data import split_characters
+
+    _, test = split_characters(omniglot_cache, "lake")
+    alpha = omniglot_cache.character_alphabet
+    s = EpisodeSampler(omniglot_cache, test, EpisodeConfig(20, 1, 1, 19, within_alphabet=True), seed=0)
+    seen = set()
+    for i in range(40):
+        classes = s.indices(i)[0]
+        assert len(set(alpha[classes].tolist())) == 1 and len(set(classes.tolist())) == 20
+        seen.add(int(alpha[classes[0]]))
+    assert len(seen) > 3  # many alphabets, not one
+    sizes = np.bincount(alpha[np.asarray(test)])
+    assert all(sizes[a] >= 20 for a in seen)  # only alphabets with enough characters
+    too_many = int(sizes.max()) + 1
+    with pytest.raises(ConfigError, match=f"within-alphabet episodes need an alphabet with at least {too_many} "
+                                          f"characters \\(ways\\); the largest here has {int(sizes.max())}"):
+        EpisodeSampler(omniglot_cache, test, EpisodeConfig(too_many, 1, 1, 19, within_alphabet=True))
+
+
+def test_distinct_drawer_episodes_use_the_same_drawers_for_every_class(omniglot_cache):
+    from batmann.data import split_characters
+
+    _, test = split_characters(omniglot_cache, "lake")
+    drawer = omniglot_cache.drawer_index
+    s = EpisodeSampler(omniglot_cache, test, EpisodeConfig(20, 2, 3, 10, 2, 4, distinct_drawers=True), seed=1)
+    support_drawers = set()
+    for i in range(30):
+        _, support, query, val, _ = s.indices(i)
+        sd, qd, vd = drawer[support], drawer[query], drawer[val]
+        assert (sd == sd[:1]).all() and (qd == qd[:1]).all() and (vd == vd[:1]).all()  # same for every class
+        assert not set(sd[0]) & set(qd[0]) and not set(sd[0]) & set(vd[0]) and not set(qd[0]) & set(vd[0])
+        support_drawers.add(tuple(sd[0]))
+    assert len(support_drawers) > 20  # the drawers change from episode to episode
+    plain = EpisodeSampler(omniglot_cache, test, EpisodeConfig(20, 2, 3, 10), seed=1)
+    assert any(len(set(drawer[plain.indices(i)[1]][:, 0].tolist())) > 1 for i in range(5))  # the seed's: mixed
+
+
+def test_episode_options_must_be_booleans():
+    with pytest.raises(ConfigError, match="within_alphabet must be true or false \\(got 1\\)"):
+        EpisodeConfig(5, 1, 1, 5, within_alphabet=1).validate(100)

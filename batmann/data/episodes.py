@@ -12,6 +12,13 @@ Per episode (the seed's ``OmniglotTask`` + ``get_data_loader``):
    drawn per episode and applied to all its images (the seed draws ``degrees`` once per episode
    and passes it to the support, query and validation loaders).
 
+Two options of Omniglot's own benchmark (Lake et al., Science 2015), both off by default (the
+seed's episodes): ``within_alphabet`` draws the ``ways`` characters of an episode from one
+alphabet (drawn uniformly among the alphabets with at least ``ways`` of the sampler's
+characters); ``distinct_drawers`` shuffles the 20 drawers once per episode for every class, so
+all supports of shot ``j`` come from one drawer, the query pools from other drawers, and the
+chosen queries from the same drawers for every class.
+
 Supports come class-major (row ``i * shots + j`` is shot ``j`` of class ``i``), as the seed's
 unshuffled support loader; queries and validation images are class-major too (the seed
 shuffles its query batch; the order does not change any result). Episode ``k`` of a sampler is
@@ -88,7 +95,8 @@ def validate_seed_options(num_shot: int, pool_query_train: int, pool_val_train: 
 class EpisodeConfig:
     """One phase's episode shape: ``ways`` classes, ``shots`` supports and ``queries`` queries per
     class (drawn from a pool of ``query_pool``), ``val_queries`` validation images per class
-    (from a pool of ``val_pool``; 0 for none)."""
+    (from a pool of ``val_pool``; 0 for none); ``within_alphabet`` and ``distinct_drawers`` as in
+    the module's docstring."""
 
     ways: int
     shots: int
@@ -96,12 +104,17 @@ class EpisodeConfig:
     query_pool: int
     val_queries: int = 0
     val_pool: int = 0
+    within_alphabet: bool = False
+    distinct_drawers: bool = False
 
     def validate(self, n_chars: int, images_per_character: int = IMAGES_PER_CHARACTER) -> "EpisodeConfig":
         """Raise :class:`ConfigError` naming the rule that fails; return self."""
         for name, minimum in (("ways", 1), ("shots", 1), ("queries", 1), ("query_pool", 1),
                               ("val_queries", 0), ("val_pool", 0)):
             _need_int(name, getattr(self, name), minimum)
+        for name in ("within_alphabet", "distinct_drawers"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
         k = images_per_character
         total = self.shots + self.query_pool + self.val_pool
         if total > k:
@@ -180,6 +193,19 @@ class EpisodeSampler:
         order = np.lexsort((cache.drawer_index, cache.char_index))
         starts = np.concatenate([[0], np.cumsum(np.bincount(cache.char_index, minlength=cache.n_characters))])
         self.table = order[starts[chars][:, None] + np.arange(k)[None, :]]
+        c = self.config
+        if c.within_alphabet:  # positions in `chars` of each alphabet with enough characters
+            alpha = cache.character_alphabet[chars]
+            groups = [np.nonzero(alpha == a)[0] for a in np.unique(alpha)]
+            self._alphabets = [g for g in groups if g.size >= c.ways]
+            if not self._alphabets:
+                raise ConfigError(f"within-alphabet episodes need an alphabet with at least {c.ways} characters "
+                                  f"(ways); the largest here has {max(g.size for g in groups)}")
+        if c.distinct_drawers:
+            drawers = cache.drawer_index[self.table]
+            if (drawers != drawers[:1]).any() or (drawers < 0).any():
+                raise DataError("distinct-drawer episodes need the same drawers (file names NNNN_DD.png) "
+                                "for every character")
         if self.device.type == "cpu":
             # NumPy on the CPU: a uint8 gather, a rotated view and one lookup-table gather that
             # yields the normalised float32 batch (same values as normalise_uint8), all in one
@@ -188,7 +214,6 @@ class EpisodeSampler:
             self._images = None
         else:
             self._images = cache.images_tensor(self.device)
-        c = self.config
         self._labels = tuple(torch.arange(c.ways, device=self.device).repeat_interleave(r)
                              for r in (c.shots, c.queries, c.val_queries))
         self._next = 0
@@ -203,16 +228,24 @@ class EpisodeSampler:
         val (m, v), rotation in degrees). Pure NumPy, deterministic in (seed, index)."""
         c = self.config
         rng = np.random.default_rng(_seed_words(self.seed, index))
-        pick = rng.choice(self.characters.size, size=c.ways, replace=False)
-        perm = np.argsort(rng.random((c.ways, self.images_per_character)), axis=1)
+        if c.within_alphabet:
+            group = self._alphabets[int(rng.integers(len(self._alphabets)))]
+            pick = group[rng.choice(group.size, size=c.ways, replace=False)]
+        else:
+            pick = rng.choice(self.characters.size, size=c.ways, replace=False)
+        # one shuffle of the drawers for every class (distinct drawers), or one per class
+        shape = (1 if c.distinct_drawers else c.ways,)
+        perm = np.argsort(rng.random(shape + (self.images_per_character,)), axis=1)
         rows = self.table[pick[:, None], perm]                        # (m, 20) shuffled images
         support = rows[:, :c.shots]
         pool = rows[:, c.shots:c.shots + c.query_pool]
-        qsel = np.argsort(rng.random((c.ways, c.query_pool)), axis=1)[:, :c.queries]
+        qsel = np.argsort(rng.random(shape + (c.query_pool,)), axis=1)[:, :c.queries]
+        qsel = np.broadcast_to(qsel, (c.ways, c.queries))
         query = np.take_along_axis(pool, qsel, axis=1)
         if c.val_queries:
             vpool = rows[:, c.shots + c.query_pool:c.shots + c.query_pool + c.val_pool]
-            vsel = np.argsort(rng.random((c.ways, c.val_pool)), axis=1)[:, :c.val_queries]
+            vsel = np.argsort(rng.random(shape + (c.val_pool,)), axis=1)[:, :c.val_queries]
+            vsel = np.broadcast_to(vsel, (c.ways, c.val_queries))
             val = np.take_along_axis(vpool, vsel, axis=1)
         else:
             val = np.empty((c.ways, 0), dtype=np.int64)
