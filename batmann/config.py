@@ -120,9 +120,16 @@ class EpisodeOptions:
     pool_query_test: int = 15
     batch_size_test: int = 5
     split: str = "seed"
+    #: Lake's protocol: every class of an episode from one alphabet; supports and queries by
+    #: different drawers, the same ones for every class (batmann.data.episodes)
+    within_alphabet: bool = False
+    distinct_drawers: bool = False
 
     def validate(self) -> "EpisodeOptions":
         _choice("split", self.split, SPLITS)
+        for name in ("within_alphabet", "distinct_drawers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
         for name in ("class_num", "num_shot", "batch_size_train", "batch_size_test",
                      "pool_query_train", "pool_query_test"):
             _positive(name, getattr(self, name))

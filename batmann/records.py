@@ -35,8 +35,12 @@ def eval_record_path(checkpoint_path: str | Path) -> Path:
 def eval_settings(opts, keys: str, episodes: int, seed: int, precision: str = "fp32") -> dict[str, Any]:
     """The settings an evaluation record is keyed by (``opts``: the
     :class:`~batmann.config.EpisodeOptions` evaluated; ``precision``: the one it ran in)."""
-    return {"ways": opts.class_num, "shots": opts.num_shot, "queries": opts.batch_size_test,
-            "split": opts.split, "keys": keys, "episodes": episodes, "seed": seed, "precision": precision}
+    out = {"ways": opts.class_num, "shots": opts.num_shot, "queries": opts.batch_size_test,
+           "split": opts.split, "keys": keys, "episodes": episodes, "seed": seed, "precision": precision}
+    for name in ("within_alphabet", "distinct_drawers"):  # named only when on (older records lack them)
+        if getattr(opts, name, False):
+            out[name] = True
+    return out
 
 
 def save_eval_result(checkpoint_path: str | Path, result, settings: dict[str, Any], command: str,

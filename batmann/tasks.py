@@ -15,10 +15,12 @@ def episode_config(opts: EpisodeOptions, phase: str):
     if phase == "train":
         return EpisodeConfig(ways=opts.class_num, shots=opts.num_shot, queries=opts.batch_size_train,
                              query_pool=opts.pool_query_train, val_queries=opts.val_num_train,
-                             val_pool=opts.pool_val_train)
+                             val_pool=opts.pool_val_train, within_alphabet=opts.within_alphabet,
+                             distinct_drawers=opts.distinct_drawers)
     if phase == "test":
         return EpisodeConfig(ways=opts.class_num, shots=opts.num_shot, queries=opts.batch_size_test,
-                             query_pool=opts.pool_query_test)
+                             query_pool=opts.pool_query_test, within_alphabet=opts.within_alphabet,
+                             distinct_drawers=opts.distinct_drawers)
     raise ValueError(f"phase {phase!r} is not train or test")
 
 

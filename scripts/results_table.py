@@ -127,7 +127,7 @@ def _evaluation(name: str, cfg: dict) -> dict | None:
             "seed": 0, "keys": cfg["keys"], "queries": ep["batch_size_test"]}
     for entry in json.loads(path.read_text())["results"]:
         settings = dict(entry["settings"])
-        if settings.pop("precision", "fp32") == "fp32" and settings == want:  # fp32: the shipped figure
+        if settings.pop("precision", "fp32") == "fp32" and settings == want:  # fp32 and the seed's episodes
             return entry
     return None
 

@@ -197,3 +197,46 @@ def test_distinct_drawer_episodes_use_the_same_drawers_for_every_class(omniglot_
 def test_episode_options_must_be_booleans():
     with pytest.raises(ConfigError, match="within_alphabet must be true or false \\(got 1\\)"):
         EpisodeConfig(5, 1, 1, 5, within_alphabet=1).validate(100)
+
+
+def test_lake_protocol_options_reach_every_command(omniglot_cache, tmp_path, capsys):
+    import json
+    import os
+    from pathlib import Path
+
+    from batmann.cli import build_parser, main
+    from batmann.cli.train_cmd import train_config_from_args
+    from batmann.config import EpisodeOptions
+    from batmann.study.spec import load_study
+    from batmann.tasks import episode_config
+
+    args = build_parser().parse_args(["train", "--within-alphabet", "--distinct-drawers", "--ways", "20",
+                                      "--shots", "1", "--split", "lake"])
+    cfg = train_config_from_args(args)
+    assert cfg.episodes.within_alphabet and cfg.episodes.distinct_drawers
+    assert episode_config(cfg.episodes, "train").within_alphabet and episode_config(cfg.episodes, "test").distinct_drawers
+    assert not build_parser().parse_args(["train"]).within_alphabet  # off by default
+    with pytest.raises(ConfigError, match="distinct_drawers must be true or false"):
+        EpisodeOptions(distinct_drawers="yes").validate()
+
+    out = tmp_path / "ep.png"
+    assert main(["data", "episode", "--ways", "20", "--shots", "1", "--queries", "1", "--split", "lake",
+                 "--within-alphabet", "--distinct-drawers", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert main(["data", "episode", "--ways", "60", "--shots", "1", "--split", "lake", "--within-alphabet",
+                 "--out", str(out)]) == 2
+    assert "within-alphabet episodes need an alphabet with at least 60 characters" in capsys.readouterr().err
+
+    assert main(["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "2", "--seed", "17", "--split", "lake",
+                 "--within-alphabet", "--distinct-drawers", "--json"]) == 0
+    record = Path(os.environ["BATMANN_HOME"]) / "evaluations" / "5w1s-binary.eval.json"
+    settings = [e["settings"] for e in json.loads(record.read_text())["results"] if e["settings"]["seed"] == 17]
+    assert settings and settings[-1]["within_alphabet"] is True and settings[-1]["distinct_drawers"] is True
+
+    study = tmp_path / "s.toml"
+    study.write_text('checkpoint = ["5w1s-binary"]\n[episodes]\ncount = 2\nwithin_alphabet = true\n'
+                     '[grid]\nvariability = [0.1]\n')
+    assert load_study(study).episodes["within_alphabet"] is True
+    study.write_text('checkpoint = ["5w1s-binary"]\n[episodes]\ndistinct_drawers = 1\n[grid]\nvariability = [0.1]\n')
+    with pytest.raises(ConfigError, match="episodes.distinct_drawers must be true or false, got 1"):
+        load_study(study)

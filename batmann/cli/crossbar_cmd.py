@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from batmann.cli.train_cmd import add_protocol_options
 from crossbar.spec import SHORTCUT_KINDS
 from device_models.nonidealities import ADC_RANGES, DRIFT_COMPENSATIONS, IR_DROP_SOLVERS, NONIDEALITY_TYPES
 
@@ -110,6 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--episodes", type=int, default=200, help="episodes (default 200)")
     e.add_argument("--ways", type=int, default=None, help="m (default: the checkpoint's)")
     e.add_argument("--shots", type=int, default=None, help="n (default: the checkpoint's)")
+    add_protocol_options(e, default=None)
     e.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the chip (default 0)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_evaluate)
@@ -129,7 +131,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         spec.save(args.save_spec)
     ckpt = load_checkpoint(args.checkpoint, "cpu")
     opts = ckpt.config.episodes
-    overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots)) if v is not None}
+    overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots),
+                                   ("within_alphabet", args.within_alphabet),
+                                   ("distinct_drawers", args.distinct_drawers)) if v is not None}
     result = compare(ckpt, spec, episodes=args.episodes, seed=args.seed,
                      episode_options=replace(opts, **overrides), progress=not args.json)
     if args.json:

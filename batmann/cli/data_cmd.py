@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from batmann.cli.train_cmd import add_protocol_options
 from batmann.errors import DataError
 
 
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per class reserved for queries (default 20 - shots)")
     e.add_argument("--split", choices=SPLITS, default="seed", help="character split (default seed)")
     e.add_argument("--subset", choices=("train", "test"), default="test", help="split half (default test)")
+    add_protocol_options(e, default=False)
     e.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     e.add_argument("--index", type=int, default=0, help="episode number within the seed's sequence (default 0)")
     e.add_argument("--out", default="episode.png", metavar="FILE.png", help="output PNG (default episode.png)")
@@ -120,7 +122,8 @@ def run_episode(args: argparse.Namespace) -> int:
     if args.index < 0:
         raise ConfigError(f"--index must be >= 0 (got {args.index})")
     pool = args.query_pool if args.query_pool is not None else IMAGES_PER_CHARACTER - args.shots
-    config = EpisodeConfig(ways=args.ways, shots=args.shots, queries=args.queries, query_pool=pool)
+    config = EpisodeConfig(ways=args.ways, shots=args.shots, queries=args.queries, query_pool=pool,
+                           within_alphabet=args.within_alphabet, distinct_drawers=args.distinct_drawers)
     config.validate(10**9)  # the option rules first, before loading anything
     cache = load_image_cache(args.size, home=args.home, log=_say)
     train, test = split_characters(cache, args.split)

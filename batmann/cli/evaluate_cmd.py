@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 
-from batmann.cli.train_cmd import add_keys_options, resolve_keys
+from batmann.cli.train_cmd import add_keys_options, add_protocol_options, resolve_keys
 from batmann.options import PRECISIONS, SPLITS
 
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, default=None, help="n (default: the checkpoint's)")
     p.add_argument("--queries-test", type=int, default=None, help="queries per class (default: the checkpoint's)")
     p.add_argument("--split", choices=SPLITS, default=None, help="character split (default: the checkpoint's)")
+    add_protocol_options(p, default=None)
     add_keys_options(p, default=None)
     p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     p.add_argument("--device", "--gpu", dest="device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -56,7 +57,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, device)
     opts = ckpt.config.episodes
     overrides = {k: v for k, v in (("class_num", args.ways), ("num_shot", args.shots),
-                                   ("batch_size_test", args.queries_test), ("split", args.split)) if v is not None}
+                                   ("batch_size_test", args.queries_test), ("split", args.split),
+                                   ("within_alphabet", args.within_alphabet),
+                                   ("distinct_drawers", args.distinct_drawers)) if v is not None}
     opts = replace(opts, **overrides)
     keys = resolve_keys(args, ckpt.config.keys)
     precision = inference_precision(ckpt.config.model.controller, args.precision, device)

@@ -46,6 +46,27 @@ def add_episode_options(p: argparse.ArgumentParser, defaults: EpisodeOptions | N
     g.add_argument("--split", choices=SPLITS, default=d.split,
                    help="character split: seed (shuffled with seed 806, 964 train / 659 test) or lake "
                         "(background alphabets train, evaluation alphabets test) (default seed)")
+    add_protocol_options(g, default=False)
+
+
+#: help of the two episode options of Lake's protocol (train, evaluate, crossbar evaluate, data episode)
+PROTOCOL_HELP = {
+    "within_alphabet": "draw all classes of an episode from one alphabet (alphabets with fewer characters "
+                       "than --ways are skipped; an error when none has enough)",
+    "distinct_drawers": "supports and queries by different drawers, the same drawers for every class",
+}
+
+
+def add_protocol_options(g, default: bool | None) -> None:
+    """``--within-alphabet`` / ``--distinct-drawers``; ``default=None``: ``--no-...`` forms too, unset
+    meaning the checkpoint's own setting."""
+    for name, text in PROTOCOL_HELP.items():
+        flag = "--" + name.replace("_", "-")
+        if default is None:
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=text + " (default: the checkpoint's)")
+        else:
+            g.add_argument(flag, dest=name, action="store_true", default=default, help=text)
 
 
 def add_keys_options(p: argparse.ArgumentParser, default: str | None = "bipolar") -> None:

@@ -46,7 +46,7 @@ from batmann.errors import ConfigError
 from batmann.options import KEY_MODES
 
 TOP_KEYS = ("checkpoint", "chips", "chip_seed", "episodes", "hardware", "grid", "zip", "name", "description")
-EPISODE_KEYS = ("count", "seed", "ways", "shots", "queries")
+EPISODE_KEYS = ("count", "seed", "ways", "shots", "queries", "within_alphabet", "distinct_drawers")
 #: HardwareSpec fields a study may not set (``seed`` is the chip, ``nonidealities`` the long form).
 NOT_PARAMETERS = ("seed", "nonidealities", "programming")
 
@@ -243,6 +243,11 @@ class Study:
             lo = 0 if k == "seed" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{source}: episodes.{k} must be an integer >= {lo}, got {v!r}")
+        for k in ("within_alphabet", "distinct_drawers"):  # Lake's protocol; named only when given
+            if k in ep:
+                if not isinstance(ep[k], bool):
+                    raise ConfigError(f"{source}: episodes.{k} must be true or false, got {ep[k]!r}")
+                out[k] = ep[k]
         return out
 
     # -- expanding --------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from batmann.utils.determinism import deterministic_kernels
 @dataclass(frozen=True)
 class EpisodeSet:
     """The episodes every cell of one checkpoint sees: the checkpoint's test episodes with the
-    study's overrides (``ways``, ``shots``, ``queries``), ``count`` of them from ``seed``."""
+    study's overrides (``ways``, ``shots``, ``queries``, ``within_alphabet``,
+    ``distinct_drawers``), ``count`` of them from ``seed``."""
 
     checkpoint: str  # resolved path
     checkpoint_sha: str
@@ -35,11 +36,13 @@ class EpisodeSet:
     ways: int | None = None
     shots: int | None = None
     queries: int | None = None
+    within_alphabet: bool | None = None
+    distinct_drawers: bool | None = None
 
     @classmethod
     def from_study(cls, path: str, sha: str, episodes: dict[str, int]) -> "EpisodeSet":
         return cls(path, sha, episodes["count"], episodes["seed"], episodes.get("ways"), episodes.get("shots"),
-                   episodes.get("queries"))
+                   episodes.get("queries"), episodes.get("within_alphabet"), episodes.get("distinct_drawers"))
 
 
 class Context:
@@ -55,7 +58,8 @@ class Context:
         self.ckpt = load_checkpoint(es.checkpoint, "cpu")
         self.cache = load_image_cache(self.ckpt.config.model.image_size)
         opts = self.ckpt.config.episodes
-        over = {k: v for k, v in (("class_num", es.ways), ("num_shot", es.shots), ("batch_size_test", es.queries))
+        over = {k: v for k, v in (("class_num", es.ways), ("num_shot", es.shots), ("batch_size_test", es.queries),
+                                  ("within_alphabet", es.within_alphabet), ("distinct_drawers", es.distinct_drawers))
                 if v is not None}
         if es.queries is not None and es.queries > opts.pool_query_test:
             over["pool_query_test"] = es.queries
