@@ -158,6 +158,17 @@ class EpisodeOptions:
         return f"{self.class_num}w{self.num_shot}s"
 
 
+def protocol_options(protocol: str, base: EpisodeOptions) -> EpisodeOptions:
+    """``base`` with a fixed evaluation protocol's test episodes. ``lake`` (Lake et al., Science
+    2015): the lake split's evaluation alphabets, 20-way 1-shot with one query per class, all 20
+    characters from one alphabet, the supports by one drawer and the queries by another."""
+    from batmann.options import PROTOCOLS
+
+    _choice("protocol", protocol, PROTOCOLS)
+    return dataclasses.replace(base, split="lake", class_num=20, num_shot=1, batch_size_test=1, pool_query_test=19,
+                               within_alphabet=True, distinct_drawers=True)
+
+
 def _split_sizes(split: str) -> dict[str, int]:
     """Number of train/test characters in each split (fixed by the data set)."""
     return {"seed": {"n_train_chars": 964, "n_test_chars": 659},

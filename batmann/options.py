@@ -15,6 +15,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 LOSSES: tuple[str, ...] = ("ce", "nll")
 #: Omniglot character splits (``--split``); see :mod:`batmann.data.splits`.
 SPLITS: tuple[str, ...] = ("seed", "lake")
+#: Fixed evaluation protocols (``batmann evaluate --protocol``); see :func:`batmann.config.protocol_options`.
+PROTOCOLS: tuple[str, ...] = ("lake",)
 #: Controller layers ``--freeze`` may name, in forward order; ``features`` stands for conv1..conv4.
 FREEZABLE: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "fc1")
 FREEZE_ALIASES: dict[str, tuple[str, ...]] = {"features": ("conv1", "conv2", "conv3", "conv4")}

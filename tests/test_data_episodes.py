@@ -240,3 +240,28 @@ def test_lake_protocol_options_reach_every_command(omniglot_cache, tmp_path, cap
     study.write_text('checkpoint = ["5w1s-binary"]\n[episodes]\ndistinct_drawers = 1\n[grid]\nvariability = [0.1]\n')
     with pytest.raises(ConfigError, match="episodes.distinct_drawers must be true or false, got 1"):
         load_study(study)
+
+
+def test_evaluate_protocol_lake_fixes_lakes_episodes_and_reports_the_error(omniglot_cache, capsys):
+    import json
+
+    from batmann.cli import main
+    from batmann.config import EpisodeOptions, protocol_options
+    from batmann.tasks import make_sampler
+
+    opts = protocol_options("lake", EpisodeOptions()).validate()
+    assert (opts.split, opts.class_num, opts.num_shot, opts.batch_size_test) == ("lake", 20, 1, 1)
+    ep = make_sampler(omniglot_cache, opts, "test", 0).sample()
+    alpha, drawer = omniglot_cache.character_alphabet, omniglot_cache.drawer_index
+    assert len(set(alpha[ep.classes.numpy()].tolist())) == 1 and not omniglot_cache.character_background[ep.classes.numpy()].any()
+    assert len(set(drawer[ep.support_index.numpy()].tolist())) == 1 and len(set(drawer[ep.query_index.numpy()].tolist())) == 1
+    assert drawer[ep.support_index[0]] != drawer[ep.query_index[0]]
+
+    assert main(["evaluate", "--checkpoint", "5w1s-fp", "--protocol", "lake", "--episodes", "2", "--no-save", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protocol"] == "lake" and (out["ways"], out["shots"], out["split"]) == (20, 1, "lake")
+    assert out["error_pct"] == pytest.approx(100 - out["accuracy_pct"])
+    assert main(["evaluate", "--checkpoint", "5w1s-fp", "--protocol", "lake", "--ways", "5", "--no-save"]) == 2
+    assert "--protocol lake fixes the episodes; drop --ways" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="protocol 'x' is not one of lake"):
+        protocol_options("x", EpisodeOptions())

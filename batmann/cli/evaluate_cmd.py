@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from batmann.cli.train_cmd import add_keys_options, add_protocol_options, resolve_keys
-from batmann.options import PRECISIONS, SPLITS
+from batmann.options import PRECISIONS, PROTOCOLS, SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries-test", type=int, default=None, help="queries per class (default: the checkpoint's)")
     p.add_argument("--split", choices=SPLITS, default=None, help="character split (default: the checkpoint's)")
     add_protocol_options(p, default=None)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="a fixed test protocol instead of the checkpoint's episodes: lake = Lake et al.'s one-shot "
+                        "benchmark (evaluation alphabets, 20-way 1-shot, one query per class, within one alphabet, "
+                        "distinct drawers); reports the error too")
     add_keys_options(p, default=None)
     p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     p.add_argument("--device", "--gpu", dest="device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -60,6 +64,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                    ("batch_size_test", args.queries_test), ("split", args.split),
                                    ("within_alphabet", args.within_alphabet),
                                    ("distinct_drawers", args.distinct_drawers)) if v is not None}
+    if args.protocol is not None:
+        from batmann.config import protocol_options
+        from batmann.errors import ConfigError
+
+        if overrides:  # e.g. --ways: the protocol's own value would be silently replaced
+            flags = {"class_num": "--ways", "num_shot": "--shots", "batch_size_test": "--queries-test"}
+            first = sorted(overrides)[0]
+            raise ConfigError(f"--protocol {args.protocol} fixes the episodes; drop "
+                              f"{flags.get(first, '--' + first.replace('_', '-'))}")
+        if opts.split != "lake":  # its training characters include the evaluation alphabets
+            print(f"warning: {ckpt.path.stem} was trained on the {opts.split} split, whose training characters "
+                  "include evaluation alphabets; Lake's protocol needs a lake-split checkpoint", file=sys.stderr)
+        opts = protocol_options(args.protocol, opts)
     opts = replace(opts, **overrides)
     keys = resolve_keys(args, ckpt.config.keys)
     precision = inference_precision(ckpt.config.model.controller, args.precision, device)
@@ -72,9 +89,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.no_save:
         save_eval_result(ckpt.path, result, eval_settings(opts, keys, args.episodes, args.seed, precision), command)
     out = {**result.to_dict(), "keys": keys, "split": opts.split, "precision": precision, "checkpoint": str(ckpt.path)}
+    if args.protocol is not None:
+        out = {"protocol": args.protocol, "error_pct": 100.0 - result.accuracy_pct, **out}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{ckpt.path.stem}: {opts.class_num}-way {opts.num_shot}-shot, {keys} keys, split {opts.split}: "
-              f"{result.accuracy_pct:.2f}% +- {result.ci95_pct:.2f} (95% CI, {result.episodes} episodes)")
+        what = f"protocol {args.protocol}" if args.protocol else f"split {opts.split}"
+        error = f"error {100.0 - result.accuracy_pct:.2f}%, accuracy " if args.protocol else ""
+        print(f"{ckpt.path.stem}: {opts.class_num}-way {opts.num_shot}-shot, {keys} keys, {what}: "
+              f"{error}{result.accuracy_pct:.2f}% +- {result.ci95_pct:.2f} (95% CI, {result.episodes} episodes)")
     return 0
