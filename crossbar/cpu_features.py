@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def _cpu_bf16() -> bool:  # not cached: cheap, and tests fake the flags
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+def _flag(check: str) -> bool:
+    """One of torch.cpu's ``_is_*_supported`` probes (False where this torch lacks it); not
+    cached: cheap, and tests fake the flags."""
+    return bool(getattr(torch.cpu, check, lambda: False)())
+
+
+def _cpu_bf16() -> bool:
+    return _flag("_is_avx512_bf16_supported") or _flag("_is_amx_tile_supported")
 
 
 def has_fast_bf16(device: torch.device) -> bool:
@@ -22,9 +27,8 @@ def has_fast_bf16(device: torch.device) -> bool:
     return False
 
 
-def _cpu_int8() -> bool:  # not cached, as _cpu_bf16
-    checks = ("_is_amx_tile_supported", "_is_vnni_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+def _cpu_int8() -> bool:
+    return _flag("_is_amx_tile_supported") or _flag("_is_vnni_supported")
 
 
 def has_fast_int8(device: torch.device) -> bool:
@@ -39,7 +43,7 @@ def describe_cpu_path(int8_enabled: bool = True) -> str:
     units = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"),
                                       ("AVX512-VNNI", "_is_vnni_supported"), ("AVX-512", "_is_avx512_supported"),
                                       ("AVX2", "_is_avx2_supported"))
-             if bool(getattr(torch.cpu, check, lambda: False)())]
+             if _flag(check)]
     int8 = "int8 (exact)" if _cpu_int8() and int8_enabled else "fp32"
     bf16 = "native" if _cpu_bf16() else "emulated (not used)"
     return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {int8}; bf16: {bf16}"

@@ -408,11 +408,12 @@ class ADC(NonIdeality):
         once after the last tile; the sum then equals the sum of :meth:`quantize` up to float
         rounding."""
         step = 2.0 * fs / (2 ** self.bits)
-        half = 2 ** (self.bits - 1)
-        codes = current.div_(step.to(current.dtype) if isinstance(step, torch.Tensor) else step)
-        codes.floor_().clamp_(-half, half - 1)
         if isinstance(step, torch.Tensor):
-            total.addcmul_(codes, step.to(total.dtype))
+            step = step.to(current.dtype)
+        half = 2 ** (self.bits - 1)
+        codes = current.div_(step).floor_().clamp_(-half, half - 1)
+        if isinstance(step, torch.Tensor):
+            total.addcmul_(codes, step)
         else:
             total.add_(codes, alpha=step)
         return step / 2.0
