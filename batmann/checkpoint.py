@@ -105,9 +105,12 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     """The controller described by ``config.model`` (fresh weights)."""
     from batmann.models import build_controller
 
+    from batmann.models.layers import set_gradient_dtype
+
     m = config.model
-    return build_controller(m.controller, input_channel=m.input_channel, feature_dim=m.feature_dim,
-                            rotation_update=m.rotation_update, a32=m.a32)
+    model = build_controller(m.controller, input_channel=m.input_channel, feature_dim=m.feature_dim,
+                             rotation_update=m.rotation_update, a32=m.a32)
+    return set_gradient_dtype(model, config.gradient_dtype)
 
 
 def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path,

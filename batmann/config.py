@@ -15,6 +15,7 @@ from typing import Any
 from batmann.errors import ConfigError
 
 from batmann.options import (  # noqa: F401  (the option lists, importable from here too)
+    COMPILE_MODES,
     CONTROLLERS,
     FREEZABLE,
     FREEZE_ALIASES,
@@ -194,6 +195,9 @@ class TrainConfig:
     loss: str = "ce"  # "ce": the seed's cross-entropy over the class attention; "nll": -log of it
     keys: str = "bipolar"
     precision: str = "auto"
+    # compiled (TorchInductor) element-wise kernels of the binarized layers' training path:
+    # "auto" = on for XNOR/RBNN controllers on a CPU with a C++ compiler (see effective_compile)
+    compile: str = "auto"
     seed: int = 0
     device: str = "auto"
     init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning)
@@ -218,6 +222,7 @@ class TrainConfig:
                               f"probability distribution (got sim_cal {self.sim_cal!r})")
         _choice("keys", self.keys, KEY_MODES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_MODES)
         _positive("train_episode", self.train_episode)
         for name in ("log_interval", "val_interval", "checkpoint_interval", "lr_step"):
             _positive(name, getattr(self, name))
@@ -264,6 +269,41 @@ class TrainConfig:
         from batmann.utils.device import has_fast_bf16, resolve_device
 
         return "bf16" if has_fast_bf16(resolve_device(self.device)) else "fp32"
+
+    @property
+    def effective_compile(self) -> bool:
+        """Whether training runs the compiled element-wise kernels (:mod:`batmann.models.fused`):
+        ``on``/``off`` as asked; ``auto``: on for a binarized controller (the fp controller has no
+        such kernels) on a CPU where a C++ compiler is found, unless the environment sets
+        ``BATMANN_COMPILE=0``. Compiling costs about 15 s once per shape and machine (cached on
+        disk by TorchInductor), then XNOR/RBNN training steps run faster (docs/performance.md)."""
+        if self.compile != "auto":
+            return self.compile == "on"
+        import os
+
+        from batmann.models.fused import compiler_available
+        from batmann.utils.device import resolve_device
+
+        return (self.model.controller != "fp" and os.environ.get("BATMANN_COMPILE", "1") != "0"
+                and resolve_device(self.device).type == "cpu" and compiler_available())
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether the controller runs under bf16 autocast: bf16 precision for an fp or RBNN
+        controller. An XNOR controller (``xnor``, ``xnor-binary-fc``) in bf16 keeps an exact
+        float32 forward instead (see :attr:`gradient_dtype`)."""
+        return self.effective_precision == "bf16" and not self.model.controller.startswith("xnor")
+
+    @property
+    def gradient_dtype(self):
+        """``torch.bfloat16`` for an XNOR controller in bf16: its +-1 x +-1 layers compute the
+        forward exactly (the float32 function, bit for bit) and their two gradient products in
+        bf16 (:func:`batmann.models.layers.set_gradient_dtype`); else ``None`` (float32 autograd)."""
+        if self.model.controller.startswith("xnor") and self.effective_precision == "bf16":
+            import torch
+
+            return torch.bfloat16
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,8 @@ SIM_CALS: tuple[str, ...] = ("cos_softabs", "cos_softabs_seed", "cos_softmax", "
 KEY_MODES: tuple[str, ...] = ("real", "bipolar", "binary")
 #: Training/evaluation arithmetic (``--precision``).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+#: Compiled element-wise training kernels of binarized layers (``--compile``).
+COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: Training losses (``--loss``).
 LOSSES: tuple[str, ...] = ("ce", "nll")
 #: Omniglot character splits (``--split``); see :mod:`batmann.data.splits`.

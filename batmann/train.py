@@ -36,6 +36,7 @@ from batmann.memory import class_logits, quantize_keys, sharpened_attention
 from batmann.records import eval_settings, save_eval_result
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
+from batmann.models.fused import compiled_kernels
 from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.device import describe_device, resolve_device
 from batmann.utils.seeding import seed_everything
@@ -66,7 +67,7 @@ def _logger(run_dir: Path) -> logging.Logger:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    if config.effective_precision == "bf16":
+    if config.autocast_bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
@@ -88,7 +89,7 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
         with _autocast(config, device):
             feats = trunk.head(x)
     else:
-        if config.effective_precision == "bf16":
+        if config.effective_precision == "bf16":  # channels-last throughout: oneDNN's fast layout
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(config, device):
             feats = model(images)
@@ -115,7 +116,7 @@ def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.d
         system = CachedTrunkSystem(model, trunk, keys=config.keys)
     else:
         system = DigitalSystem(model, keys=config.keys, cache_features=False,
-                               autocast=config.effective_precision == "bf16")
+                               autocast=config.autocast_bf16)
     was_training = model.training
     try:
         return evaluate_system(system, sampler, config.val_episode, use_val=True, desc="validate")
@@ -241,7 +242,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(run_dir)
     try:
-        with deterministic_kernels(resolve_device(config.device), config.deterministic):
+        with deterministic_kernels(resolve_device(config.device), config.deterministic), \
+                compiled_kernels(config.effective_compile):
             return _train(config, run_dir, resume, progress, cache, command)
     finally:
         if lock is not None:
@@ -271,7 +273,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         model = model.to(memory_format=torch.channels_last)
     trainable = freeze_layers(model, config.freeze)
     depth = cached_depth(model, config.freeze)
-    trunk = TrunkCache(model, config.effective_precision == "bf16", depth) if depth else None
+    trunk = TrunkCache(model, config.autocast_bf16, depth) if depth else None
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
 
@@ -286,7 +288,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         log.info("resumed from %s at episode %d (best validation %.2f%%)", last_path, start, best_val)
     else:
         log.info("config %s", config.to_dict())
-        log.info("precision %s (asked: %s)", config.effective_precision, config.precision)
+        log.info("precision %s (asked: %s); compiled kernels %s (asked: %s)", config.effective_precision,
+                 config.precision, "on" if config.effective_compile else "off", config.compile)
         if config.freeze:
             log.info("frozen layers %s%s", ",".join(config.freeze),
                      f" ({','.join(trunk.layers)} outputs cached)" if trunk is not None else "")

@@ -11,12 +11,13 @@ Reference: the seed's own code made CPU-only ran 0.71 training and 1.5 test
 episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
-        [--precisions fp32,bf16] [--deterministic off,on]
+        [--precisions fp32,bf16] [--deterministic off,on] [--compile off,on]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -27,6 +28,7 @@ from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.models import binary_kernels
+from batmann.models.fused import compiled_kernels
 from batmann.tasks import make_sampler
 from batmann.train import train_step
 from batmann.utils.determinism import deterministic_kernels
@@ -66,7 +68,7 @@ def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int 
     binary_kernels.ENABLED = int8
     model = build_model(cfg).eval()
     system = DigitalSystem(model, keys="bipolar", cache_features=cached,
-                           autocast=cfg.effective_precision == "bf16")
+                           autocast=cfg.autocast_bf16)
     sampler = make_sampler(cache, cfg.episodes, "test", 0)
     for i in range(warmup):
         score_episode(system, sampler.sample(index=i))
@@ -83,6 +85,9 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--deterministic", default="off,on",
                     help="training kernels to time: off (every core) and/or on (train --deterministic, the default)")
+    ap.add_argument("--compile", default="off,on",
+                    help="training element-wise kernels of binarized controllers: off (eager) and/or on "
+                         "(compiled, train --compile); the fp controller has none and is timed once")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -94,9 +99,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(cpu)}; {describe_cpu_path()}")
     print("test: fp32 kernels; with int8: the XNOR layers' +-1 products on the exact int8 kernels (same features)")
-    print("| task | controller | precision | deterministic | train ep/s | x seed | test ep/s | x seed | "
+    print("train: bf16 is autocast for fp, and for xnor an exact fp32 forward with bf16 gradient products")
+    print("| task | controller | precision | deterministic | compiled | train ep/s | x seed | test ep/s | x seed | "
           "test ep/s, int8 | x seed | test ep/s, feature cache | x seed | feature cache, int8 | x seed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
@@ -112,13 +118,14 @@ def main() -> None:
                 tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, int8=True) \
                     if args.cached and int8 else nan
                 binary_kernels.ENABLED = True
-                for det in args.deterministic.split(","):
-                    with deterministic_kernels("cpu", enabled=det == "on"):
+                compiles = args.compile.split(",") if kind != "fp" else ["off"]
+                for det, comp in itertools.product(args.deterministic.split(","), compiles):
+                    with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                    print(f"| {tag} | {kind} | {prec} | {det} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | {te:.2f} | "
-                          f"{r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
+                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
+                          f"{te:.2f} | {r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
                           f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)
 
 

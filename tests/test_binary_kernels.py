@@ -24,6 +24,9 @@ def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stri
     got = bk.pm1_conv2d(x, w, stride, padding)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, F.conv2d(x, w, stride=stride, padding=padding))
+    got_cl = bk.pm1_conv2d(x.contiguous(memory_format=torch.channels_last), w, stride, padding)
+    assert torch.equal(got_cl, got)
+    assert got_cl.is_contiguous(memory_format=torch.channels_last) == (c > 1)  # C = 1: both formats at once
 
 
 def test_pm1_kernels_reach_the_largest_sums_exactly():

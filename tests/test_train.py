@@ -40,13 +40,19 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}
 
 
-@pytest.mark.parametrize("controller", ["fp", "xnor"])
-def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controller):
-    straight = train(tiny_config(controller=controller), tmp_path / "a", progress=False, cache=omniglot_cache)
+@pytest.mark.parametrize("controller,precision,compile", [
+    ("fp", "fp32", "off"), ("xnor", "fp32", "off"),
+    # XNOR: exact forward, bf16 gradient products, compiled element-wise kernels
+    pytest.param("xnor", "bf16", "on", marks=pytest.mark.skipif(
+        not __import__("batmann.models.fused", fromlist=["x"]).compiler_available(), reason="no C++ compiler")),
+])
+def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controller, precision, compile):
+    opts = dict(controller=controller, precision=precision, compile=compile)
+    straight = train(tiny_config(**opts), tmp_path / "a", progress=False, cache=omniglot_cache)
     assert straight.episodes_done == 6
     # the same run, stopped after 3 episodes and resumed to 6
-    train(tiny_config(controller=controller, train_episode=3), tmp_path / "b", progress=False, cache=omniglot_cache)
-    train(tiny_config(controller=controller), tmp_path / "b", resume=True, progress=False, cache=omniglot_cache)
+    train(tiny_config(train_episode=3, **opts), tmp_path / "b", progress=False, cache=omniglot_cache)
+    train(tiny_config(**opts), tmp_path / "b", resume=True, progress=False, cache=omniglot_cache)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and len(a) > 4
     for k in a:

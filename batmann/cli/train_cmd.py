@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from batmann.config import CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
+from batmann.config import COMPILE_MODES, CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -152,7 +152,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_keys_options(p, d.keys)
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32; bf16 autocast with channels_last; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
+                   help="fp32; bf16: autocast with channels_last (fp, RBNN), for XNOR an exact fp32 forward with bf16 gradient products; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
+    r.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                   help="compiled (TorchInductor) element-wise kernels for the binarized layers: about 15 s "
+                        "to build once per machine, then faster XNOR/RBNN steps; auto = on for binarized "
+                        "controllers on a CPU with a C++ compiler (default auto)")
     r.add_argument("--seed", type=int, default=d.seed, help="seed for every generator (default 0)")
     r.add_argument("--device", "--gpu", dest="device", default=d.device,
                    help="auto, cpu, cuda or cuda:N (default auto)")
@@ -175,7 +179,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         test_episode=args.test_episode, checkpoint_interval=args.checkpoint_interval,
         learning_rate=args.learning_rate, lr_step=args.lr_step, lr_gamma=args.lr_gamma,
         sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
-        seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
+        compile=args.compile, seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
         ste_clip=args.ste_clip, freeze=normalize_freeze(args.freeze), deterministic=args.deterministic,
     ).validate()
 

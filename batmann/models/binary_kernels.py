@@ -28,8 +28,9 @@ PATCH_CHUNK_BYTES = 1 << 25
 def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
     """``F.conv2d(x, w, stride=stride, padding=padding)`` for ``x`` (B, C, H, W) and ``w``
     (O, C, k, k) whose entries are all +-1 (any dtype, int8 included; zero padding allowed):
-    float32 (B, O, H', W'),
-    computed in int8 with int32 sums, bit-identical to fp32. Square kernels, equal strides."""
+    float32 (B, O, H', W') in ``x``'s memory format (channels-last in, channels-last out, as
+    ``F.conv2d``), computed in int8 with int32 sums, bit-identical to fp32. Square kernels,
+    equal strides."""
     b, c, _, _ = x.shape
     o, _, k, _ = w.shape
     xi = x.to(torch.int8).permute(0, 2, 3, 1)  # (B, H, W, C), channels-last memory
@@ -42,7 +43,9 @@ def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tenso
     kdim = k * k * c
     wi = w.to(torch.int8).permute(0, 2, 3, 1).reshape(o, kdim).t()  # (K, O) in (kh, kw, c) order, column-major
     sb, sh, sw, sc = xi.stride()
-    out = torch.empty(b, o, h, wo, dtype=torch.float32, device=x.device)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.empty(b, o, h, wo, dtype=torch.float32, device=x.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     step = max(1, PATCH_CHUNK_BYTES // (h * wo * kdim))
     patches = torch.empty(min(step, b), h, wo, k, k * c, dtype=torch.int8, device=x.device)
     for i in range(0, b, step):

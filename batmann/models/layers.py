@@ -51,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batmann.models import binary_kernels
+from batmann.models import binary_kernels, fused
 from batmann.models import quantizers as q
 from crossbar.cpu_features import has_fast_int8
 
-STD_EPS = 1e-12
+STD_EPS = fused.STD_EPS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,44 +77,30 @@ def standardize_rows(x: Tensor) -> Tensor:
 
 def _center_scale(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``(c, mu, s)``: ``c = x - mean`` (float32), ``s = std(c)`` (unbiased, clamped)."""
-    dims = _row_dims(x)
-    n = max(x[0].numel() - 1, 1)
-    mu = x.mean(dims, keepdim=True, dtype=torch.float32)
-    c = x - mu  # promotes a bf16 x to float32
-    s = (torch.linalg.vector_norm(c, 2, dims, keepdim=True) / math.sqrt(n)).clamp_min(STD_EPS)
-    return c, mu, s
+    return fused.center_scale(x)
 
 
 class _CenteredSign(torch.autograd.Function):
     """``sign_pm1(x - mean(x))`` per row, with an STE through ``x_hat = (x - mean) / std``.
 
-    One fused function instead of an autograd chain of mean/sub/std/div (several times
-    faster on CPU). Backward: ``g_hat = g * surrogate(x_hat)`` (``"hardtanh"``: ``|x_hat| < 1``;
-    ``"rbnn"``: ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the
-    standardisation: ``(g_hat - mean(g_hat) - x_hat * sum(g_hat * x_hat) / (N - 1)) / std``.
+    One function instead of an autograd chain of mean/sub/std/div (several times faster on
+    CPU; fused further where :func:`batmann.models.fused.compiled_kernels` is on). Backward:
+    ``g_hat = g * surrogate(x_hat)`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
+    ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation:
+    ``(g_hat - mean(g_hat) - x_hat * sum(g_hat * x_hat) / (N - 1)) / std``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, surrogate: str, t: float) -> Tensor:  # noqa: D102
-        c, mu, s = _center_scale(x)
+    def forward(ctx, x: Tensor, surrogate: str, t: float, out_dtype: torch.dtype | None) -> Tensor:  # noqa: D102
+        out, mu, s = fused.sign_forward(x, out_dtype)
         ctx.save_for_backward(x, mu, s)
         ctx.surrogate, ctx.t = surrogate, float(t)
-        return q.sign_pm1(c).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        dims = _row_dims(x)
-        xh = (x - mu) / s
-        if ctx.surrogate == "hardtanh":
-            gh = torch.where(xh.abs() < 1, g.float(), 0.0)
-        else:
-            t = ctx.t
-            gh = g.float() * (math.sqrt(2.0) * t - (t * t) * xh.abs()).clamp_min(0.0)
-        n = max(x[0].numel() - 1, 1)
-        proj = (gh * xh).sum(dims, keepdim=True) / n
-        dx = (gh - gh.mean(dims, keepdim=True) - xh * proj) / s
-        return dx.to(x.dtype), None, None
+        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t), None, None, None
 
 
 class _Standardize(torch.autograd.Function):
@@ -122,19 +108,14 @@ class _Standardize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        c, mu, s = _center_scale(x)
+        xh, mu, s = fused.standardize_forward(x)
         ctx.save_for_backward(x, mu, s)
-        return c / s
+        return xh
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        dims = _row_dims(x)
-        xh = (x - mu) / s
-        g = g.float()
-        n = max(x[0].numel() - 1, 1)
-        proj = (g * xh).sum(dims, keepdim=True) / n
-        return ((g - g.mean(dims, keepdim=True) - xh * proj) / s).to(x.dtype)
+        return fused.standardize_backward(x, mu, s, g)
 
 
 def standardize_activations(x: Tensor) -> Tensor:
@@ -156,9 +137,11 @@ def centered_sign_int8(x: Tensor) -> Tensor:
     return torch.where(x > mu, one, -one)
 
 
-def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0) -> Tensor:
-    """Binarise activations per row with an STE (``"hardtanh"`` for XNOR, ``"rbnn"`` for RBNN)."""
-    return _CenteredSign.apply(x, surrogate, t)
+def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0,
+                      out_dtype: torch.dtype | None = None) -> Tensor:
+    """Binarise activations per row with an STE (``"hardtanh"`` for XNOR, ``"rbnn"`` for RBNN);
+    +-1 in ``out_dtype`` (default ``x``'s; +-1 is exact in every float dtype)."""
+    return _CenteredSign.apply(x, surrogate, t, out_dtype)
 
 
 def _fp32(t: Tensor):
@@ -257,6 +240,11 @@ def _integer_path(layer: nn.Module, x: Tensor) -> bool:
         return False
     if not binary_kernels.ENABLED or not has_fast_int8(x.device):
         return False
+    return _plain_geometry(layer)
+
+
+def _plain_geometry(layer: nn.Module) -> bool:
+    """Whether the int8 kernels cover ``layer``: a linear layer or an ordinary square convolution."""
     if isinstance(layer, nn.Conv2d):
         return (layer.groups == 1 and tuple(layer.dilation) == (1, 1) and layer.padding_mode == "zeros"
                 and not isinstance(layer.padding, str) and len(set(layer.kernel_size)) == 1
@@ -268,6 +256,54 @@ def _pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
     if isinstance(layer, nn.Conv2d):
         return binary_kernels.pm1_conv2d(x, w, layer.stride[0], layer.padding[0])
     return binary_kernels.pm1_linear(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
+
+
+def _exact_pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
+    """The +-1 x +-1 product of ``layer`` in float32, exact: on the int8 kernels where they apply."""
+    if binary_kernels.ENABLED and has_fast_int8(x.device) and _plain_geometry(layer):
+        return _pm1_op(layer, x, w)
+    return _op(layer, x.float(), w.float(), None)
+
+
+class _Pm1Product(torch.autograd.Function):
+    """A +-1 x +-1 convolution / linear product whose forward is exact (float32 values, the int8
+    kernels where the CPU has them) and whose two gradient products run in ``grad_dtype``
+    (bf16: AMX / AVX512-BF16 units). The forward, and so the trained function, is the float32
+    one bit for bit; only the gradients are rounded, as under bf16 autocast."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor, layer: nn.Module, grad_dtype: torch.dtype) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(a, w)
+        ctx.layer, ctx.grad_dtype = layer, grad_dtype
+        return _exact_pm1_op(layer, a, w)  # float32
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        a, w = ctx.saved_tensors
+        layer, dt = ctx.layer, ctx.grad_dtype
+        need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if isinstance(layer, nn.Conv2d):
+            cl = torch.channels_last
+            ga, gw, _ = torch.ops.aten.convolution_backward(
+                g.to(dt, memory_format=cl), a.to(dt, memory_format=cl), w.to(dt, memory_format=cl), None,
+                list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
+                [need_a, need_w, False])
+        else:
+            g2, a2 = g.reshape(-1, g.shape[-1]).to(dt), a.reshape(-1, a.shape[-1]).to(dt)
+            ga = (g2 @ w.to(dt)).reshape(a.shape) if need_a else None
+            gw = g2.t() @ a2 if need_w else None
+        ga = None if ga is None else ga.to(a.dtype)
+        gw = None if gw is None else gw.to(w.dtype, memory_format=torch.contiguous_format)
+        return ga, gw, None, None
+
+
+def set_gradient_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Run the gradient products of ``model``'s XNOR layers in ``dtype`` (``torch.bfloat16``), their
+    forward exactly as in float32; ``None`` restores plain float32 autograd. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, _XnorMixin):
+            m.grad_dtype = dtype
+    return model
 
 
 def _bias_view(layer: nn.Module) -> Tensor:
@@ -322,15 +358,23 @@ class _XnorMixin:
             self._bw_cache = cached
         return cached[1]
 
+    #: dtype of the gradient products in training (``None``: float32 autograd); see :func:`set_gradient_dtype`
+    grad_dtype: torch.dtype | None = None
+
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         fast = _integer_path(self, x)  # inference: the same numbers from int8 units
+        mixed = not fast and self.grad_dtype is not None and torch.is_grad_enabled()
         with _fp32(x):
             bw = self._inference_weight() if fast else q.xnor_weight_sign(standardize_rows(self.weight))
             # == xnor_act_sign(standardize_rows(x))
-            ba = centered_sign_int8(x) if fast else centered_sign_ste(x, "hardtanh")
+            ba = centered_sign_int8(x) if fast else \
+                centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype if mixed else None)
         if fast:
             out = _pm1_op(self, ba, bw)
             out = (out if self.bias is None else out + _bias_view(self)).to(x.dtype)
+        elif mixed:
+            out = _Pm1Product.apply(ba, bw, self, self.grad_dtype)
+            out = out if self.bias is None else out + _bias_view(self)
         else:
             out = _op(self, ba, bw, self.bias)
         return out * self._alpha_view().to(out.dtype)

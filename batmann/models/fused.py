@@ -1,0 +1,151 @@
+"""Element-wise kernels of the binarized layers' training path: eager, or fused by ``torch.compile``.
+
+The centered sign of an activation map (``sign(x - mean)`` per sample, straight-through
+gradient through the standardised ``(x - mean) / std``) and the standardisation of RBNN inputs
+read and write the largest tensors of a training step several times each in eager PyTorch (a
+mean, a difference, a norm, a comparison, a cast, ... one pass each). Compiled by TorchInductor
+(C++ with OpenMP and the CPU's vector units; a C++ compiler is needed), each becomes one
+reduction pass and one element-wise pass.
+
+Both forms compute the same formulas; the compiled reductions sum in another order, so the
+results agree to float32 rounding, not bit for bit. Each sample's sums stay on one thread, so
+the compiled kernels give the same bits on one or several threads (``tests/test_fused.py``).
+:func:`compiled_kernels` switches the compiled form on for a block (training does, see
+``TrainConfig.compile``); eager is the default everywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import shutil
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+#: below this many elements per call the eager form is used even when compiled kernels are on
+#: (small tensors: the FC input, unit tests), so that no compile is paid where nothing is gained
+MIN_COMPILED_NUMEL = 1 << 16
+
+STD_EPS = 1e-12
+
+_enabled = False
+
+
+def _dims(x: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, x.dim()))
+
+
+def _denominator(x: Tensor) -> int:
+    return max(x[0].numel() - 1, 1)
+
+
+def center_scale(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample ``(c, mu, s)``: ``c = x - mean`` (float32), ``s`` the unbiased std (clamped below)."""
+    dims = _dims(x)
+    mu = x.mean(dims, keepdim=True, dtype=torch.float32)
+    c = x - mu  # promotes a bf16 x to float32
+    s = (torch.linalg.vector_norm(c, 2, dims, keepdim=True) / math.sqrt(_denominator(x))).clamp_min(STD_EPS)
+    return c, mu, s
+
+
+def _sign_forward(x: Tensor, out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    c, mu, s = center_scale(x)
+    one = torch.ones((), dtype=out_dtype, device=x.device)
+    return torch.where(c > 0, one, -one), mu, s
+
+
+def _standardize_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c, mu, s = center_scale(x)
+    return c / s, mu, s
+
+
+def _standardize_backward(x: Tensor, mu: Tensor, s: Tensor, gh: Tensor) -> Tensor:
+    """The exact gradient of ``(x - mean) / std`` given ``gh``, the gradient at its output."""
+    dims = _dims(x)
+    xh = (x - mu) / s
+    proj = (gh * xh).sum(dims, keepdim=True) / _denominator(x)
+    return ((gh - gh.mean(dims, keepdim=True) - xh * proj) / s).to(x.dtype)
+
+
+def _sign_backward_hardtanh(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    xh = (x - mu) / s
+    return _standardize_backward(x, mu, s, torch.where(xh.abs() < 1, g.float(), 0.0))
+
+
+def _sign_backward_rbnn(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, t: Tensor) -> Tensor:
+    xh = (x - mu) / s
+    gh = g.float() * (math.sqrt(2.0) * t - (t * t) * xh.abs()).clamp_min(0.0)
+    return _standardize_backward(x, mu, s, gh)
+
+
+def _standardize_grad(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    return _standardize_backward(x, mu, s, g.float())
+
+
+_EAGER: dict[str, Callable] = {
+    "sign_forward": _sign_forward,
+    "sign_backward_hardtanh": _sign_backward_hardtanh,
+    "sign_backward_rbnn": _sign_backward_rbnn,
+    "standardize_forward": _standardize_forward,
+    "standardize_backward": _standardize_grad,
+}
+
+
+@functools.cache
+def _compiled(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Callable:
+    """One static-shape compiled function per (kernel, shape, dtype): the kernel used for a shape
+    never depends on which shapes came before it (no recompile limit, no dynamic-shape fallback)."""
+    return torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
+
+
+def compiler_available() -> bool:
+    """Whether TorchInductor can build CPU kernels here (a C++ compiler on the PATH)."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def _kernel(name: str, x: Tensor) -> Callable:
+    if _enabled and x.device.type == "cpu" and x.numel() >= MIN_COMPILED_NUMEL:
+        return _compiled(name, tuple(x.shape), x.dtype)
+    return _EAGER[name]
+
+
+@contextlib.contextmanager
+def compiled_kernels(enabled: bool = True) -> Iterator[None]:
+    """Within the block, the functions below run their compiled form (CPU tensors of at least
+    :data:`MIN_COMPILED_NUMEL` elements); ``enabled=False`` keeps them eager."""
+    global _enabled
+    before = _enabled
+    _enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sign_pm1(x - mu), mu, s)`` per sample: +-1 in ``out_dtype`` (default ``x``'s), the
+    float32 mean and unbiased std."""
+    return _kernel("sign_forward", x)(x, out_dtype or x.dtype)
+
+
+def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float) -> Tensor:
+    """Gradient of the centered sign at ``x`` given ``g`` at its output: ``g`` times the surrogate
+    derivative at ``x_hat = (x - mu) / s`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
+    ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation."""
+    if surrogate == "hardtanh":
+        return _kernel("sign_backward_hardtanh", x)(x, mu, s, g)
+    t_ = torch.tensor(float(t), dtype=torch.float32, device=x.device)  # a tensor: no recompile per t
+    return _kernel("sign_backward_rbnn", x)(x, mu, s, g, t_)
+
+
+def standardize_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``((x - mu) / s, mu, s)`` per sample, float32."""
+    return _kernel("standardize_forward", x)(x)
+
+
+def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    """Exact gradient of :func:`standardize_forward` at ``x`` given ``g`` at its output."""
+    return _kernel("standardize_backward", x)(x, mu, s, g)
