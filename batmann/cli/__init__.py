@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batmann.cli.classify_cmd",
     "batmann.cli.crossbar_cmd",
     "batmann.cli.study_cmd",
+    "batmann.cli.experiment_cmd",
     "batmann.cli.demo_cmd",
 )
 

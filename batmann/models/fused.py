@@ -94,10 +94,18 @@ _EAGER: dict[str, Callable] = {
 }
 
 
+#: static-shape compilations kept per kernel (one per shape, dtype and thread count met; a
+#: training run meets a handful, a benchmark over several settings a few dozen)
+RECOMPILE_LIMIT = 64
+
+
 @functools.cache
-def _compiled(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Callable:
-    """One static-shape compiled function per (kernel, shape, dtype): the kernel used for a shape
-    never depends on which shapes came before it (no recompile limit, no dynamic-shape fallback)."""
+def _compiled(name: str) -> Callable:
+    """The compiled form of one kernel: static shapes (``dynamic=False``), so the code that runs
+    for a shape never depends on which shapes came before it."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
 
 
@@ -108,7 +116,7 @@ def compiler_available() -> bool:
 
 def _kernel(name: str, x: Tensor) -> Callable:
     if _enabled and x.device.type == "cpu" and x.numel() >= MIN_COMPILED_NUMEL:
-        return _compiled(name, tuple(x.shape), x.dtype)
+        return _compiled(name)
     return _EAGER[name]
 
 

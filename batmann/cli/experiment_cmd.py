@@ -1,0 +1,65 @@
+"""``batmann experiment list | run``: the seed's experiments, one command each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from batmann.cli import OneLineParser
+    from batmann.experiments.catalog import EXPERIMENTS
+
+    p = sub.add_parser("experiment", help="reproduce the seed's experiments (ablation, sharpening)",
+                       description="Train the controllers an experiment of the seed needs (batmann train, "
+                                   "resumable), evaluate every row, and write DIR/NAME.csv, NAME.png and NAME.json.")
+    ss = p.add_subparsers(dest="experiment_command", metavar="ACTION", parser_class=OneLineParser)
+    ss.required = True
+    ls = ss.add_parser("list", help="the experiments and their rows")
+    ls.add_argument("--json", action="store_true", help="print them as JSON")
+    ls.set_defaults(func=run_list)
+    r = ss.add_parser("run", help="run (or resume) one experiment")
+    r.add_argument("name", choices=tuple(EXPERIMENTS), help="the experiment")
+    r.add_argument("--quick", action="store_true",
+                   help="small settings (5-way 1-shot, a few training episodes, 20 test episodes): checks the "
+                        "pipeline in minutes; the numbers mean nothing")
+    r.add_argument("--out", default=None, metavar="DIR", help="results folder (default experiments/NAME[-quick])")
+    r.add_argument("--seed", type=int, default=0, help="seed of training and test episodes (default 0)")
+    r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=run_run)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from batmann.experiments.catalog import EXPERIMENTS
+
+    if args.json:
+        print(json.dumps({name: {"title": e.title, "rows": [
+            {"setting": r.setting, "description": r.description, "training": r.training.name, "keys": r.keys,
+             "seed_accuracy_pct": r.seed_accuracy_pct} for r in e.rows]} for name, e in EXPERIMENTS.items()},
+            indent=2))
+        return 0
+    for name, e in EXPERIMENTS.items():
+        print(f"{name}: {e.title}")
+        for r in e.rows:
+            print(f"  {r.setting:>4}  {r.description} (seed {r.seed_accuracy_pct:.2f} %)")
+    return 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from batmann.experiments import run_experiment
+
+    out = args.out or f"experiments/{args.name}{'-quick' if args.quick else ''}"
+    command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
+                             command=command, seed=args.seed)
+    if args.json:
+        print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
+                          "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,
+                          "seconds": round(summary.seconds, 1)}, indent=2))
+    else:
+        print(f"{summary.ran} of {summary.rows} rows run in {summary.seconds:.1f} s; table {summary.table}, "
+              f"figure {summary.figure}")
+    return 0

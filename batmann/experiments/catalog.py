@@ -1,0 +1,93 @@
+"""The seed's experiments as data: which controllers are trained, and which rows each table has.
+
+Each row names the training it needs (a controller and a training similarity, trained by
+``batmann train`` underneath) and how it is evaluated (the key format at inference); the seed's
+number for the row comes from its paper (``../shared/docs/ANCHORS.md``). Several rows share a
+training: S1, S3 and S4 are one full-precision softabs controller evaluated with real, +-1 and
+{0, 1} keys, as in the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Training:
+    """One trained controller: ``batmann train --controller CONTROLLER --sim-cal SIM_CAL``."""
+
+    controller: str
+    sim_cal: str
+
+    @property
+    def name(self) -> str:
+        """Run-folder name, e.g. ``xnor-cos_softabs``."""
+        return f"{self.controller}-{self.sim_cal}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a seed table: ``setting`` as the seed names it, evaluated with ``keys``."""
+
+    setting: str
+    description: str
+    training: Training
+    keys: str
+    seed_accuracy_pct: float
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A table of the seed: its rows, in the seed's order."""
+
+    name: str
+    title: str
+    rows: tuple[Row, ...]
+
+    def trainings(self) -> list[Training]:
+        """The distinct trainings the rows need, in first-use order."""
+        seen: dict[str, Training] = {}
+        for r in self.rows:
+            seen.setdefault(r.training.name, r.training)
+        return list(seen.values())
+
+
+FP_SOFTABS = Training("fp", "cos_softabs")
+FP_SOFTMAX = Training("fp", "cos_softmax")
+XNOR_SOFTABS = Training("xnor", "cos_softabs")
+XNOR_SOFTMAX = Training("xnor", "cos_softmax")
+RBNN_SOFTABS = Training("rbnn", "cos_softabs")
+RBNN_SOFTMAX = Training("rbnn", "cos_softmax")
+
+ABLATION = Experiment(
+    "ablation",
+    "20-way 5-shot ablation: controller, training sharpening and key format (seed S1-S10)",
+    (
+        Row("S1", "full precision, softabs, real keys", FP_SOFTABS, "real", 97.64),
+        Row("S2", "XNOR (8-bit first/last), softabs, +-1 keys", XNOR_SOFTABS, "bipolar", 95.11),
+        Row("S3", "full precision, softabs, +-1 keys", FP_SOFTABS, "bipolar", 95.56),
+        Row("S4", "full precision, softabs, {0,1} keys", FP_SOFTABS, "binary", 45.00),
+        Row("S5", "full precision, softmax, +-1 keys", FP_SOFTMAX, "bipolar", 61.53),
+        Row("S6", "full precision, softmax, {0,1} keys", FP_SOFTMAX, "binary", 65.82),
+        Row("S7", "XNOR, softabs, +-1 keys (S2's training)", XNOR_SOFTABS, "bipolar", 95.49),
+        Row("S8", "XNOR, softmax, +-1 keys", XNOR_SOFTMAX, "bipolar", 96.45),
+        Row("S9", "RBNN, softabs, +-1 keys", RBNN_SOFTABS, "bipolar", 96.30),
+        Row("S10", "RBNN, softmax, +-1 keys", RBNN_SOFTMAX, "bipolar", 95.97),
+    ),
+)
+
+SHARPENING = Experiment(
+    "sharpening",
+    "20-way 5-shot: training sharpening, XNOR vs RBNN, last-FC precision (seed rows 1-6)",
+    (
+        Row("1", "abs, XNOR, 8-bit last FC", Training("xnor", "dot_abs"), "bipolar", 96.71),
+        Row("2", "abs, RBNN, full-precision last FC", Training("rbnn", "dot_abs"), "bipolar", 5.00),
+        Row("3", "softabs, XNOR, binary last FC", Training("xnor-binary-fc", "cos_softabs"), "bipolar", 93.55),
+        Row("4", "softabs, RBNN, binary last FC", Training("rbnn-binary-fc", "cos_softabs"), "bipolar", 95.89),
+        Row("5", "abs, XNOR, binary last FC", Training("xnor-binary-fc", "dot_abs"), "bipolar", 96.53),
+        Row("6", "abs, RBNN, binary last FC", Training("rbnn-binary-fc", "dot_abs"), "bipolar", 5.00),
+    ),
+)
+
+#: every experiment ``batmann experiment run`` knows, by name
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING)}

@@ -1,0 +1,92 @@
+"""``batmann experiment``: the seed's tables, trained and evaluated end to end at --quick scale."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from batmann.cli import main
+from batmann.errors import ConfigError
+from batmann.experiments import EXPERIMENTS, QUICK, run_experiment
+from batmann.experiments.runner import COLUMNS, read_rows, write_rows
+
+
+def test_catalog_names_every_seed_row():
+    assert [r.setting for r in EXPERIMENTS["ablation"].rows] == [f"S{i}" for i in range(1, 11)]
+    assert [r.setting for r in EXPERIMENTS["sharpening"].rows] == [str(i) for i in range(1, 7)]
+    # S1, S3, S4 share one training (keys differ); S2 and S7 another
+    abl = {r.setting: r for r in EXPERIMENTS["ablation"].rows}
+    assert abl["S1"].training == abl["S3"].training == abl["S4"].training
+    assert [abl[s].keys for s in ("S1", "S3", "S4")] == ["real", "bipolar", "binary"]
+    assert len(EXPERIMENTS["ablation"].trainings()) == 6
+
+
+def test_list_command(capsys):
+    assert main(["experiment", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert set(listed) == set(EXPERIMENTS)
+    assert listed["ablation"]["rows"][3] == {"setting": "S4", "description": "full precision, softabs, {0,1} keys",
+                                            "training": "fp-cos_softabs", "keys": "binary", "seed_accuracy_pct": 45.0}
+
+
+@pytest.fixture(scope="module")
+def quick_sharpening(tmp_path_factory, omniglot_cache):
+    out = tmp_path_factory.mktemp("sharpening")
+    summary = run_experiment("sharpening", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+    return out, summary
+
+
+def test_quick_run_writes_table_figure_record(quick_sharpening):
+    out, summary = quick_sharpening
+    assert summary.rows == summary.ran == 6
+    rows = read_rows(out / "sharpening.csv")
+    assert [r["setting"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert list(rows[0]) == list(COLUMNS)
+    for r in rows:
+        assert 0.0 <= float(r["accuracy_pct"]) <= 100.0 and float(r["ci95_pct"]) >= 0.0
+        assert int(r["episodes"]) == QUICK.test_episodes and int(r["train_episodes"]) == QUICK.train_episode
+        assert (out / r["checkpoint"]).is_file()
+    assert {r["controller"] for r in rows} == {"xnor", "rbnn", "xnor-binary-fc", "rbnn-binary-fc"}
+    assert (out / "sharpening.png").stat().st_size > 10_000
+    record = json.loads((out / "sharpening.json").read_text())
+    assert record["command"] == "test" and record["scale"]["name"] == "quick"
+    assert record["versions"]["torch"] and len(record["rows"]) == 6
+    # every training ran to its last episode and kept its best-validation weights
+    for t in EXPERIMENTS["sharpening"].trainings():
+        assert (out / "runs" / t.name / "best.safetensors").is_file()
+
+
+def test_rerun_computes_only_missing_rows_and_reproduces_them(quick_sharpening, omniglot_cache):
+    out, _ = quick_sharpening
+    table = out / "sharpening.csv"
+    before = read_rows(table)
+    write_rows(table, [r for r in before if r["setting"] != "4"])
+    again = run_experiment("sharpening", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+    assert again.ran == 1
+    assert read_rows(table) == before  # the same checkpoint, episodes and seed: the same number
+
+
+def test_full_run_refused_in_a_quick_folder(quick_sharpening, capsys):
+    out, _ = quick_sharpening
+    with pytest.raises(ConfigError, match="quick run of sharpening"):
+        run_experiment("sharpening", out, quick=False, progress=False)
+    assert main(["experiment", "run", "sharpening", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "use another --out" in err
+
+
+def test_unknown_experiment_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "run", "fgsm-nope"])
+    assert e.value.code == 2
+    assert "invalid choice: 'fgsm-nope'" in capsys.readouterr().err
+
+
+def test_table_is_written_atomically(tmp_path):
+    path = tmp_path / "t.csv"
+    write_rows(path, [{"setting": "S1", "accuracy_pct": "50.0"}])
+    assert not list(tmp_path.glob(".*tmp*"))
+    with path.open() as f:
+        assert list(csv.DictReader(f))[0]["setting"] == "S1"
