@@ -259,9 +259,10 @@ class TrainConfig:
         """``auto``: bf16 autocast for the full-precision controller where the device runs bf16
         natively (measured about 2x faster per training episode on an AMX CPU; emulated bf16 on
         an AVX2-only CPU trained 14x and tested 30x slower than fp32), else fp32. fp32 for
-        binarized ones: bf16 rounding flips the signs of binarized activations, so a
-        bf16-trained binary controller is a different function in fp32 (the export and
-        crossbar path), and it was not faster (docs/performance.md)."""
+        binarized ones: bf16 autocast flips the signs of binarized activations (RBNN), and
+        whether the bf16 gradients of ``bf16`` XNOR training (exact forward, see
+        :attr:`gradient_dtype`) train as well as fp32 is still being measured
+        (docs/performance.md)."""
         if self.precision != "auto":
             return self.precision
         if self.model.controller != "fp":

@@ -32,47 +32,67 @@ def test_list_command(capsys):
 
 
 @pytest.fixture(scope="module")
-def quick_sharpening(tmp_path_factory, omniglot_cache):
-    out = tmp_path_factory.mktemp("sharpening")
-    summary = run_experiment("sharpening", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+def quick_ablation(tmp_path_factory, omniglot_cache):
+    out = tmp_path_factory.mktemp("experiments")
+    summary = run_experiment("ablation", out, quick=True, progress=False, command="test", cache=omniglot_cache)
     return out, summary
 
 
-def test_quick_run_writes_table_figure_record(quick_sharpening):
-    out, summary = quick_sharpening
-    assert summary.rows == summary.ran == 6
-    rows = read_rows(out / "sharpening.csv")
-    assert [r["setting"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+def test_quick_run_writes_table_figure_record(quick_ablation):
+    out, summary = quick_ablation
+    assert summary.rows == summary.ran == 10
+    rows = read_rows(out / "ablation.csv")
+    assert [r["setting"] for r in rows] == [f"S{i}" for i in range(1, 11)]
     assert list(rows[0]) == list(COLUMNS)
     for r in rows:
         assert 0.0 <= float(r["accuracy_pct"]) <= 100.0 and float(r["ci95_pct"]) >= 0.0
         assert int(r["episodes"]) == QUICK.test_episodes and int(r["train_episodes"]) == QUICK.train_episode
-        assert (out / r["checkpoint"]).is_file()
-    assert {r["controller"] for r in rows} == {"xnor", "rbnn", "xnor-binary-fc", "rbnn-binary-fc"}
-    assert (out / "sharpening.png").stat().st_size > 10_000
-    record = json.loads((out / "sharpening.json").read_text())
+        assert (out / r["checkpoint"]).is_file() and r["epsilon"] == ""
+    assert {r["controller"] for r in rows} == {"fp", "xnor", "rbnn"}
+    assert [r["keys"] for r in rows[:4]] == ["real", "bipolar", "bipolar", "binary"]
+    assert (out / "ablation.png").stat().st_size > 10_000
+    record = json.loads((out / "ablation.json").read_text())
     assert record["command"] == "test" and record["scale"]["name"] == "quick"
-    assert record["versions"]["torch"] and len(record["rows"]) == 6
+    assert record["versions"]["torch"] and len(record["rows"]) == 10
     # every training ran to its last episode and kept its best-validation weights
-    for t in EXPERIMENTS["sharpening"].trainings():
+    for t in EXPERIMENTS["ablation"].trainings():
         assert (out / "runs" / t.name / "best.safetensors").is_file()
 
 
-def test_rerun_computes_only_missing_rows_and_reproduces_them(quick_sharpening, omniglot_cache):
-    out, _ = quick_sharpening
-    table = out / "sharpening.csv"
+def test_rerun_computes_only_missing_rows_and_reproduces_them(quick_ablation, omniglot_cache):
+    out, _ = quick_ablation
+    table = out / "ablation.csv"
     before = read_rows(table)
-    write_rows(table, [r for r in before if r["setting"] != "4"])
-    again = run_experiment("sharpening", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+    write_rows(table, [r for r in before if r["setting"] != "S4"])
+    again = run_experiment("ablation", out, quick=True, progress=False, command="test", cache=omniglot_cache)
     assert again.ran == 1
     assert read_rows(table) == before  # the same checkpoint, episodes and seed: the same number
 
 
-def test_full_run_refused_in_a_quick_folder(quick_sharpening, capsys):
-    out, _ = quick_sharpening
-    with pytest.raises(ConfigError, match="quick run of sharpening"):
-        run_experiment("sharpening", out, quick=False, progress=False)
-    assert main(["experiment", "run", "sharpening", "--out", str(out)]) == 2
+def test_fgsm_reuses_the_ablation_trainings_and_adds_a_chip_column(quick_ablation, omniglot_cache):
+    out, _ = quick_ablation
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}
+    summary = run_experiment("fgsm", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")} == stamps  # no retraining
+    rows = read_rows(out / "fgsm.csv")
+    assert summary.rows == len(rows) == 8 * 3 + 4
+    assert {r["epsilon"] for r in rows} == {"0", "0.1", "0.2", "0.3"}
+    chip = [r for r in rows if r["setting"] == "20w5s-binary"]
+    assert [r["epsilon"] for r in chip] == ["0", "0.1", "0.2", "0.3"]
+    assert all(r["crossbar_accuracy_pct"] and "preset=vteam" in r["chip"] for r in chip)
+    assert not any(r["crossbar_accuracy_pct"] for r in rows if r["setting"] != "20w5s-binary")
+    # the attack hurts: at epsilon 0.3 the shipped checkpoint loses accuracy on both systems
+    clean, hit = chip[0], chip[-1]
+    assert float(hit["accuracy_pct"]) < float(clean["accuracy_pct"]) - 10
+    assert float(hit["crossbar_accuracy_pct"]) < float(clean["crossbar_accuracy_pct"]) - 10
+    assert (out / "fgsm.png").is_file()
+
+
+def test_full_run_refused_in_a_quick_folder(quick_ablation, capsys):
+    out, _ = quick_ablation
+    with pytest.raises(ConfigError, match="quick run of ablation"):
+        run_experiment("ablation", out, quick=False, progress=False)
+    assert main(["experiment", "run", "ablation", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "use another --out" in err
 

@@ -14,26 +14,37 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Training:
-    """One trained controller: ``batmann train --controller CONTROLLER --sim-cal SIM_CAL``."""
+    """One trained controller: ``batmann train --controller CONTROLLER --sim-cal SIM_CAL``, or
+    a shipped ``checkpoint`` (no training)."""
 
     controller: str
     sim_cal: str
+    checkpoint: str | None = None
 
     @property
     def name(self) -> str:
-        """Run-folder name, e.g. ``xnor-cos_softabs``."""
-        return f"{self.controller}-{self.sim_cal}"
+        """Run-folder name, e.g. ``xnor-cos_softabs`` (the checkpoint's name when shipped)."""
+        return self.checkpoint or f"{self.controller}-{self.sim_cal}"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of a seed table: ``setting`` as the seed names it, evaluated with ``keys``."""
+    """One row of a seed table: ``setting`` as the seed names it, evaluated with ``keys``;
+    with ``epsilon``, on FGSM-attacked queries (pixel units); with ``chip``, also on the
+    crossbar chip of :data:`batmann.experiments.runner.CHIP`."""
 
     setting: str
     description: str
     training: Training
     keys: str
-    seed_accuracy_pct: float
+    seed_accuracy_pct: float | None
+    epsilon: float | None = None
+    chip: bool = False
+
+    @property
+    def key(self) -> str:
+        """Unique within an experiment: the setting, and the epsilon of an attacked row."""
+        return self.setting if self.epsilon is None else f"{self.setting}@{self.epsilon:g}"
 
 
 @dataclass(frozen=True)
@@ -89,5 +100,22 @@ SHARPENING = Experiment(
     ),
 )
 
+#: the seed's FGSM step sizes (pixel units)
+FGSM_EPSILONS = (0.1, 0.2, 0.3)
+SHIPPED_BINARY = Training("xnor", "cos_softabs", checkpoint="20w5s-binary")
+
+FGSM = Experiment(
+    "fgsm",
+    "20-way 5-shot under FGSM on the queries (seed: every setting falls to 5-10 %)",
+    tuple(
+        Row(r.setting, r.description, r.training, r.keys, None, epsilon=eps)
+        for r in ABLATION.rows if r.setting not in ("S1", "S2") for eps in FGSM_EPSILONS
+    ) + tuple(
+        Row("20w5s-binary", "shipped XNOR checkpoint, +-1 keys; digital and all-analog chip", SHIPPED_BINARY,
+            "bipolar", None, epsilon=eps, chip=True)
+        for eps in (0.0,) + FGSM_EPSILONS
+    ),
+)
+
 #: every experiment ``batmann experiment run`` knows, by name
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING, FGSM)}

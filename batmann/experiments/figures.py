@@ -8,17 +8,66 @@ from typing import Any
 from batmann.experiments.catalog import Experiment
 
 
-def plot_table(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
-    """A horizontal bar chart of ``rows`` (the experiment table) written to ``out`` (.png/.svg)."""
+def plot_experiment(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
+    """The experiment's figure: accuracy against epsilon for attacked rows, else bars."""
+    if any(r.get("epsilon") not in ("", None) for r in rows):
+        return plot_attack(exp, rows, out, scale)
+    return plot_table(exp, rows, out, scale)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def plot_attack(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
+    """Accuracy (95 % CI bars) against FGSM epsilon, one line per setting; crossbar rows dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    for i, setting in enumerate(settings):
+        pts = sorted((float(r["epsilon"]), r) for r in rows if r["setting"] == setting)
+        eps = [e for e, _ in pts]
+        color = f"C{i % 10}"
+        ax.errorbar(eps, [float(r["accuracy_pct"]) for _, r in pts], yerr=[float(r["ci95_pct"]) for _, r in pts],
+                    marker="o", ms=3, capsize=2, color=color, label=setting)
+        chip = [(e, r) for e, r in pts if r.get("crossbar_accuracy_pct")]
+        if chip:
+            ax.errorbar([e for e, _ in chip], [float(r["crossbar_accuracy_pct"]) for _, r in chip],
+                        yerr=[float(r["crossbar_ci95_pct"]) for _, r in chip], marker="s", ms=3, capsize=2,
+                        color=color, ls="--", label=f"{setting}, crossbar chip")
+    ax.set_xlabel("FGSM epsilon (pixel units)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{exp.title} ({scale} settings)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_table(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
+    """A horizontal bar chart of ``rows`` (the experiment table) written to ``out`` (.png/.svg)."""
+    plt = _pyplot()
+
     labels = [f"{r['setting']}: {r['description']}" for r in rows]
     ours = [float(r["accuracy_pct"]) for r in rows]
     ci = [float(r["ci95_pct"]) for r in rows]
-    seed = [float(r["seed_accuracy_pct"]) for r in rows]
+    seed = [float(r["seed_accuracy_pct"] or "nan") for r in rows]
     y = list(range(len(rows)))
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.8))
     h = 0.38
@@ -33,9 +82,4 @@ def plot_table(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: st
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.6 / len(rows)), ncol=2, fontsize=8,
               frameon=False)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out)

@@ -29,8 +29,13 @@ from batmann.errors import ConfigError
 from batmann.experiments.catalog import EXPERIMENTS, Experiment, Row, Training
 from batmann.utils.atomic import atomic_write_json, atomic_write_text
 
-COLUMNS = ("experiment", "setting", "description", "controller", "sim_cal", "keys", "train_episodes",
-           "accuracy_pct", "ci95_pct", "episodes", "seed_accuracy_pct", "checkpoint")
+COLUMNS = ("experiment", "setting", "epsilon", "description", "controller", "sim_cal", "keys", "train_episodes",
+           "accuracy_pct", "ci95_pct", "episodes", "seed_accuracy_pct", "crossbar_accuracy_pct",
+           "crossbar_ci95_pct", "chip", "checkpoint")
+
+#: the crossbar chip of rows with ``chip``: the whole system on VTEAM devices with 10 %
+#: device-to-device variability (the README's demo chip), chip seed 0
+CHIP = {"analog": "all", "preset": "vteam", "variability": 0.1, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,12 @@ def train_config(training: Training, scale: Scale, seed: int = 0) -> TrainConfig
 
 def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0) -> Path:
     """Train ``training`` into ``out/runs/<name>`` (resuming an interrupted run) and return its
-    best-validation checkpoint."""
-    from batmann.checkpoint import read_safetensors
+    best-validation checkpoint (a shipped checkpoint's file as it is)."""
+    from batmann.checkpoint import read_safetensors, resolve_checkpoint
     from batmann.train import train
+
+    if training.checkpoint is not None:
+        return resolve_checkpoint(training.checkpoint)
 
     run_dir = out / "runs" / training.name
     best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
@@ -102,6 +110,57 @@ def evaluate_row(row: Row, checkpoint: Path, scale: Scale, cache, progress: bool
                                device="cpu", progress=progress, cache=cache, precision="fp32")
 
 
+def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, progress: bool,
+                      seed: int = 0) -> dict[str, dict[str, Any]]:
+    """FGSM rows of one checkpoint, on the same test episodes as the clean rows: per episode one
+    attack direction (:func:`batmann.attacks.fgsm_direction`), then every row's ``epsilon`` and
+    key format; rows with ``chip`` also on the :data:`CHIP` crossbars (the same attacked
+    queries). Returns, per row key, the accuracy columns. One intra-op thread and deterministic
+    kernels, so a rerun gives the same attack."""
+    from tqdm import tqdm
+
+    from batmann.attacks import attacked_episode, fgsm_direction
+    from batmann.checkpoint import load_checkpoint
+    from batmann.evaluate import DigitalSystem, mean_ci95, score_episode
+    from batmann.tasks import make_sampler
+    from batmann.utils.determinism import deterministic_kernels
+
+    ck = load_checkpoint(checkpoint, "cpu")
+    model = ck.model.eval()
+    systems = {k: DigitalSystem(model, keys=k) for k in sorted({r.keys for r in rows})}
+    chip = None
+    if any(r.chip for r in rows):
+        from batmann.hardware import calibrate, hardware_spec
+        from crossbar import convert
+
+        spec = hardware_spec(**CHIP)
+        chip = convert(ck, spec)
+        calibrate(chip, spec, cache, scale.episodes)
+    sampler = make_sampler(cache, scale.episodes, "test", seed)
+    acc = {r.key: [] for r in rows}
+    acc_chip = {r.key: [] for r in rows if r.chip}
+    with deterministic_kernels("cpu", True):
+        for i in tqdm(range(scale.test_episodes), desc=f"fgsm {ck.path.stem}", disable=not progress,
+                      leave=False, dynamic_ncols=True):
+            ep = sampler.sample(index=i)
+            direction = fgsm_direction(model, ep, ck.config.sim_cal)
+            for r in rows:
+                attacked = attacked_episode(ep, direction, float(r.epsilon))
+                acc[r.key].append(score_episode(systems[r.keys], attacked).accuracy)
+                if r.chip:
+                    acc_chip[r.key].append(score_episode(chip, attacked).accuracy)
+    result = {}
+    for r in rows:
+        m, c = mean_ci95(acc[r.key])
+        cols = {"accuracy_pct": f"{m:.3f}", "ci95_pct": f"{c:.3f}", "episodes": scale.test_episodes}
+        if r.chip:
+            mc, cc = mean_ci95(acc_chip[r.key])
+            cols.update(crossbar_accuracy_pct=f"{mc:.3f}", crossbar_ci95_pct=f"{cc:.3f}",
+                        chip=",".join(f"{k}={v}" for k, v in CHIP.items()))
+        result[r.key] = cols
+    return result
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of an experiment table (empty if it does not exist)."""
     if not path.exists():
@@ -118,6 +177,11 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         w.writerow({k: r.get(k, "") for k in COLUMNS})
     atomic_write_text(path, buf.getvalue())
+
+
+def _row_key(row: dict[str, str]) -> str:
+    eps = row.get("epsilon", "")
+    return row["setting"] if eps in ("", None) else f"{row['setting']}@{float(eps):g}"
 
 
 def _check_scale(out: Path, exp: Experiment, scale: Scale) -> None:
@@ -160,30 +224,43 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
 
         cache = load_image_cache(32)
     table = out / f"{exp.name}.csv"
-    done = {r["setting"]: r for r in read_rows(table)}
+    done = {_row_key(r): r for r in read_rows(table)}
+    pending = [r for r in exp.rows if r.key not in done]
     ran = 0
-    for row in exp.rows:
-        if row.setting in done:
-            continue
-        ckpt = ensure_trained(row.training, scale, out, cache, progress, seed)
-        res = evaluate_row(row, ckpt, scale, cache, progress, seed)
-        done[row.setting] = {
-            "experiment": exp.name, "setting": row.setting, "description": row.description,
-            "controller": row.training.controller, "sim_cal": row.training.sim_cal, "keys": row.keys,
-            "train_episodes": scale.train_episode, "accuracy_pct": f"{res.accuracy_pct:.3f}",
-            "ci95_pct": f"{res.ci95_pct:.3f}", "episodes": res.episodes,
-            "seed_accuracy_pct": f"{row.seed_accuracy_pct:.2f}",
-            "checkpoint": str(ckpt.relative_to(out)),
+    def record(row: Row, training: Training, ckpt: Path, cols: dict[str, Any]) -> None:
+        nonlocal ran
+        done[row.key] = {
+            "experiment": exp.name, "setting": row.setting,
+            "epsilon": "" if row.epsilon is None else f"{row.epsilon:g}", "description": row.description,
+            "controller": training.controller, "sim_cal": training.sim_cal, "keys": row.keys,
+            "train_episodes": "" if training.checkpoint else scale.train_episode,
+            "seed_accuracy_pct": "" if row.seed_accuracy_pct is None else f"{row.seed_accuracy_pct:.2f}",
+            "checkpoint": training.checkpoint or str(ckpt.relative_to(out)), **cols,
         }
-        write_rows(table, [done[r.setting] for r in exp.rows if r.setting in done])
+        write_rows(table, [done[r.key] for r in exp.rows if r.key in done])  # one row at a time
         ran += 1
         if progress:
-            print(f"{exp.name} {row.setting}: {res.accuracy_pct:.2f} +- {res.ci95_pct:.2f} % "
-                  f"(seed {row.seed_accuracy_pct:.2f} %)", flush=True)
-    rows = [done[r.setting] for r in exp.rows]
-    from batmann.experiments.figures import plot_table
+            r = done[row.key]
+            seed_txt = f" (seed {r['seed_accuracy_pct']} %)" if r["seed_accuracy_pct"] else ""
+            print(f"{exp.name} {row.key}: {r['accuracy_pct']} +- {r['ci95_pct']} %{seed_txt}", flush=True)
 
-    figure = plot_table(exp, rows, out / f"{exp.name}.png", scale.name)
+    for training in dict.fromkeys(r.training for r in pending):
+        rows = [r for r in pending if r.training == training]
+        ckpt = ensure_trained(training, scale, out, cache, progress, seed)
+        for row in rows:
+            if row.epsilon is None:
+                res = evaluate_row(row, ckpt, scale, cache, progress, seed)
+                record(row, training, ckpt, {"accuracy_pct": f"{res.accuracy_pct:.3f}",
+                                             "ci95_pct": f"{res.ci95_pct:.3f}", "episodes": res.episodes})
+        attacked = [r for r in rows if r.epsilon is not None]
+        if attacked:
+            results = evaluate_attacked(attacked, ckpt, scale, cache, progress, seed)
+            for row in attacked:
+                record(row, training, ckpt, results[row.key])
+    rows = [done[r.key] for r in exp.rows]
+    from batmann.experiments.figures import plot_experiment
+
+    figure = plot_experiment(exp, rows, out / f"{exp.name}.png", scale.name)
     return ExperimentSummary(exp.name, out, table, figure, len(rows), ran, time.perf_counter() - t0)
 
 
@@ -195,8 +272,9 @@ def _write_record(out: Path, exp: Experiment, scale: Scale, command: str | None,
     atomic_write_json(out / f"{exp.name}.json", {
         "experiment": exp.name, "title": exp.title, "command": command, "seed": seed,
         "scale": scale.to_dict(),
-        "rows": [{"setting": r.setting, "description": r.description, "training": r.training.name,
-                  "keys": r.keys, "seed_accuracy_pct": r.seed_accuracy_pct} for r in exp.rows],
+        "rows": [{"setting": r.setting, "epsilon": r.epsilon, "description": r.description,
+                  "training": r.training.name, "keys": r.keys, "seed_accuracy_pct": r.seed_accuracy_pct,
+                  "chip": CHIP if r.chip else None} for r in exp.rows],
         "versions": {"batmann": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "machine": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
