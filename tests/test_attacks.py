@@ -17,7 +17,8 @@ def test_perturb_steps_by_epsilon_in_pixel_units_and_clips():
     q = torch.tensor([PIXEL_LO, -5.0, PIXEL_HI]).view(3, 1, 1, 1)
     d = torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1, 1)
     out = perturb(q, d, 0.2)
-    assert out[0].item() == PIXEL_LO and out[2].item() == PIXEL_HI  # clipped to [0, 1] pixels
+    lo, hi = torch.tensor(PIXEL_LO).item(), torch.tensor(PIXEL_HI).item()  # as float32
+    assert out[0].item() == lo and out[2].item() == hi  # clipped to [0, 1] pixels
     assert abs(out[1].item() - (-5.0 + 0.2 / NORM_STD)) < 1e-5
     assert torch.equal(perturb(q, d, 0.0), q)
 
