@@ -26,7 +26,7 @@ def test_catalog_names_every_seed_row():
 def test_list_command(capsys):
     assert main(["experiment", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert set(listed) == set(EXPERIMENTS)
+    assert set(listed) == set(EXPERIMENTS) >= {"ablation", "sharpening", "fgsm", "tsne"}
     assert listed["ablation"]["rows"][3] == {"setting": "S4", "description": "full precision, softabs, {0,1} keys",
                                             "training": "fp-cos_softabs", "keys": "binary", "seed_accuracy_pct": 45.0}
 
@@ -86,6 +86,22 @@ def test_fgsm_reuses_the_ablation_trainings_and_adds_a_chip_column(quick_ablatio
     assert float(hit["accuracy_pct"]) < float(clean["accuracy_pct"]) - 10
     assert float(hit["crossbar_accuracy_pct"]) < float(clean["crossbar_accuracy_pct"]) - 10
     assert (out / "fgsm.png").is_file()
+
+
+def test_tsne_panels_share_the_characters(quick_ablation, omniglot_cache):
+    import numpy as np
+
+    out, _ = quick_ablation
+    summary = run_experiment("tsne", out, quick=True, progress=False, command="test", cache=omniglot_cache)
+    rows = read_rows(out / "tsne.csv")
+    assert summary.rows == len(rows) == 20 and summary.figure == out / "tsne_clean.png"
+    assert (out / "tsne_fgsm.png").stat().st_size > 10_000
+    n = QUICK.tsne_episodes.class_num * QUICK.tsne_episodes.batch_size_test
+    views = [np.load(out / "tsne" / f"{k}.npz") for k in ("S1", "S9", "S4@0.1")]
+    for v in views:
+        assert v["embedding"].shape == (n, 2) and np.isfinite(v["embedding"]).all()
+    assert all(np.array_equal(views[0]["classes"], v["classes"]) for v in views)  # the same characters
+    assert all(np.array_equal(views[0]["labels"], v["labels"]) for v in views)
 
 
 def test_full_run_refused_in_a_quick_folder(quick_ablation, capsys):

@@ -49,11 +49,14 @@ class Row:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A table of the seed: its rows, in the seed's order."""
+    """A table of the seed: its rows, in the seed's order. ``kind``: ``accuracy`` (test
+    episodes, clean or attacked) or ``tsne`` (one fixed episode's query features embedded in
+    2-D, one figure panel per setting)."""
 
     name: str
     title: str
     rows: tuple[Row, ...]
+    kind: str = "accuracy"
 
     def trainings(self) -> list[Training]:
         """The distinct trainings the rows need, in first-use order."""
@@ -117,5 +120,16 @@ FGSM = Experiment(
     ),
 )
 
+#: the FGSM step of the attacked t-SNE views (pixel units)
+TSNE_EPSILON = 0.1
+
+TSNE = Experiment(
+    "tsne",
+    "t-SNE of the query features of one test episode, S1-S10, clean and FGSM-attacked",
+    tuple(Row(r.setting, r.description, r.training, r.keys, None) for r in ABLATION.rows)
+    + tuple(Row(r.setting, r.description, r.training, r.keys, None, epsilon=TSNE_EPSILON) for r in ABLATION.rows),
+    kind="tsne",
+)
+
 #: every experiment ``batmann experiment run`` knows, by name
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING, FGSM)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING, FGSM, TSNE)}

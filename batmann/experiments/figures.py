@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,9 @@ from batmann.experiments.catalog import Experiment
 
 
 def plot_experiment(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
-    """The experiment's figure: accuracy against epsilon for attacked rows, else bars."""
+    """The experiment's figure: t-SNE panels, accuracy against epsilon for attacked rows, else bars."""
+    if exp.kind == "tsne":
+        return plot_tsne(exp, rows, out.parent, scale)
     if any(r.get("epsilon") not in ("", None) for r in rows):
         return plot_attack(exp, rows, out, scale)
     return plot_table(exp, rows, out, scale)
@@ -83,3 +86,38 @@ def plot_table(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: st
               frameon=False)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_tsne(exp: Experiment, rows: list[dict[str, Any]], folder: Path, scale: str) -> Path:
+    """``tsne_clean.png`` and ``tsne_fgsm.png`` in ``folder``: one panel per setting (the saved
+    embeddings of ``folder/tsne``), points coloured by class, the same characters in every panel.
+    Returns the clean figure's path."""
+    import numpy as np
+
+    plt = _pyplot()
+    first = None
+    for attacked, name in ((False, "tsne_clean.png"), (True, "tsne_fgsm.png")):
+        sel = [r for r in rows if bool(r.get("epsilon")) == attacked]
+        if not sel:
+            continue
+        cols = 5
+        nrows = math.ceil(len(sel) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows + 0.6), squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, r in zip(axes.flat, sel):
+            key = r["setting"] if not attacked else f"{r['setting']}@{float(r['epsilon']):g}"
+            data = np.load(folder / "tsne" / f"{key}.npz")
+            emb, labels = data["embedding"], data["labels"]
+            ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10", s=7, vmin=0, vmax=9)
+            ax.set_title(f"{r['setting']} ({r['keys']} keys): {float(r['accuracy_pct']):.0f} %", fontsize=8)
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+        what = f"FGSM epsilon {sel[0]['epsilon']}" if attacked else "clean"
+        fig.suptitle(f"{exp.title}: {what} ({scale} settings; colour = character, the same in every panel; "
+                     "title: the episode's accuracy)", fontsize=9)
+        fig.tight_layout()
+        path = _save(fig, folder / name)
+        first = first or path
+    return first

@@ -18,9 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ class Scale:
     val_interval: int
     val_episode: int
     test_episodes: int
+    #: the one episode whose query features the t-SNE views embed
+    tsne_episodes: EpisodeOptions = field(default_factory=lambda: EpisodeOptions(
+        class_num=10, num_shot=5, pool_query_test=15, batch_size_test=15))
     precision: str = "bf16"
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +70,8 @@ FULL = Scale("full", EpisodeOptions(), train_episode=3000, learning_rate=5e-4, l
 QUICK = Scale("quick", EpisodeOptions(class_num=5, num_shot=1, pool_query_train=4, pool_val_train=2,
                                       batch_size_train=2, val_num_train=2, pool_query_test=4, batch_size_test=2),
               train_episode=12, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5, val_interval=6, val_episode=4,
-              test_episodes=20)
+              test_episodes=20, tsne_episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_test=4,
+                                                             batch_size_test=4))
 SCALES = {"full": FULL, "quick": QUICK}
 
 
@@ -161,6 +166,46 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
     return result
 
 
+def evaluate_tsne(rows: list[Row], checkpoint: Path, scale: Scale, cache, out: Path,
+                  seed: int = 0) -> dict[str, dict[str, Any]]:
+    """t-SNE rows of one checkpoint: the queries of one fixed test episode (``scale.tsne_episodes``,
+    episode seed ``seed``: the same characters for every setting), clean or FGSM-attacked, through
+    the controller and quantised to the row's key format; their 2-D t-SNE embedding (scikit-learn,
+    PCA start, ``random_state=seed``) is saved as ``out/tsne/<setting>[@eps].npz``. Columns: the
+    episode's few-shot accuracy with a binomial 95 % CI over its queries."""
+    import numpy as np
+    from sklearn.manifold import TSNE as SkTSNE
+
+    from batmann.attacks import attacked_episode, fgsm_direction
+    from batmann.checkpoint import load_checkpoint
+    from batmann.evaluate import DigitalSystem, score_episode
+    from batmann.memory import quantize_keys
+    from batmann.tasks import make_sampler
+    from batmann.utils.atomic import atomic_path
+    from batmann.utils.determinism import deterministic_kernels
+
+    ck = load_checkpoint(checkpoint, "cpu")
+    model = ck.model.eval()
+    ep = make_sampler(cache, scale.tsne_episodes, "test", seed).sample(index=0)
+    result = {}
+    with deterministic_kernels("cpu", True):
+        direction = fgsm_direction(model, ep, ck.config.sim_cal) if any(r.epsilon for r in rows) else None
+        for r in rows:
+            e = attacked_episode(ep, direction, float(r.epsilon)) if r.epsilon else ep
+            system = DigitalSystem(model, keys=r.keys, cache_features=False)
+            acc = score_episode(system, e).accuracy
+            feats = quantize_keys(system.features(e.query), r.keys).numpy().astype(np.float64)
+            n = feats.shape[0]
+            emb = SkTSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(feats)
+            path = out / "tsne" / f"{r.key}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, embedding=emb, labels=e.query_labels.numpy(), classes=e.classes.numpy())
+            ci = 196.0 * math.sqrt(acc * (1 - acc) / n)
+            result[r.key] = {"accuracy_pct": f"{100 * acc:.3f}", "ci95_pct": f"{ci:.3f}", "episodes": 1}
+    return result
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of an experiment table (empty if it does not exist)."""
     if not path.exists():
@@ -248,10 +293,15 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
         rows = [r for r in pending if r.training == training]
         ckpt = ensure_trained(training, scale, out, cache, progress, seed)
         for row in rows:
-            if row.epsilon is None:
+            if row.epsilon is None and exp.kind == "accuracy":
                 res = evaluate_row(row, ckpt, scale, cache, progress, seed)
                 record(row, training, ckpt, {"accuracy_pct": f"{res.accuracy_pct:.3f}",
                                              "ci95_pct": f"{res.ci95_pct:.3f}", "episodes": res.episodes})
+        if exp.kind == "tsne":
+            results = evaluate_tsne(rows, ckpt, scale, cache, out, seed)
+            for row in rows:
+                record(row, training, ckpt, results[row.key])
+            continue
         attacked = [r for r in rows if r.epsilon is not None]
         if attacked:
             results = evaluate_attacked(attacked, ckpt, scale, cache, progress, seed)
