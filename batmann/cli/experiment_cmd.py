@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from batmann.cli import OneLineParser
     from batmann.experiments.catalog import EXPERIMENTS
 
-    p = sub.add_parser("experiment", help="reproduce the seed's experiments (ablation, sharpening)",
+    p = sub.add_parser("experiment", help="reproduce the seed's experiments (ablation, sharpening, FGSM, t-SNE)",
                        description="Train the controllers an experiment of the seed needs (batmann train, "
                                    "resumable), evaluate every row, and write DIR/NAME.csv, NAME.png and NAME.json.")
     ss = p.add_subparsers(dest="experiment_command", metavar="ACTION", parser_class=OneLineParser)
@@ -23,9 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = ss.add_parser("run", help="run (or resume) one experiment")
     r.add_argument("name", choices=tuple(EXPERIMENTS), help="the experiment")
     r.add_argument("--quick", action="store_true",
-                   help="small settings (5-way 1-shot, a few training episodes, 20 test episodes): checks the "
-                        "pipeline in minutes; the numbers mean nothing")
-    r.add_argument("--out", default=None, metavar="DIR", help="results folder (default experiments/NAME[-quick])")
+                   help="small settings (5-way 1-shot, 8 training and 8 test episodes): checks the pipeline in "
+                        "about a minute; the numbers mean nothing")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="results folder, shared by the experiments so that they share trainings (default "
+                        "experiments, or experiments-quick with --quick)")
     r.add_argument("--seed", type=int, default=0, help="seed of training and test episodes (default 0)")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -51,7 +53,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     from batmann.experiments import run_experiment
 
-    out = args.out or f"experiments/{args.name}{'-quick' if args.quick else ''}"
+    out = args.out or ("experiments-quick" if args.quick else "experiments")
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
                              command=command, seed=args.seed)

@@ -1,4 +1,4 @@
-"""The seed's experiments (ablation S1-S10, sharpening rows 1-6), reproduced by one command each:
+"""The seed's experiments (ablation S1-S10, sharpening rows 1-6, FGSM, t-SNE), one command each:
 ``batmann experiment run NAME [--quick] [--out DIR]``."""
 
 from batmann.experiments.catalog import EXPERIMENTS, Experiment, Row, Training

@@ -66,11 +66,11 @@ class Scale:
 #: fixed episodes), not the seed's 10,000 episodes at lr 1e-4 (docs/experiments.md)
 FULL = Scale("full", EpisodeOptions(), train_episode=3000, learning_rate=5e-4, lr_step=1000, lr_gamma=0.5,
              val_interval=250, val_episode=100, test_episodes=1000)
-#: a few minutes on 2 cores: 5-way 1-shot episodes, a few training episodes; checks the pipeline
+#: about a minute on 2 cores: 5-way 1-shot episodes, 8 training and 8 test episodes; checks the pipeline
 QUICK = Scale("quick", EpisodeOptions(class_num=5, num_shot=1, pool_query_train=4, pool_val_train=2,
                                       batch_size_train=2, val_num_train=2, pool_query_test=4, batch_size_test=2),
-              train_episode=12, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5, val_interval=6, val_episode=4,
-              test_episodes=20, tsne_episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_test=4,
+              train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5, val_interval=4, val_episode=2,
+              test_episodes=8, tsne_episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_test=4,
                                                              batch_size_test=4))
 SCALES = {"full": FULL, "quick": QUICK}
 
