@@ -35,9 +35,9 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
     if episode_options is not None:
         config.episodes = episode_options.validate()
     if cache is None:
-        from batmann.data import load_image_cache
+        from batmann.data import load_episode_images
 
-        cache = load_image_cache(config.model.image_size)
+        cache = load_episode_images(config.episodes.dataset, config.model.image_size)
     precision = inference_precision(config.model.controller, precision, dev)
     return evaluate_model(ckpt.model.to(dev), config, cache, dev, episodes, seed, progress=progress,
                           precision=precision)

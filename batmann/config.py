@@ -17,6 +17,7 @@ from batmann.errors import ConfigError
 from batmann.options import (  # noqa: F401  (the option lists, importable from here too)
     COMPILE_MODES,
     CONTROLLERS,
+    DATASETS,
     FREEZABLE,
     FREEZE_ALIASES,
     KEY_MODES,
@@ -121,6 +122,8 @@ class EpisodeOptions:
     pool_query_test: int = 15
     batch_size_test: int = 5
     split: str = "seed"
+    #: image data set: "omniglot" or "mnist" (batmann.data.mnist: one split, 20 training images per digit)
+    dataset: str = "omniglot"
     #: Lake's protocol: every class of an episode from one alphabet; supports and queries by
     #: different drawers, the same ones for every class (batmann.data.episodes)
     within_alphabet: bool = False
@@ -128,6 +131,10 @@ class EpisodeOptions:
 
     def validate(self) -> "EpisodeOptions":
         _choice("split", self.split, SPLITS)
+        _choice("dataset", self.dataset, DATASETS)
+        if self.dataset == "mnist" and (self.split != "seed" or self.within_alphabet):
+            raise ConfigError("MNIST has one split (each digit's first 20 images train, the rest test) and no "
+                              f"alphabets; split {self.split!r} / within_alphabet {self.within_alphabet} do not apply")
         for name in ("within_alphabet", "distinct_drawers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")

@@ -126,9 +126,9 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
     opts = (episode_options or ckpt.config.episodes).validate()
     if cache is None:
-        from batmann.data import load_image_cache
+        from batmann.data import load_episode_images
 
-        cache = load_image_cache(ckpt.config.model.image_size)
+        cache = load_episode_images(opts.dataset, ckpt.config.model.image_size)
     keys = ckpt.config.keys
     model = ckpt.model.cpu().eval()
     if digital is None or digital.model is not model:

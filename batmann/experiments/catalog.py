@@ -20,11 +20,14 @@ class Training:
     controller: str
     sim_cal: str
     checkpoint: str | None = None
+    dataset: str = "omniglot"
 
     @property
     def name(self) -> str:
-        """Run-folder name, e.g. ``xnor-cos_softabs`` (the checkpoint's name when shipped)."""
-        return self.checkpoint or f"{self.controller}-{self.sim_cal}"
+        """Run-folder name, e.g. ``xnor-cos_softabs`` or ``mnist-xnor-dot_abs`` (the checkpoint's
+        name when shipped)."""
+        prefix = "" if self.dataset == "omniglot" else f"{self.dataset}-"
+        return self.checkpoint or f"{prefix}{self.controller}-{self.sim_cal}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Experiment:
     title: str
     rows: tuple[Row, ...]
     kind: str = "accuracy"
+    dataset: str = "omniglot"
 
     def trainings(self) -> list[Training]:
         """The distinct trainings the rows need, in first-use order."""
@@ -131,5 +135,18 @@ TSNE = Experiment(
     kind="tsne",
 )
 
+MNIST = Experiment(
+    "mnist",
+    "MNIST 10-way 5-shot (10 classes x 20 training images), XNOR, abs or softabs, 8-bit or binary last FC",
+    (
+        Row("A1", "abs, XNOR, 8-bit last FC", Training("xnor", "dot_abs", dataset="mnist"), "bipolar", 91.38),
+        Row("A2", "softabs, XNOR, binary last FC", Training("xnor-binary-fc", "cos_softabs", dataset="mnist"),
+            "bipolar", 91.63),
+        Row("A3", "abs, XNOR, binary last FC", Training("xnor-binary-fc", "dot_abs", dataset="mnist"), "bipolar", 91.26),
+        Row("A4", "softabs, XNOR, 8-bit last FC", Training("xnor", "cos_softabs", dataset="mnist"), "bipolar", 75.85),
+    ),
+    dataset="mnist",
+)
+
 #: every experiment ``batmann experiment run`` knows, by name
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING, FGSM, TSNE)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ABLATION, SHARPENING, FGSM, TSNE, MNIST)}

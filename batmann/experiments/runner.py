@@ -72,7 +72,16 @@ QUICK = Scale("quick", EpisodeOptions(class_num=5, num_shot=1, pool_query_train=
               train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5, val_interval=4, val_episode=2,
               test_episodes=8, tsne_episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_test=4,
                                                              batch_size_test=4))
-SCALES = {"full": FULL, "quick": QUICK}
+#: the seed's MNIST study: 10-way 5-shot, 3 queries per class, 800 training episodes (10 classes x
+#: 20 training images: 5 supports, 10 query and 5 validation candidates each), 1000 test episodes
+_MNIST_TASK = EpisodeOptions(dataset="mnist", class_num=10, num_shot=5, pool_query_train=10, pool_val_train=5,
+                             batch_size_train=3, val_num_train=3, pool_query_test=15, batch_size_test=3)
+FULL_MNIST = Scale("full", _MNIST_TASK, train_episode=800, learning_rate=5e-4, lr_step=1000, lr_gamma=0.5,
+                   val_interval=100, val_episode=50, test_episodes=1000)
+QUICK_MNIST = Scale("quick", _MNIST_TASK, train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5,
+                    val_interval=4, val_episode=2, test_episodes=8)
+SCALES = {("omniglot", "full"): FULL, ("omniglot", "quick"): QUICK, ("mnist", "full"): FULL_MNIST,
+          ("mnist", "quick"): QUICK_MNIST}
 
 
 def train_config(training: Training, scale: Scale, seed: int = 0) -> TrainConfig:
@@ -102,7 +111,8 @@ def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress:
         if int(json.loads(meta.get("scalars", "{}")).get("episode", -1)) >= scale.train_episode and best.exists():
             return best
     cfg = train_config(training, scale, seed)
-    command = f"batmann train --controller {training.controller} --sim-cal {training.sim_cal} (experiment scale {scale.name})"
+    command = (f"batmann train --controller {training.controller} --sim-cal {training.sim_cal} --dataset "
+               f"{training.dataset} (experiment scale {scale.name})")
     train(cfg, run_dir, resume=last.exists(), progress=progress, cache=cache, command=command)
     return best
 
@@ -258,16 +268,16 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
     if name not in EXPERIMENTS:
         raise ConfigError(f"experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
-    scale = QUICK if quick else FULL
+    scale = SCALES[(exp.dataset, "quick" if quick else "full")]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_scale(out, exp, scale)
     t0 = time.perf_counter()
     _write_record(out, exp, scale, command, seed)
-    if cache is None:
-        from batmann.data import load_image_cache
+    if cache is None or exp.dataset != "omniglot":  # a passed cache is Omniglot's
+        from batmann.data import load_episode_images
 
-        cache = load_image_cache(32)
+        cache = load_episode_images(exp.dataset, 32)
     table = out / f"{exp.name}.csv"
     done = {_row_key(r): r for r in read_rows(table)}
     pending = [r for r in exp.rows if r.key not in done]

@@ -50,13 +50,13 @@ class Context:
 
     def __init__(self, es: EpisodeSet, device: str = "cpu"):
         from batmann.checkpoint import load_checkpoint
-        from batmann.data import load_image_cache
+        from batmann.data import load_episode_images
         from batmann.tasks import make_sampler
 
         self.es = es
         self.device = torch.device(device)
         self.ckpt = load_checkpoint(es.checkpoint, "cpu")
-        self.cache = load_image_cache(self.ckpt.config.model.image_size)
+        self.cache = load_episode_images(self.ckpt.config.episodes.dataset, self.ckpt.config.model.image_size)
         opts = self.ckpt.config.episodes
         over = {k: v for k, v in (("class_num", es.ways), ("num_shot", es.shots), ("batch_size_test", es.queries),
                                   ("within_alphabet", es.within_alphabet), ("distinct_drawers", es.distinct_drawers))
