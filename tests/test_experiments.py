@@ -14,10 +14,11 @@ from batmann.experiments.runner import COLUMNS, read_rows, write_rows
 
 
 def test_catalog_names_every_seed_row():
-    assert [r.setting for r in EXPERIMENTS["ablation"].rows] == [f"S{i}" for i in range(1, 11)]
+    assert [r.setting for r in EXPERIMENTS["ablation"].rows if r.chip is None] == [f"S{i}" for i in range(1, 11)]
+    assert [r.key for r in EXPERIMENTS["ablation"].rows if r.chip][:2] == ["S1@ideal", "S2@ideal"]
     assert [r.setting for r in EXPERIMENTS["sharpening"].rows] == [str(i) for i in range(1, 7)]
     # S1, S3, S4 share one training (keys differ); S2 and S7 another
-    abl = {r.setting: r for r in EXPERIMENTS["ablation"].rows}
+    abl = {r.setting: r for r in EXPERIMENTS["ablation"].rows if r.chip is None}
     assert abl["S1"].training == abl["S3"].training == abl["S4"].training
     assert [abl[s].keys for s in ("S1", "S3", "S4")] == ["real", "bipolar", "binary"]
     assert len(EXPERIMENTS["ablation"].trainings()) == 6
@@ -79,7 +80,7 @@ def test_fgsm_reuses_the_ablation_trainings_and_adds_a_chip_column(quick_ablatio
     assert {r["epsilon"] for r in rows} == {"0", "0.1", "0.2", "0.3"}
     chip = [r for r in rows if r["setting"] == "20w5s-binary"]
     assert [r["epsilon"] for r in chip] == ["0", "0.1", "0.2", "0.3"]
-    assert all(r["crossbar_accuracy_pct"] and "preset=vteam" in r["chip"] for r in chip)
+    assert all(r["crossbar_accuracy_pct"] and r["chip"] == "vteam-0.1" for r in chip)
     assert not any(r["crossbar_accuracy_pct"] for r in rows if r["setting"] != "20w5s-binary")
     # the attack hurts: at epsilon 0.3 the shipped checkpoint loses accuracy on both systems
     clean, hit = chip[0], chip[-1]
@@ -102,6 +103,24 @@ def test_tsne_panels_share_the_characters(quick_ablation, omniglot_cache):
         assert v["embedding"].shape == (n, 2) and np.isfinite(v["embedding"]).all()
     assert all(np.array_equal(views[0]["classes"], v["classes"]) for v in views)  # the same characters
     assert all(np.array_equal(views[0]["labels"], v["labels"]) for v in views)
+
+
+def test_chip_rows_compare_digital_and_crossbar_on_the_same_episodes(quick_ablation, omniglot_cache):
+    from batmann.experiments.catalog import CHIPS
+    from batmann.experiments.runner import evaluate_chip_row
+
+    out, _ = quick_ablation
+    # the quick scale leaves the ablation's chip rows out; the full scale plans S1-S10 on each chip
+    assert len(EXPERIMENTS["ablation"].rows) == 10 * (1 + len(CHIPS))
+    assert not [r for r in read_rows(out / "ablation.csv") if r["chip"]]
+    row = next(r for r in EXPERIMENTS["ablation"].rows if r.setting == "S2" and r.chip == "ideal")
+    got = evaluate_chip_row(row, out / "runs" / "xnor-cos_softabs" / "best.safetensors", QUICK, omniglot_cache,
+                            progress=False)
+    digital = next(r for r in read_rows(out / "ablation.csv") if r["setting"] == "S2")
+    assert got["chip"] == "ideal" and got["episodes"] == QUICK.test_episodes
+    assert got["accuracy_pct"] == digital["accuracy_pct"]  # the digital side: the same episodes and keys
+    # ideal devices: the crossbar computes the same function up to rounding
+    assert abs(float(got["crossbar_accuracy_pct"]) - float(got["accuracy_pct"])) <= 10.0
 
 
 def test_mnist_rows_train_on_mnist(tmp_path):

@@ -33,8 +33,8 @@ class Training:
 @dataclass(frozen=True)
 class Row:
     """One row of a seed table: ``setting`` as the seed names it, evaluated with ``keys``;
-    with ``epsilon``, on FGSM-attacked queries (pixel units); with ``chip``, also on the
-    crossbar chip of :data:`batmann.experiments.runner.CHIP`."""
+    with ``epsilon``, on FGSM-attacked queries (pixel units); with ``chip`` (a :data:`CHIPS`
+    name), digitally and on that crossbar chip, on the same episodes."""
 
     setting: str
     description: str
@@ -42,12 +42,31 @@ class Row:
     keys: str
     seed_accuracy_pct: float | None
     epsilon: float | None = None
-    chip: bool = False
+    chip: str | None = None
 
     @property
     def key(self) -> str:
-        """Unique within an experiment: the setting, and the epsilon of an attacked row."""
-        return self.setting if self.epsilon is None else f"{self.setting}@{self.epsilon:g}"
+        """Unique within an experiment: the setting, the epsilon of an attacked row, the chip."""
+        return row_key(self.setting, self.epsilon, self.chip)
+
+
+def row_key(setting: str, epsilon: float | str | None = None, chip: str | None = None) -> str:
+    """``S3``, ``S3@0.1``, ``S3@ideal``, ``20w5s-binary@0.1@vteam-0.1``: a row's identity in its table."""
+    key = setting
+    if epsilon not in (None, ""):
+        key += f"@{float(epsilon):g}"
+    if chip:
+        key += f"@{chip}"
+    return key
+
+
+#: the crossbar chips rows can name: the whole system (controller and key memory) in memory,
+#: chip seed 0; ``vteam-0.1`` is the README's demo chip (VTEAM devices, 10 % device-to-device
+#: variability), ``ideal`` the same mapping with ideal devices
+CHIPS: dict[str, dict] = {
+    "ideal": {"analog": "all", "preset": "ideal", "seed": 0},
+    "vteam-0.1": {"analog": "all", "preset": "vteam", "variability": 0.1, "seed": 0},
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,10 @@ ABLATION = Experiment(
         Row("S10", "RBNN, softmax, +-1 keys", RBNN_SOFTMAX, "bipolar", 95.97),
     ),
 )
+# S1-S10 again on the ideal and on the VTEAM sigma-0.1 all-analog chip (digital on the same episodes)
+ABLATION = Experiment(ABLATION.name, ABLATION.title, ABLATION.rows + tuple(
+    Row(r.setting, r.description, r.training, r.keys, r.seed_accuracy_pct, chip=chip)
+    for chip in CHIPS for r in ABLATION.rows))
 
 SHARPENING = Experiment(
     "sharpening",
@@ -116,10 +139,10 @@ FGSM = Experiment(
     "20-way 5-shot under FGSM on the queries (seed: every setting falls to 5-10 %)",
     tuple(
         Row(r.setting, r.description, r.training, r.keys, None, epsilon=eps)
-        for r in ABLATION.rows if r.setting not in ("S1", "S2") for eps in FGSM_EPSILONS
+        for r in ABLATION.rows if r.chip is None and r.setting not in ("S1", "S2") for eps in FGSM_EPSILONS
     ) + tuple(
         Row("20w5s-binary", "shipped XNOR checkpoint, +-1 keys; digital and all-analog chip", SHIPPED_BINARY,
-            "bipolar", None, epsilon=eps, chip=True)
+            "bipolar", None, epsilon=eps, chip="vteam-0.1")
         for eps in (0.0,) + FGSM_EPSILONS
     ),
 )
@@ -130,8 +153,9 @@ TSNE_EPSILON = 0.1
 TSNE = Experiment(
     "tsne",
     "t-SNE of the query features of one test episode, S1-S10, clean and FGSM-attacked",
-    tuple(Row(r.setting, r.description, r.training, r.keys, None) for r in ABLATION.rows)
-    + tuple(Row(r.setting, r.description, r.training, r.keys, None, epsilon=TSNE_EPSILON) for r in ABLATION.rows),
+    tuple(Row(r.setting, r.description, r.training, r.keys, None) for r in ABLATION.rows if r.chip is None)
+    + tuple(Row(r.setting, r.description, r.training, r.keys, None, epsilon=TSNE_EPSILON)
+            for r in ABLATION.rows if r.chip is None),
     kind="tsne",
 )
 

@@ -64,25 +64,34 @@ def plot_attack(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: s
 
 
 def plot_table(exp: Experiment, rows: list[dict[str, Any]], out: Path, scale: str) -> Path:
-    """A horizontal bar chart of ``rows`` (the experiment table) written to ``out`` (.png/.svg)."""
+    """Horizontal bars per setting: ours digitally (95 % CI), on each chip of the table's chip
+    rows (crossbar accuracy, 95 % CI) and the seed's number; written to ``out`` (.png/.svg)."""
     plt = _pyplot()
-
-    labels = [f"{r['setting']}: {r['description']}" for r in rows]
-    ours = [float(r["accuracy_pct"]) for r in rows]
-    ci = [float(r["ci95_pct"]) for r in rows]
-    seed = [float(r["seed_accuracy_pct"] or "nan") for r in rows]
-    y = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.8))
-    h = 0.38
-    ax.barh([v - h / 2 for v in y], ours, height=h, xerr=ci, capsize=2, color="tab:blue",
-            label=f"ours ({scale} settings, 95 % CI)")
-    ax.barh([v + h / 2 for v in y], seed, height=h, color="tab:gray", alpha=0.6, label="seed (paper)")
-    ax.set_yticks(y, labels, fontsize=8)
+    digital = [r for r in rows if not r.get("chip")]
+    chips = list(dict.fromkeys(r["chip"] for r in rows if r.get("chip")))
+    on_chip = {(r["setting"], r["chip"]): r for r in rows if r.get("chip")}
+    series = [("ours, digital", "tab:blue", [float(r["accuracy_pct"]) for r in digital],
+               [float(r["ci95_pct"]) for r in digital])]
+    for i, chip in enumerate(chips):
+        got = [on_chip.get((r["setting"], chip)) for r in digital]
+        series.append((f"ours, {chip} chip", ("tab:green", "tab:orange", "tab:red")[i % 3],
+                       [float(g["crossbar_accuracy_pct"]) if g else float("nan") for g in got],
+                       [float(g["crossbar_ci95_pct"]) if g else 0.0 for g in got]))
+    series.append(("seed (paper)", "tab:gray", [float(r["seed_accuracy_pct"] or "nan") for r in digital], None))
+    labels = [f"{r['setting']}: {r['description']}" for r in digital]
+    n = len(series)
+    h = 0.8 / n
+    fig, ax = plt.subplots(figsize=(8.5, (0.22 + 0.16 * n) * len(digital) + 1.8))
+    for j, (name, color, values, err) in enumerate(series):
+        ys = [i - 0.4 + h * (j + 0.5) for i in range(len(digital))]
+        ax.barh(ys, values, height=h, xerr=err, capsize=2 if err else 0, color=color,
+                alpha=0.6 if err is None else 1.0, label=name + (f" ({scale} settings, 95 % CI)" if j == 0 else ""))
+    ax.set_yticks(range(len(digital)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("test accuracy (%)")
     ax.set_title(exp.title, fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.6 / len(rows)), ncol=2, fontsize=8,
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.6 / len(digital)), ncol=2, fontsize=8,
               frameon=False)
     fig.tight_layout()
     return _save(fig, out)

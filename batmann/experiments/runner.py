@@ -27,16 +27,13 @@ from typing import Any
 
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.errors import ConfigError
-from batmann.experiments.catalog import EXPERIMENTS, Experiment, Row, Training
+from batmann.experiments.catalog import CHIPS, EXPERIMENTS, Experiment, Row, Training, row_key
 from batmann.utils.atomic import atomic_write_json, atomic_write_text
 
 COLUMNS = ("experiment", "setting", "epsilon", "description", "controller", "sim_cal", "keys", "train_episodes",
            "accuracy_pct", "ci95_pct", "episodes", "seed_accuracy_pct", "crossbar_accuracy_pct",
            "crossbar_ci95_pct", "chip", "checkpoint")
 
-#: the crossbar chip of rows with ``chip``: the whole system on VTEAM devices with 10 %
-#: device-to-device variability (the README's demo chip), chip seed 0
-CHIP = {"analog": "all", "preset": "vteam", "variability": 0.1, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -56,6 +53,9 @@ class Scale:
     tsne_episodes: EpisodeOptions = field(default_factory=lambda: EpisodeOptions(
         class_num=10, num_shot=5, pool_query_test=15, batch_size_test=15))
     precision: str = "bf16"
+    #: whether the ablation's chip rows run (S1-S10 on each chip: a crossbar conversion per model
+    #: and chip, minutes; the quick scale leaves them out, the FGSM chip rows stay)
+    chip_rows: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +71,7 @@ QUICK = Scale("quick", EpisodeOptions(class_num=5, num_shot=1, pool_query_train=
                                       batch_size_train=2, val_num_train=2, pool_query_test=4, batch_size_test=2),
               train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5, val_interval=4, val_episode=2,
               test_episodes=8, tsne_episodes=EpisodeOptions(class_num=5, num_shot=1, pool_query_test=4,
-                                                             batch_size_test=4))
+                                                             batch_size_test=4), chip_rows=False)
 #: the seed's MNIST study: 10-way 5-shot, 3 queries per class, 800 training episodes (10 classes x
 #: 20 training images: 5 supports, 10 query and 5 validation candidates each), 1000 test episodes
 _MNIST_TASK = EpisodeOptions(dataset="mnist", class_num=10, num_shot=5, pool_query_train=10, pool_val_train=5,
@@ -125,12 +125,28 @@ def evaluate_row(row: Row, checkpoint: Path, scale: Scale, cache, progress: bool
                                device="cpu", progress=progress, cache=cache, precision="fp32")
 
 
+def evaluate_chip_row(row: Row, checkpoint: Path, scale: Scale, cache, progress: bool,
+                      seed: int = 0) -> dict[str, Any]:
+    """A clean row on its chip (:data:`CHIPS`) and digitally, on the same test episodes
+    (:func:`batmann.hardware.compare`), with the row's key format on both."""
+    from batmann.checkpoint import load_checkpoint
+    from batmann.hardware import compare, hardware_spec
+
+    ck = load_checkpoint(checkpoint, "cpu")
+    ck.config.keys = row.keys
+    c = compare(ck, hardware_spec(**CHIPS[row.chip]), episodes=scale.test_episodes, seed=seed,
+                episode_options=scale.episodes, progress=progress, cache=cache)
+    return {"accuracy_pct": f"{c.digital_accuracy_pct:.3f}", "ci95_pct": f"{c.digital_ci95_pct:.3f}",
+            "episodes": c.episodes, "crossbar_accuracy_pct": f"{c.crossbar_accuracy_pct:.3f}",
+            "crossbar_ci95_pct": f"{c.crossbar_ci95_pct:.3f}", "chip": row.chip}
+
+
 def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, progress: bool,
                       seed: int = 0) -> dict[str, dict[str, Any]]:
     """FGSM rows of one checkpoint, on the same test episodes as the clean rows: per episode one
     attack direction (:func:`batmann.attacks.fgsm_direction`), then every row's ``epsilon`` and
-    key format; rows with ``chip`` also on the :data:`CHIP` crossbars (the same attacked
-    queries). Returns, per row key, the accuracy columns. One intra-op thread and deterministic
+    key format; rows with ``chip`` also on that chip's crossbars (:data:`CHIPS`; the same
+    attacked queries). Returns, per row key, the accuracy columns. One intra-op thread and deterministic
     kernels, so a rerun gives the same attack."""
     from tqdm import tqdm
 
@@ -143,14 +159,14 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
     ck = load_checkpoint(checkpoint, "cpu")
     model = ck.model.eval()
     systems = {k: DigitalSystem(model, keys=k) for k in sorted({r.keys for r in rows})}
-    chip = None
-    if any(r.chip for r in rows):
+    chips = {}
+    for name in sorted({r.chip for r in rows if r.chip}):
         from batmann.hardware import calibrate, hardware_spec
         from crossbar import convert
 
-        spec = hardware_spec(**CHIP)
-        chip = convert(ck, spec)
-        calibrate(chip, spec, cache, scale.episodes)
+        spec = hardware_spec(**CHIPS[name])
+        chips[name] = convert(ck, spec)
+        calibrate(chips[name], spec, cache, scale.episodes)
     sampler = make_sampler(cache, scale.episodes, "test", seed)
     acc = {r.key: [] for r in rows}
     acc_chip = {r.key: [] for r in rows if r.chip}
@@ -163,15 +179,14 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
                 attacked = attacked_episode(ep, direction, float(r.epsilon))
                 acc[r.key].append(score_episode(systems[r.keys], attacked).accuracy)
                 if r.chip:
-                    acc_chip[r.key].append(score_episode(chip, attacked).accuracy)
+                    acc_chip[r.key].append(score_episode(chips[r.chip], attacked).accuracy)
     result = {}
     for r in rows:
         m, c = mean_ci95(acc[r.key])
         cols = {"accuracy_pct": f"{m:.3f}", "ci95_pct": f"{c:.3f}", "episodes": scale.test_episodes}
         if r.chip:
             mc, cc = mean_ci95(acc_chip[r.key])
-            cols.update(crossbar_accuracy_pct=f"{mc:.3f}", crossbar_ci95_pct=f"{cc:.3f}",
-                        chip=",".join(f"{k}={v}" for k, v in CHIP.items()))
+            cols.update(crossbar_accuracy_pct=f"{mc:.3f}", crossbar_ci95_pct=f"{cc:.3f}", chip=r.chip)
         result[r.key] = cols
     return result
 
@@ -235,8 +250,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _row_key(row: dict[str, str]) -> str:
-    eps = row.get("epsilon", "")
-    return row["setting"] if eps in ("", None) else f"{row['setting']}@{float(eps):g}"
+    return row_key(row["setting"], row.get("epsilon"), row.get("chip"))
 
 
 def _check_scale(out: Path, exp: Experiment, scale: Scale) -> None:
@@ -273,14 +287,15 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     _check_scale(out, exp, scale)
     t0 = time.perf_counter()
-    _write_record(out, exp, scale, command, seed)
+    planned = [r for r in exp.rows if scale.chip_rows or r.chip is None or r.epsilon is not None]
+    _write_record(out, exp, planned, scale, command, seed)
     if cache is None or exp.dataset != "omniglot":  # a passed cache is Omniglot's
         from batmann.data import load_episode_images
 
         cache = load_episode_images(exp.dataset, 32)
     table = out / f"{exp.name}.csv"
     done = {_row_key(r): r for r in read_rows(table)}
-    pending = [r for r in exp.rows if r.key not in done]
+    pending = [r for r in planned if r.key not in done]
     ran = 0
     def record(row: Row, training: Training, ckpt: Path, cols: dict[str, Any]) -> None:
         nonlocal ran
@@ -292,7 +307,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
             "seed_accuracy_pct": "" if row.seed_accuracy_pct is None else f"{row.seed_accuracy_pct:.2f}",
             "checkpoint": training.checkpoint or str(ckpt.relative_to(out)), **cols,
         }
-        write_rows(table, [done[r.key] for r in exp.rows if r.key in done])  # one row at a time
+        write_rows(table, [done[r.key] for r in planned if r.key in done])  # one row at a time
         ran += 1
         if progress:
             r = done[row.key]
@@ -303,10 +318,12 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
         rows = [r for r in pending if r.training == training]
         ckpt = ensure_trained(training, scale, out, cache, progress, seed)
         for row in rows:
-            if row.epsilon is None and exp.kind == "accuracy":
+            if row.epsilon is None and exp.kind == "accuracy" and row.chip is None:
                 res = evaluate_row(row, ckpt, scale, cache, progress, seed)
                 record(row, training, ckpt, {"accuracy_pct": f"{res.accuracy_pct:.3f}",
                                              "ci95_pct": f"{res.ci95_pct:.3f}", "episodes": res.episodes})
+            elif row.epsilon is None and exp.kind == "accuracy":
+                record(row, training, ckpt, evaluate_chip_row(row, ckpt, scale, cache, progress, seed))
         if exp.kind == "tsne":
             results = evaluate_tsne(rows, ckpt, scale, cache, out, seed)
             for row in rows:
@@ -317,14 +334,15 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
             results = evaluate_attacked(attacked, ckpt, scale, cache, progress, seed)
             for row in attacked:
                 record(row, training, ckpt, results[row.key])
-    rows = [done[r.key] for r in exp.rows]
+    rows = [done[r.key] for r in planned]
     from batmann.experiments.figures import plot_experiment
 
     figure = plot_experiment(exp, rows, out / f"{exp.name}.png", scale.name)
     return ExperimentSummary(exp.name, out, table, figure, len(rows), ran, time.perf_counter() - t0)
 
 
-def _write_record(out: Path, exp: Experiment, scale: Scale, command: str | None, seed: int) -> None:
+def _write_record(out: Path, exp: Experiment, rows: list[Row], scale: Scale, command: str | None,
+                  seed: int) -> None:
     import torch
 
     from batmann import __version__
@@ -334,7 +352,7 @@ def _write_record(out: Path, exp: Experiment, scale: Scale, command: str | None,
         "scale": scale.to_dict(),
         "rows": [{"setting": r.setting, "epsilon": r.epsilon, "description": r.description,
                   "training": r.training.name, "keys": r.keys, "seed_accuracy_pct": r.seed_accuracy_pct,
-                  "chip": CHIP if r.chip else None} for r in exp.rows],
+                  "chip": r.chip, "chip_spec": CHIPS.get(r.chip or "")} for r in rows],
         "versions": {"batmann": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "machine": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
