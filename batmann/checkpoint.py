@@ -227,8 +227,10 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     """Restore model, optimizer, scheduler and generators from :func:`save_train_state`.
 
     Returns the saved scalars (episode counter, best accuracy, ...). The saved configuration
-    must equal ``config`` except for ``train_episode`` (a run may be extended), else a
-    one-line error names the first differing option.
+    must equal ``config`` except for ``train_episode`` (a run may be extended) and the kernel
+    choices (``deterministic``, ``compile``: they change the last bits, not what is trained), else
+    a one-line error names the first differing option. Options newer than the saved state, nested
+    ones included, count as their defaults.
     """
     path = Path(path)
     tensors, meta = read_safetensors(path)
@@ -238,9 +240,11 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     now = config.to_dict()
     defaults = TrainConfig().to_dict()  # options newer than the saved state had their defaults
     for key in now:
-        if key in ("train_episode", "device", "test_episode", "deterministic"):
-            continue
+        if key in ("train_episode", "device", "test_episode", "deterministic", "compile"):
+            continue  # kernels and bookkeeping, not what is trained
         was = saved.get(key, defaults[key])
+        if isinstance(was, dict) and isinstance(defaults[key], dict):  # nested options newer than the state
+            was = {**defaults[key], **was}
         if was != now[key]:
             raise CheckpointError(f"cannot resume {path}: option {key} was {was!r}, now {now[key]!r}")
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path,

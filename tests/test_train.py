@@ -140,6 +140,26 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, omniglot_cache):
         train(tiny_config(learning_rate=5e-4), tmp_path, resume=True, progress=False, cache=omniglot_cache)
 
 
+def test_state_saved_before_newer_options_resumes(tmp_path, omniglot_cache):
+    """A state written before ``episodes.dataset`` and ``compile`` existed resumes: missing
+    options, nested ones included, count as their defaults; other options must still match."""
+    from safetensors.torch import save_file
+
+    from batmann.checkpoint import read_safetensors
+
+    train(tiny_config(train_episode=3), tmp_path, progress=False, cache=omniglot_cache)
+    last = tmp_path / "last.safetensors"
+    tensors, meta = read_safetensors(last)
+    cfg = json.loads(meta["config"])
+    del cfg["episodes"]["dataset"], cfg["compile"]
+    save_file(tensors, str(last), metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="option episodes was"):
+        bad = tiny_config()
+        bad.episodes.class_num = 4
+        train(bad, tmp_path, resume=True, progress=False, cache=omniglot_cache)
+    assert train(tiny_config(), tmp_path, resume=True, progress=False, cache=omniglot_cache).episodes_done == 6
+
+
 def test_init_from_starts_at_the_parent_weights(tmp_path, omniglot_cache):
     """Fine-tuning: the run starts from the parent's weights, validates them first (so the best
     checkpoint is never worse than the start), records the parent, and refuses another architecture."""
