@@ -95,6 +95,20 @@ def train_config(training: Training, scale: Scale, seed: int = 0) -> TrainConfig
     ).validate()
 
 
+def _trained(training: Training, scale: Scale, out: Path) -> bool:
+    """Whether ``training`` needs no (more) training: shipped, or its run reached the scale's episodes."""
+    from batmann.checkpoint import read_safetensors
+
+    if training.checkpoint is not None:
+        return True
+    run_dir = out / "runs" / training.name
+    last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    if not (last.exists() and best.exists()):
+        return False
+    _, meta = read_safetensors(last)
+    return int(json.loads(meta.get("scalars", "{}")).get("episode", -1)) >= scale.train_episode
+
+
 def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0) -> Path:
     """Train ``training`` into ``out/runs/<name>`` (resuming an interrupted run) and return its
     best-validation checkpoint (a shipped checkpoint's file as it is)."""
@@ -314,7 +328,9 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
             seed_txt = f" (seed {r['seed_accuracy_pct']} %)" if r["seed_accuracy_pct"] else ""
             print(f"{exp.name} {row.key}: {r['accuracy_pct']} +- {r['ci95_pct']} %{seed_txt}", flush=True)
 
-    for training in dict.fromkeys(r.training for r in pending):
+    # trainings already finished (or shipped) first: their rows need no training
+    trainings = sorted(dict.fromkeys(r.training for r in pending), key=lambda t: not _trained(t, scale, out))
+    for training in trainings:
         rows = [r for r in pending if r.training == training]
         ckpt = ensure_trained(training, scale, out, cache, progress, seed)
         for row in rows:
