@@ -112,18 +112,15 @@ def _trained(training: Training, scale: Scale, out: Path) -> bool:
 def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0) -> Path:
     """Train ``training`` into ``out/runs/<name>`` (resuming an interrupted run) and return its
     best-validation checkpoint (a shipped checkpoint's file as it is)."""
-    from batmann.checkpoint import read_safetensors, resolve_checkpoint
+    from batmann.checkpoint import resolve_checkpoint
     from batmann.train import train
 
     if training.checkpoint is not None:
         return resolve_checkpoint(training.checkpoint)
-
     run_dir = out / "runs" / training.name
     best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
-    if last.exists():
-        _, meta = read_safetensors(last)
-        if int(json.loads(meta.get("scalars", "{}")).get("episode", -1)) >= scale.train_episode and best.exists():
-            return best
+    if _trained(training, scale, out):
+        return best
     cfg = train_config(training, scale, seed)
     command = (f"batmann train --controller {training.controller} --sim-cal {training.sim_cal} --dataset "
                f"{training.dataset} (experiment scale {scale.name})")
