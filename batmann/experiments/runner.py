@@ -347,7 +347,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
             results = evaluate_attacked(attacked, ckpt, scale, cache, progress, seed)
             for row in attacked:
                 record(row, training, ckpt, results[row.key])
-    rows = [done[r.key] for r in planned]
+    rows = [done[r.key] for r in planned if r.key in done]
     from batmann.experiments.figures import plot_experiment
 
     figure = plot_experiment(exp, rows, out / f"{exp.name}.png", scale.name)
