@@ -170,10 +170,11 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
     ck = load_checkpoint(checkpoint, "cpu")
     model = ck.model.eval()
     systems = {k: DigitalSystem(model, keys=k) for k in sorted({r.keys for r in rows})}
+    from batmann.hardware import calibrate, hardware_spec
+
     chips = {}
     for name in sorted({r.chip for r in rows if r.chip}):
-        from batmann.hardware import calibrate, hardware_spec
-        from crossbar import convert
+        from crossbar import convert  # MemTorch: imported only where a chip is asked for
 
         spec = hardware_spec(**CHIPS[name])
         chips[name] = convert(ck, spec)
