@@ -86,13 +86,14 @@ def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
         raise CheckpointError(f"{path} has corrupt '{key}' metadata") from None
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read every tensor and the header metadata of ``path``; one-line errors for bad files."""
+def read_safetensors(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read every tensor (none with ``tensors=False``: the header only) and the header metadata
+    of ``path``; one-line errors for bad files."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:

@@ -62,6 +62,13 @@ class DigitalSystem:
             return self._forward(images)
         return cached_rows(self._cache, images, ids, self._forward)
 
+    def with_keys(self, keys: str) -> "DigitalSystem":
+        """The same model and feature cache with another key format: features depend on the
+        images only, so several key formats are scored without recomputing them."""
+        other = DigitalSystem(self.model, keys=keys, cache_features=False, autocast=self.autocast)
+        other._cache = self._cache
+        return other
+
     def write(self, keys: torch.Tensor) -> None:
         self._keys = quantize_keys(keys, self.keys_mode)
 

@@ -70,6 +70,22 @@ def test_rerun_computes_only_missing_rows_and_reproduces_them(quick_ablation, om
     assert read_rows(table) == before  # the same checkpoint, episodes and seed: the same number
 
 
+def test_rows_of_one_checkpoint_share_its_features_and_match_evaluate(quick_ablation, omniglot_cache):
+    from batmann.api import evaluate_checkpoint
+    from batmann.experiments.runner import _loaded, evaluate_row
+
+    out, _ = quick_ablation
+    path = out / "runs" / "fp-cos_softabs" / "best.safetensors"
+    ck, digital = _loaded(path)
+    rows = {r.setting: r for r in EXPERIMENTS["ablation"].rows if r.chip is None}
+    for setting in ("S1", "S3", "S4"):  # real, +-1 and {0,1} keys over one feature cache
+        shared = evaluate_row(rows[setting], ck, QUICK, omniglot_cache, False, 0, digital)
+        alone = evaluate_checkpoint(path, episodes=QUICK.test_episodes, keys=rows[setting].keys, device="cpu",
+                                    cache=omniglot_cache, precision="fp32")
+        assert shared.per_episode == alone.per_episode
+    assert digital.with_keys("binary")._cache is digital._cache and len(digital._cache) > 0
+
+
 def test_fgsm_reuses_the_ablation_trainings_and_adds_a_chip_column(quick_ablation, omniglot_cache):
     out, _ = quick_ablation
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.safetensors")}

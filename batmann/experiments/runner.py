@@ -35,7 +35,6 @@ COLUMNS = ("experiment", "setting", "epsilon", "description", "controller", "sim
            "crossbar_ci95_pct", "chip", "checkpoint")
 
 
-
 @dataclass(frozen=True)
 class Scale:
     """How big an experiment runs: the training recipe and the test protocol of every row."""
@@ -105,7 +104,7 @@ def _trained(training: Training, scale: Scale, out: Path) -> bool:
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     if not (last.exists() and best.exists()):
         return False
-    _, meta = read_safetensors(last)
+    _, meta = read_safetensors(last, tensors=False)
     return int(json.loads(meta.get("scalars", "{}")).get("episode", -1)) >= scale.train_episode
 
 
@@ -128,32 +127,48 @@ def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress:
     return best
 
 
-def evaluate_row(row: Row, checkpoint: Path, scale: Scale, cache, progress: bool, seed: int = 0):
-    """Digital accuracy of ``checkpoint`` with the row's key format, fp32, on the scale's test episodes."""
-    from batmann.api import evaluate_checkpoint
+def _loaded(checkpoint, digital=None):
+    """``(Checkpoint, DigitalSystem)`` of a checkpoint path or a loaded one; ``digital`` (over
+    the same model) is reused, so its cached features serve every row of the checkpoint."""
+    from batmann.checkpoint import Checkpoint, load_checkpoint
+    from batmann.evaluate import DigitalSystem
 
-    return evaluate_checkpoint(checkpoint, episodes=scale.test_episodes, seed=seed, keys=row.keys,
-                               device="cpu", progress=progress, cache=cache, precision="fp32")
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    return ck, digital if digital is not None else DigitalSystem(ck.model.eval(), keys=ck.config.keys)
 
 
-def evaluate_chip_row(row: Row, checkpoint: Path, scale: Scale, cache, progress: bool,
-                      seed: int = 0) -> dict[str, Any]:
+def evaluate_row(row: Row, checkpoint, scale: Scale, cache, progress: bool, seed: int = 0, digital=None):
+    """Digital accuracy of ``checkpoint`` (a path or a loaded checkpoint) with the row's key
+    format, fp32, on the scale's test episodes."""
+    from batmann.evaluate import evaluate_system
+    from batmann.tasks import make_sampler
+
+    _, digital = _loaded(checkpoint, digital)
+    return evaluate_system(digital.with_keys(row.keys), make_sampler(cache, scale.episodes, "test", seed),
+                           scale.test_episodes, progress=progress, desc="test")
+
+
+def evaluate_chip_row(row: Row, checkpoint, scale: Scale, cache, progress: bool, seed: int = 0,
+                      digital=None) -> dict[str, Any]:
     """A clean row on its chip (:data:`CHIPS`) and digitally, on the same test episodes
     (:func:`batmann.hardware.compare`), with the row's key format on both."""
-    from batmann.checkpoint import load_checkpoint
+    import copy
+    import dataclasses
+
     from batmann.hardware import compare, hardware_spec
 
-    ck = load_checkpoint(checkpoint, "cpu")
+    ck, digital = _loaded(checkpoint, digital)
+    ck = dataclasses.replace(ck, config=copy.deepcopy(ck.config))  # the same model, the row's keys
     ck.config.keys = row.keys
     c = compare(ck, hardware_spec(**CHIPS[row.chip]), episodes=scale.test_episodes, seed=seed,
-                episode_options=scale.episodes, progress=progress, cache=cache)
+                episode_options=scale.episodes, progress=progress, cache=cache, digital=digital.with_keys(row.keys))
     return {"accuracy_pct": f"{c.digital_accuracy_pct:.3f}", "ci95_pct": f"{c.digital_ci95_pct:.3f}",
             "episodes": c.episodes, "crossbar_accuracy_pct": f"{c.crossbar_accuracy_pct:.3f}",
             "crossbar_ci95_pct": f"{c.crossbar_ci95_pct:.3f}", "chip": row.chip}
 
 
-def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, progress: bool,
-                      seed: int = 0) -> dict[str, dict[str, Any]]:
+def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress: bool,
+                      seed: int = 0, digital=None) -> dict[str, dict[str, Any]]:
     """FGSM rows of one checkpoint, on the same test episodes as the clean rows: per episode one
     attack direction (:func:`batmann.attacks.fgsm_direction`), then every row's ``epsilon`` and
     key format; rows with ``chip`` also on that chip's crossbars (:data:`CHIPS`; the same
@@ -162,16 +177,14 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
     from tqdm import tqdm
 
     from batmann.attacks import attacked_episode, fgsm_direction
-    from batmann.checkpoint import load_checkpoint
-    from batmann.evaluate import DigitalSystem, mean_ci95, score_episode
+    from batmann.evaluate import mean_ci95, score_episode
+    from batmann.hardware import calibrate, hardware_spec
     from batmann.tasks import make_sampler
     from batmann.utils.determinism import deterministic_kernels
 
-    ck = load_checkpoint(checkpoint, "cpu")
-    model = ck.model.eval()
-    systems = {k: DigitalSystem(model, keys=k) for k in sorted({r.keys for r in rows})}
-    from batmann.hardware import calibrate, hardware_spec
-
+    ck, digital = _loaded(checkpoint, digital)
+    model = digital.model
+    systems = {k: digital.with_keys(k) for k in sorted({r.keys for r in rows})}
     chips = {}
     for name in sorted({r.chip for r in rows if r.chip}):
         from crossbar import convert  # MemTorch: imported only where a chip is asked for
@@ -203,7 +216,7 @@ def evaluate_attacked(rows: list[Row], checkpoint: Path, scale: Scale, cache, pr
     return result
 
 
-def evaluate_tsne(rows: list[Row], checkpoint: Path, scale: Scale, cache, out: Path,
+def evaluate_tsne(rows: list[Row], checkpoint, scale: Scale, cache, out: Path,
                   seed: int = 0) -> dict[str, dict[str, Any]]:
     """t-SNE rows of one checkpoint: the queries of one fixed test episode (``scale.tsne_episodes``,
     episode seed ``seed``: the same characters for every setting), clean or FGSM-attacked, through
@@ -214,14 +227,13 @@ def evaluate_tsne(rows: list[Row], checkpoint: Path, scale: Scale, cache, out: P
     from sklearn.manifold import TSNE as SkTSNE
 
     from batmann.attacks import attacked_episode, fgsm_direction
-    from batmann.checkpoint import load_checkpoint
     from batmann.evaluate import DigitalSystem, score_episode
     from batmann.memory import quantize_keys
     from batmann.tasks import make_sampler
     from batmann.utils.atomic import atomic_path
     from batmann.utils.determinism import deterministic_kernels
 
-    ck = load_checkpoint(checkpoint, "cpu")
+    ck, _ = _loaded(checkpoint)
     model = ck.model.eval()
     ep = make_sampler(cache, scale.tsne_episodes, "test", seed).sample(index=0)
     result = {}
@@ -331,21 +343,22 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
     for training in trainings:
         rows = [r for r in pending if r.training == training]
         ckpt = ensure_trained(training, scale, out, cache, progress, seed)
+        ck, digital = _loaded(ckpt)  # loaded once; its features are computed once for every row
         for row in rows:
             if row.epsilon is None and exp.kind == "accuracy" and row.chip is None:
-                res = evaluate_row(row, ckpt, scale, cache, progress, seed)
+                res = evaluate_row(row, ck, scale, cache, progress, seed, digital)
                 record(row, training, ckpt, {"accuracy_pct": f"{res.accuracy_pct:.3f}",
                                              "ci95_pct": f"{res.ci95_pct:.3f}", "episodes": res.episodes})
             elif row.epsilon is None and exp.kind == "accuracy":
-                record(row, training, ckpt, evaluate_chip_row(row, ckpt, scale, cache, progress, seed))
+                record(row, training, ckpt, evaluate_chip_row(row, ck, scale, cache, progress, seed, digital))
         if exp.kind == "tsne":
-            results = evaluate_tsne(rows, ckpt, scale, cache, out, seed)
+            results = evaluate_tsne(rows, ck, scale, cache, out, seed)
             for row in rows:
                 record(row, training, ckpt, results[row.key])
             continue
         attacked = [r for r in rows if r.epsilon is not None]
         if attacked:
-            results = evaluate_attacked(attacked, ckpt, scale, cache, progress, seed)
+            results = evaluate_attacked(attacked, ck, scale, cache, progress, seed, digital)
             for row in attacked:
                 record(row, training, ckpt, results[row.key])
     rows = [done[r.key] for r in planned if r.key in done]
