@@ -283,7 +283,7 @@ class TrainConfig:
         """Whether training runs the compiled element-wise kernels (:mod:`batmann.models.fused`):
         ``on``/``off`` as asked; ``auto``: on for a binarized controller (the fp controller has no
         such kernels) on a CPU where a C++ compiler is found, unless the environment sets
-        ``BATMANN_COMPILE=0``. Compiling costs about 15 s once per shape and machine (cached on
+        ``BATMANN_COMPILE=0``. Compiling cost about 13 s once per machine (cached on
         disk by TorchInductor), then XNOR/RBNN training steps run faster (docs/performance.md)."""
         if self.compile != "auto":
             return self.compile == "on"

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 if not os.environ.get("BATMANN_HOME"):
     os.environ["BATMANN_HOME"] = str(REPO / ".test-home")
-# training runs in the tests stay on the eager kernels (compiling costs ~15 s per shape on a cold
+# training runs in the tests stay on the eager kernels (compiling costs ~13 s on a cold
 # machine); tests/test_fused.py switches the compiled ones on explicitly
 os.environ.setdefault("BATMANN_COMPILE", "0")
 if not os.environ.get("BATMANN_OMNIGLOT_SOURCE"):

@@ -158,7 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="fp32; bf16: autocast with channels_last (fp, RBNN), for XNOR an exact fp32 forward with bf16 gradient products; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
     r.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
-                   help="compiled (TorchInductor) element-wise kernels for the binarized layers: about 15 s "
+                   help="compiled (TorchInductor) element-wise kernels for the binarized layers: about 13 s "
                         "to build once per machine, then faster XNOR/RBNN steps; auto = on for binarized "
                         "controllers on a CPU with a C++ compiler (default auto)")
     r.add_argument("--seed", type=int, default=d.seed, help="seed for every generator (default 0)")
