@@ -198,6 +198,21 @@ PRESETS: Mapping[str, DevicePreset] = MappingProxyType({
             measured=(ProgrammingNoise(1.0, mode="measured", coefficients_us=(4.782321, -0.009107)),),
         ),
         DevicePreset(
+            name="rram_mao2022",
+            r_on=1 / 150e-6,
+            r_off=1e6,
+            memtorch_model="LinearIonDrift",
+            memtorch_params=_LINEAR,
+            source="Mao et al., Nat. Commun. 13:6284, 2022 (memristive MANN: crossbar TCAM and LSH in 64 x 64 "
+            "1T1R arrays), numbers from the authors' simulation code (github.com/Jaylenne/TLSH_MANN, "
+            "lib_simlsh.py: cells programmed to 150 uS or 0 uS with programming error sigma 5 uS, read at "
+            "0.2 V; 1 Ohm wire segments in 64 x 64 arrays)",
+            description="1T1R memristor arrays of a memristive MANN, 1-150 uS (the 1 uS floor is ours: the "
+            "authors program 0 uS and fold the error at zero); programming error 5 uS at every state, "
+            "measured. Their read fluctuation (state-dependent, log-normal) is not carried: add --read-noise",
+            measured=(ProgrammingNoise(1.0, mode="measured", coefficients_us=(5.0,)),),
+        ),
+        DevicePreset(
             name="hfox_cmo2025",
             r_on=1 / 88.2e-6,
             r_off=1 / 9e-6,

@@ -337,6 +337,15 @@ def test_measured_presets_bring_their_programming_noise_and_it_has_the_measured_
     assert HardwareSpec.from_dict(spec.to_dict()) == spec
 
 
+def test_mao2022_preset_writes_every_state_with_a_5_us_error():
+    spec = HardwareSpec(preset="rram_mao2022")
+    assert spec.device.g_on == pytest.approx(150e-6) and spec.get("programming_noise").coefficients_us == (5.0,)
+    clean = _array(HardwareSpec(preset="rram_mao2022", programming_noise=0.0))
+    target = clean.g[0, 1:]  # mid-window targets (75.5 uS): no clipping at 5 uS
+    err = (_array(spec).g[0, 1:] - target) * 1e6
+    assert abs(err.mean().item()) < 0.25 and err.std().item() == pytest.approx(5.0, rel=0.05)
+
+
 def test_measured_noise_needs_its_coefficients():
     for bad in (dict(mode="measured"), dict(mode="measured", coefficients_us=(1.0, float("inf"))),
                 dict(mode="window", coefficients_us=(1.0,))):
