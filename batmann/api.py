@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from batmann.checkpoint import Checkpoint, load_checkpoint
@@ -15,13 +16,16 @@ from batmann.utils.device import resolve_device
 def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 1000, seed: int = 0,
                         keys: str | None = None, episode_options: EpisodeOptions | None = None,
                         device: str = "auto", progress: bool = False, cache=None,
-                        precision: str = "fp32") -> EvalResult:
+                        precision: str = "fp32", feature_cache: bool | None = None) -> EvalResult:
     """Test-only evaluation of a checkpoint on ``episodes`` test episodes.
 
     ``keys`` and ``episode_options`` default to the checkpoint's own; ``seed`` fixes the
     episodes (the same seed gives the same episodes for every checkpoint). ``precision``:
     ``fp32``, ``bf16`` or ``auto`` (:func:`batmann.evaluate.inference_precision`; the command
-    line's default).
+    line's default). With ``feature_cache`` (default: on unless ``$BATMANN_FEATURE_CACHE`` is
+    ``0``) the features of a checkpoint file are kept on disk
+    (:func:`batmann.feature_store.evaluation_store`): a second evaluation of the same checkpoint
+    on the same images costs seconds and gives the same result bit for bit.
     """
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1 (got {episodes})")
@@ -39,5 +43,12 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
 
         cache = load_episode_images(config.episodes.dataset, config.model.image_size)
     precision = inference_precision(config.model.controller, precision, dev)
+    store = None
+    if feature_cache is None:
+        feature_cache = os.environ.get("BATMANN_FEATURE_CACHE", "1") != "0"
+    if feature_cache and Path(ckpt.path).is_file():
+        from batmann.feature_store import evaluation_store
+
+        store = evaluation_store(ckpt.path, cache, precision, dev)
     return evaluate_model(ckpt.model.to(dev), config, cache, dev, episodes, seed, progress=progress,
-                          precision=precision)
+                          precision=precision, store=store)

@@ -9,6 +9,7 @@ evaluator runs both on the very same episodes.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Protocol
 
@@ -42,12 +43,29 @@ class DigitalSystem:
     """
 
     def __init__(self, model: torch.nn.Module, keys: str = "bipolar", cache_features: bool = True,
-                 autocast: bool = False) -> None:
+                 autocast: bool = False, store=None) -> None:
         self.model = model.eval()
         self.keys_mode = keys
         self.autocast = autocast
         self._cache: dict[int, torch.Tensor] | None = {} if cache_features else None
         self._keys: torch.Tensor | None = None
+        #: a :class:`batmann.feature_store.FeatureStore` backing the feature cache on disk
+        self.store = store if cache_features else None
+        self._stored: set[int] = set()
+        if self.store is not None:
+            dev = next(iter(model.parameters()), torch.zeros(())).device
+            self._cache.update({k: v.to(dev) for k, v in self.store.load().items()})
+            self._stored = set(self._cache)
+
+    def save_features(self) -> int:
+        """Write the features computed since the store was read to the store (atomically, merged
+        with what other processes wrote); returns how many rows were new."""
+        if self.store is None:
+            return 0
+        new = {k: v for k, v in self._cache.items() if k not in self._stored}
+        self.store.save(new)
+        self._stored.update(new)
+        return len(new)
 
     @torch.no_grad()
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -200,15 +218,23 @@ def inference_precision(controller: str, precision: str, device: torch.device | 
 
 
 def evaluate_model(model: torch.nn.Module, config, cache, device: torch.device | str, episodes: int,
-                   seed: int, progress: bool = False, precision: str = "fp32") -> EvalResult:
+                   seed: int, progress: bool = False, precision: str = "fp32", store=None) -> EvalResult:
     """Digital accuracy of ``model`` on ``episodes`` test episodes (test characters of
     ``config.episodes.split``, test query pool, key mode ``config.keys``; a
-    :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image;
-    ``precision`` ``fp32`` or ``bf16`` (autocast; see :func:`inference_precision`)."""
+    :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image, and
+    with ``store`` (a :class:`~batmann.feature_store.FeatureStore`) read from and saved to disk,
+    also when interrupted; ``precision`` ``fp32`` or ``bf16`` (autocast; see
+    :func:`inference_precision`)."""
     from batmann.tasks import make_sampler
 
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"evaluation precision must be fp32 or bf16, got {precision!r}")
     sampler = make_sampler(cache, config.episodes, "test", seed, device)
-    system = DigitalSystem(model, keys=config.keys, cache_features=True, autocast=precision == "bf16")
-    return evaluate_system(system, sampler, episodes, progress=progress, desc="test")
+    system = DigitalSystem(model, keys=config.keys, cache_features=True, autocast=precision == "bf16", store=store)
+    try:
+        return evaluate_system(system, sampler, episodes, progress=progress, desc="test")
+    finally:
+        try:
+            system.save_features()
+        except OSError as err:  # e.g. a read-only home: the evaluation itself stands
+            warnings.warn(f"features not stored in {store.path}: {err}", stacklevel=2)

@@ -85,15 +85,24 @@ def chunks(ids: Iterable[int]) -> list[list[int]]:
 
 
 class FeatureStore:
-    """The on-disk features of one checkpoint file on one image cache."""
+    """The on-disk features of one checkpoint file on one image cache.
 
-    def __init__(self, checkpoint_digest: str, data_digest: str, home: str | Path | None = None):
+    ``variant`` names features computed another way, kept in their own file: the study's are
+    computed as above (no variant); ``batmann evaluate`` stores the features it computed in its
+    episode batches with all threads, per precision and device kind (``eval-fp32-cpu``, ...;
+    see :func:`evaluation_store`).
+    """
+
+    def __init__(self, checkpoint_digest: str, data_digest: str, home: str | Path | None = None,
+                 variant: str | None = None):
         root = Path(home) if home is not None else batmann_home()
-        self.path = root / "features" / f"{checkpoint_digest[:16]}-{data_digest[:16]}.safetensors"
+        tail = f"-{variant}" if variant else ""
+        self.path = root / "features" / f"{checkpoint_digest[:16]}-{data_digest[:16]}{tail}.safetensors"
 
     @classmethod
-    def for_checkpoint(cls, checkpoint_path: str | Path, cache, home: str | Path | None = None) -> "FeatureStore":
-        return cls(file_digest(checkpoint_path), cache_digest(cache), home)
+    def for_checkpoint(cls, checkpoint_path: str | Path, cache, home: str | Path | None = None,
+                       variant: str | None = None) -> "FeatureStore":
+        return cls(file_digest(checkpoint_path), cache_digest(cache), home, variant)
 
     def load(self) -> dict[int, torch.Tensor]:
         """id -> feature row (empty when nothing is stored or the file is unreadable)."""
@@ -120,3 +129,14 @@ class FeatureStore:
         feats = torch.stack([merged[i].float().cpu() for i in ids]).contiguous()
         with atomic_path(self.path) as tmp:
             save_file({"ids": torch.tensor(ids, dtype=torch.int64), "features": feats}, str(tmp))
+
+
+def evaluation_store(checkpoint_path: str | Path, cache, precision: str, device: torch.device | str,
+                     home: str | Path | None = None) -> FeatureStore:
+    """The store of ``batmann evaluate``'s features of a checkpoint file on an image cache, computed
+    in ``precision`` (``fp32`` or ``bf16``) on ``device``'s kind. A later evaluation reuses the
+    stored rows as they are, so rerunning an evaluation reproduces it bit for bit; an evaluation
+    that batches the images differently would have computed them to float rounding of these
+    (docs/performance.md#feature-cache)."""
+    kind = torch.device(device).type
+    return FeatureStore.for_checkpoint(checkpoint_path, cache, home, variant=f"eval-{precision}-{kind}")

@@ -19,6 +19,9 @@ if not os.environ.get("BATMANN_HOME"):
 # training runs in the tests stay on the eager kernels (compiling costs ~13 s on a cold
 # machine); tests/test_fused.py switches the compiled ones on explicitly
 os.environ.setdefault("BATMANN_COMPILE", "0")
+# evaluations compute their features (the on-disk feature cache would carry them from one test,
+# and one run, to the next); tests/test_feature_cache.py switches it on explicitly
+os.environ.setdefault("BATMANN_FEATURE_CACHE", "0")
 if not os.environ.get("BATMANN_OMNIGLOT_SOURCE"):
     os.environ["BATMANN_OMNIGLOT_SOURCE"] = str((REPO.parent / "shared" / "data" / "omniglot").resolve())
 

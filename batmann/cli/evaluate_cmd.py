@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="fp32, bf16 (autocast) or auto: bf16 for full-precision controllers where the CPU or GPU runs "
                         "bf16 natively (measured to agree with fp32), fp32 elsewhere and for binarized ones (default auto)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="compute every feature afresh and keep none on disk (default: the features of a checkpoint "
+                        "file are kept in $BATMANN_HOME/features, so a second evaluation costs seconds and gives the "
+                        "same result; $BATMANN_FEATURE_CACHE=0 turns it off too)")
     p.add_argument("--verbose", action="store_true",
                    help="say which arithmetic units the controller runs on (e.g. exact int8 binarized layers on AMX)")
     p.set_defaults(func=run_evaluate)
@@ -84,7 +88,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"precision: {precision}", file=sys.stderr)
     result = evaluate_checkpoint(ckpt, episodes=args.episodes, seed=args.seed, keys=keys,
                                  episode_options=opts, device=args.device, progress=not args.json,
-                                 precision=precision)
+                                 precision=precision, feature_cache=False if args.no_feature_cache else None)
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.no_save:
         save_eval_result(ckpt.path, result, eval_settings(opts, keys, args.episodes, args.seed, precision), command)
