@@ -174,3 +174,36 @@ def test_table_is_written_atomically(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
     with path.open() as f:
         assert list(csv.DictReader(f))[0]["setting"] == "S1"
+
+
+def test_resume_from_a_results_folder_takes_its_table_and_finished_trainings(quick_ablation, omniglot_cache,
+                                                                             tmp_path, monkeypatch):
+    import shutil
+
+    import batmann.experiments.runner as R
+
+    out, _ = quick_ablation
+    results = tmp_path / "results"
+    (results / R.TRAININGS).mkdir(parents=True)
+    for name in ("ablation.csv", "ablation.json"):
+        shutil.copyfile(out / name, results / name)
+    for t in EXPERIMENTS["ablation"].trainings():
+        shutil.copyfile(out / "runs" / t.name / "best.safetensors", results / R.TRAININGS / f"{t.name}.safetensors")
+    import batmann.train as T
+
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a published training was trained again"))
+    fresh = tmp_path / "fresh"
+    summary = run_experiment("ablation", fresh, quick=True, progress=False, cache=omniglot_cache,
+                             resume_from=results)
+    assert summary.ran == 0 and read_rows(fresh / "ablation.csv") == read_rows(out / "ablation.csv")
+    assert json.loads((fresh / "runs" / "fp-cos_softabs" / R.FINISHED).read_text())["episode"] == QUICK.train_episode
+    # another experiment on the same trainings evaluates them as they are
+    fgsm = run_experiment("fgsm", fresh, quick=True, progress=False, cache=omniglot_cache)
+    assert fgsm.ran == fgsm.rows
+    # a checkpoint trained another way is refused, with nothing imported
+    other = tmp_path / "other"
+    shutil.copytree(results / R.TRAININGS, other / R.TRAININGS)
+    with pytest.raises(ConfigError, match="was not trained as this experiment trains"):
+        run_experiment("ablation", tmp_path / "full", quick=False, progress=False, cache=omniglot_cache,
+                       resume_from=other)
+    assert not (tmp_path / "full" / "runs").exists()

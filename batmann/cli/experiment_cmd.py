@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="results folder, shared by the experiments so that they share trainings (default "
                         "experiments, or experiments-quick with --quick)")
     r.add_argument("--seed", type=int, default=0, help="seed of training and test episodes (default 0)")
+    r.add_argument("--resume-from", default=None, metavar="DIR",
+                   help="a results folder to continue from (e.g. docs/results): its NAME.csv and NAME.json when "
+                        "--out has none, and its finished trainings (DIR/trainings/<training>.safetensors), each "
+                        "checked to be the training this run would do")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=run_run)
@@ -56,7 +60,7 @@ def run_run(args: argparse.Namespace) -> int:
     out = args.out or ("experiments-quick" if args.quick else "experiments")
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
-                             command=command, seed=args.seed)
+                             command=command, seed=args.seed, resume_from=args.resume_from)
     if args.json:
         print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
                           "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.errors import ConfigError
 from batmann.experiments.catalog import CHIPS, EXPERIMENTS, Experiment, Row, Training, row_key
-from batmann.utils.atomic import atomic_write_json, atomic_write_text
+from batmann.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 COLUMNS = ("experiment", "setting", "epsilon", "description", "controller", "sim_cal", "keys", "train_episodes",
            "accuracy_pct", "ci95_pct", "episodes", "seed_accuracy_pct", "crossbar_accuracy_pct",
@@ -102,10 +103,63 @@ def _trained(training: Training, scale: Scale, out: Path) -> bool:
         return True
     run_dir = out / "runs" / training.name
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    if best.exists() and (run_dir / FINISHED).exists():  # imported from a results folder
+        return int(json.loads((run_dir / FINISHED).read_text()).get("episode", -1)) >= scale.train_episode
     if not (last.exists() and best.exists()):
         return False
     _, meta = read_safetensors(last, tensors=False)
     return int(json.loads(meta.get("scalars", "{}")).get("episode", -1)) >= scale.train_episode
+
+
+#: marks a run folder holding only the best checkpoint of a finished training (imported by
+#: :func:`import_results`), with the episode its training reached
+FINISHED = "finished.json"
+
+#: the folder of a results folder that holds its trainings' best checkpoints, ``<name>.safetensors``
+TRAININGS = "trainings"
+
+
+def _config_key(cfg: TrainConfig) -> dict[str, Any]:
+    """A training's recipe: its configuration less how it was computed (compile, determinism)."""
+    d = cfg.to_dict()
+    for k in ("compile", "deterministic", "device"):
+        d.pop(k, None)
+    return d
+
+
+def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0) -> list[str]:
+    """Resume ``exp`` in ``out`` from the results folder ``src`` (e.g. ``docs/results``): its
+    table and record (``<name>.csv``, ``<name>.json``) when ``out`` has none, and the best
+    checkpoints of its finished trainings (``src/trainings/<training>.safetensors``) that ``out``
+    lacks, each checked to be the training this scale and seed would run. Returns the imported
+    trainings' names."""
+    from batmann.checkpoint import load_checkpoint
+
+    src = Path(src)
+    if not src.is_dir():
+        raise ConfigError(f"results folder {src} does not exist")
+    for suffix in (".csv", ".json"):
+        have, theirs = out / f"{exp.name}{suffix}", src / f"{exp.name}{suffix}"
+        if theirs.is_file() and not have.exists():
+            with atomic_path(have) as tmp:
+                shutil.copyfile(theirs, tmp)
+    imported = []
+    for training in exp.trainings():
+        path = src / TRAININGS / f"{training.name}.safetensors"
+        if training.checkpoint is not None or not path.is_file() or _trained(training, scale, out):
+            continue
+        want = train_config(training, scale, seed)
+        got = load_checkpoint(path, "cpu").config
+        if _config_key(got) != _config_key(want):
+            raise ConfigError(f"{path} was not trained as this experiment trains {training.name} "
+                              f"(scale {scale.name}, seed {seed})")
+        run_dir = out / "runs" / training.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "best.safetensors") as tmp:
+            shutil.copyfile(path, tmp)
+        atomic_write_json(run_dir / FINISHED, {"episode": want.train_episode, "source": str(path)})
+        imported.append(training.name)
+    return imported
 
 
 def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0) -> Path:
@@ -300,15 +354,19 @@ class ExperimentSummary:
 
 
 def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bool = True,
-                   command: str | None = None, cache=None, seed: int = 0) -> ExperimentSummary:
+                   command: str | None = None, cache=None, seed: int = 0,
+                   resume_from: str | Path | None = None) -> ExperimentSummary:
     """Run experiment ``name`` (see :data:`EXPERIMENTS`) into ``out``; rows already recorded there
-    are kept, the rest computed in the seed's order."""
+    are kept, the rest computed in the seed's order. ``resume_from``: a results folder whose
+    table and finished trainings are taken first (:func:`import_results`)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
     scale = SCALES[(exp.dataset, "quick" if quick else "full")]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if resume_from is not None:
+        import_results(resume_from, out, exp, scale, seed)
     _check_scale(out, exp, scale)
     t0 = time.perf_counter()
     planned = [r for r in exp.rows if scale.chip_rows or r.chip is None or r.epsilon is not None]
