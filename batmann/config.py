@@ -87,6 +87,39 @@ def normalize_freeze(names: Any) -> list[str]:
 
 
 @dataclass
+class AugmentConfig:
+    """Random affine augmentation of training images (Koch et al. 2015 used the same four).
+
+    Each support and query image of a training episode gets its own rotation in
+    [-``rotation``, ``rotation``] degrees, shear in [-``shear``, ``shear``] degrees, scale in
+    [1 - ``scale``, 1 + ``scale``] and translation in [-``translate``, ``translate``] pixels per
+    axis, drawn from a generator seeded by the run's seed and the episode index (the same run
+    gives the same images, resumed or not). All zero (the default) is off; validation and test
+    images are never augmented. :data:`AUGMENT_DEFAULTS` is what ``--augment`` turns on.
+    """
+
+    rotation: float = 0.0
+    shear: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any(v != 0 for v in (self.rotation, self.shear, self.scale, self.translate))
+
+    def validate(self) -> "AugmentConfig":
+        for name, hi in (("rotation", 180.0), ("shear", 45.0), ("scale", 0.5), ("translate", 16.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= hi:
+                raise ConfigError(f"augment {name} must be a number in [0, {hi:g}], got {v!r}")
+        return self
+
+
+#: ``--augment``: rotation and shear up to 10 degrees, scale within 10 %, shifts up to 2 pixels
+AUGMENT_DEFAULTS = AugmentConfig(rotation=10.0, shear=10.0, scale=0.1, translate=2.0)
+
+
+@dataclass
 class ModelConfig:
     """The controller architecture (what a checkpoint must match to load)."""
 
@@ -218,10 +251,12 @@ class TrainConfig:
     # bit-reproducible kernels (one intra-op thread, deterministic oneDNN/cuDNN; see
     # batmann.utils.determinism): the same run, resumed or not, gives the same weights
     deterministic: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training images only
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
         self.episodes.validate()
+        self.augment.validate()
         _choice("sim_cal", self.sim_cal, SIM_CALS)
         _choice("loss", self.loss, LOSSES)
         if self.loss == "nll" and self.sim_cal != "cos_softabs":
@@ -257,6 +292,9 @@ class TrainConfig:
                 raise ConfigError(f"freeze: {','.join(rbnn)} of a {self.model.controller} controller are RBNN "
                                   "layers, whose rotations and weight signs change every episode; they cannot "
                                   "be frozen")
+        if self.freeze and self.augment.enabled:
+            raise ConfigError("augment cannot be combined with freeze: the frozen layers' cached outputs are "
+                              "those of the images as drawn")
         if self.val_episode > 0 and self.episodes.val_num_train == 0:
             raise ConfigError("val_episode > 0 needs val_num_train >= 1 (validation queries per class)")
         return self
@@ -322,7 +360,8 @@ class TrainConfig:
         try:
             model = ModelConfig(**data.get("model", {}))
             episodes = EpisodeOptions(**data.get("episodes", {}))
-            rest = {k: v for k, v in fill_legacy(data).items() if k not in ("model", "episodes")}
-            return cls(model=model, episodes=episodes, **rest)
+            augment = AugmentConfig(**(data.get("augment") or {}))
+            rest = {k: v for k, v in fill_legacy(data).items() if k not in ("model", "episodes", "augment")}
+            return cls(model=model, episodes=episodes, augment=augment, **rest)
         except TypeError as exc:
             raise ConfigError(f"bad training configuration: {exc}") from None

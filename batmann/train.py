@@ -34,6 +34,7 @@ from batmann.evaluate import DigitalSystem, EvalResult, evaluate_model, evaluate
 from batmann.frozen_trunk import CachedTrunkSystem, TrunkCache, cached_depth, freeze_layers
 from batmann.memory import class_logits, quantize_keys, sharpened_attention
 from batmann.records import eval_settings, save_eval_result
+from batmann.data.augment import augment_episode
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
 from batmann.models.fused import compiled_kernels
@@ -325,7 +326,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
     stop = _StopAtEpisodeBoundary().install()
     try:
         for episode in bar:
-            ep = sampler.sample(index=episode)
+            ep = augment_episode(sampler.sample(index=episode), config.augment, config.seed, episode)
             model.begin_episode(episode, config.train_episode)  # RBNN schedule and rotations
             loss, acc = train_step(model, ep, config.sim_cal, config, device, trunk)
             optimizer.zero_grad(set_to_none=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from batmann.config import COMPILE_MODES, CONTROLLERS, DATASETS, KEY_MODES, LOSSES, PRECISIONS, SIM_CALS, SPLITS, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed, normalize_freeze
+from batmann.config import (AUGMENT_DEFAULTS, COMPILE_MODES, CONTROLLERS, DATASETS, KEY_MODES, LOSSES, PRECISIONS,
+                            SIM_CALS, SPLITS, AugmentConfig, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed,
+                            normalize_freeze)
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -154,6 +157,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(= conv1..conv4); a frozen prefix from conv1 through at least conv2 is computed "
                         "once per image and cached (default: none)")
     add_keys_options(p, d.keys)
+    a = p.add_argument_group("augmentation (training images only; each image its own random affine map)")
+    a.add_argument("--augment", action="store_true",
+                   help=f"turn it on with rotation and shear up to {AUGMENT_DEFAULTS.rotation:g} degrees, scale "
+                        f"within {AUGMENT_DEFAULTS.scale * 100:g} %%, shifts up to {AUGMENT_DEFAULTS.translate:g} pixels "
+                        "(the options below change one of them)")
+    a.add_argument("--augment-rotation", type=float, default=None, metavar="DEG", help="largest rotation, degrees")
+    a.add_argument("--augment-shear", type=float, default=None, metavar="DEG", help="largest shear, degrees")
+    a.add_argument("--augment-scale", type=float, default=None, metavar="FRAC",
+                   help="largest relative change of size, e.g. 0.1 for 0.9-1.1")
+    a.add_argument("--augment-translate", type=float, default=None, metavar="PX", help="largest shift, pixels")
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="fp32; bf16: autocast with channels_last (fp, RBNN), for XNOR an exact fp32 forward with bf16 gradient products; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
@@ -185,7 +198,15 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
         compile=args.compile, seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
         ste_clip=args.ste_clip, freeze=normalize_freeze(args.freeze), deterministic=args.deterministic,
+        augment=augment_from_args(args),
     ).validate()
+
+
+def augment_from_args(args: argparse.Namespace) -> AugmentConfig:
+    """``--augment`` (the defaults) with any ``--augment-*`` value replacing its default."""
+    base = AUGMENT_DEFAULTS if args.augment else AugmentConfig()
+    given = {k: getattr(args, f"augment_{k}") for k in ("rotation", "shear", "scale", "translate")}
+    return replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> int:
