@@ -182,3 +182,44 @@ def format_comparison(c: Comparison, name: str = "") -> str:
         f"{100 * c.top1_agreement:.2f} %, score correlation {c.score_correlation:.4f}",
     ]
     return "\n".join(lines)
+
+
+def query_cost(checkpoint: str | Checkpoint, spec, episodes: int = 5, seed: int = 0,
+               episode_options: EpisodeOptions | None = None, periphery=None, digital_mac: str = "int8",
+               cache=None) -> dict[str, Any]:
+    """Energy, latency and area per few-shot query of ``checkpoint`` on the chip ``spec``
+    (:func:`crossbar.cost.estimate` on ``episodes`` test episodes drawn with ``seed``), with the
+    digital baseline's MAC energy and its measured wall time per query image here. Returns the
+    JSON-able report (see ``docs/cost-model.md``)."""
+    from batmann.tasks import make_sampler
+    from crossbar import convert
+    from crossbar.cost import estimate
+
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1 (got {episodes})")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    opts = (episode_options or ckpt.config.episodes).validate()
+    if cache is None:
+        from batmann.data import load_episode_images
+
+        cache = load_episode_images(opts.dataset, ckpt.config.model.image_size)
+    model = ckpt.model.cpu().eval()
+    digital = DigitalSystem(model, keys=ckpt.config.keys, cache_features=False)
+    system = convert(ckpt, spec, digital_features=digital.features)
+    calibrate(system, spec, cache, opts)
+    sampler = make_sampler(cache, opts, "test", seed)
+    eps = [sampler.sample(index=i) for i in range(episodes)]
+    wall, n = 0.0, 0
+    for ep in eps:  # the digital baseline, timed: features of every image, then the similarities
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            feats = digital.features(torch.cat([ep.support, ep.query]))
+            digital.write(feats[:ep.support.shape[0]])
+            digital.similarities(feats[ep.support.shape[0]:])
+        wall += time.perf_counter() - t0
+        n += ep.support.shape[0] + ep.query.shape[0]
+    report = estimate(system, eps, periphery, digital_mac=digital_mac, digital_wall_s_per_query=wall / n)
+    out = report.to_json()
+    out["hardware"].update({"keys": ckpt.config.keys, "ways": opts.class_num, "shots": opts.num_shot,
+                            "episodes": episodes, "episode_seed": seed})
+    return out

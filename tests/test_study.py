@@ -146,6 +146,12 @@ def test_run_records_every_cell_once_and_resumes(ckpt, tmp_path, omniglot_cache)
     noisy = [r for r in rows if r["variability"] == 0.3]
     assert len({(r["top1_agreement"], r["crossbar_accuracy_pct"]) for r in noisy}) > 1  # chips differ
     assert all(c["chips"] == 2 for c in confs)
+    # cost columns: the chip's energy per query (the preset's conductances change it), the digital baseline's
+    by_preset = {r["preset"]: r["energy_pj_per_query"] for r in rows if r["variability"] == 0.0}
+    assert all(r["energy_pj_per_query"] > 0 and r["energy_pj_per_query_digital"] > 0 for r in rows)
+    assert by_preset["vteam"] > by_preset["ideal"]  # 50-1000 ohm devices draw far more read current
+    assert len({r["energy_pj_per_query_digital"] for r in rows}) == 1
+    assert all(c["energy_pj_per_query"] > 0 for c in confs)
 
 
 def test_changed_study_is_refused_unless_extended(ckpt, tmp_path, omniglot_cache):
@@ -396,3 +402,20 @@ def test_dependent_parameters_are_checked_together():
     assert len(s.cells()) == 8  # adc_range needs adc_bits, given by the grid; each zip step is valid as a whole
     with pytest.raises(ConfigError, match=r"zip\[0\] step 1 \(stuck_lrs = 0.9, stuck_hrs = 0.2\)"):
         Study.from_dict({"checkpoint": "x", "zip": [{"stuck_lrs": [0.0, 0.9], "stuck_hrs": [0.9, 0.2]}]})
+
+
+def test_a_store_made_before_cost_columns_opens_and_reads_them_as_empty(tmp_path):
+    import sqlite3
+
+    from batmann.study.store import SCHEMA, STORE_NAME
+
+    tmp_path.mkdir(exist_ok=True)
+    old = sqlite3.connect(tmp_path / STORE_NAME)
+    old.executescript(SCHEMA.replace(", cost TEXT);", ");"))
+    old.execute("INSERT INTO cells VALUES ('c', 'k', 'r', 'ck', 0, 0, '{}', '{}', 1, 90, 1, 91, -1, 1, 0.9, NULL,"
+                " '{}', 1.0, 'w', 0)")
+    old.commit()
+    old.close()
+    with StudyStore.open(tmp_path) as store:
+        (cell,) = store.cells(planned_only=False)
+    assert cell["cost"] is None and cell["crossbar_accuracy_pct"] == 90

@@ -67,6 +67,39 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
                         "kernel position; reads with tiles and an ADC run much faster)")
 
 
+def add_periphery_options(p: argparse.ArgumentParser) -> None:
+    """The cost model's flags, named as the :class:`device_models.periphery.Periphery` fields."""
+    from device_models.periphery import DEFAULT_PERIPHERY, DIGITAL_MACS, PERIPHERY_PRESETS, TILE_SCHEDULES
+
+    g = p.add_argument_group("cost model (Periphery fields; default: the preset's, with its sources)")
+    g.add_argument("--periphery", choices=tuple(PERIPHERY_PRESETS), default=DEFAULT_PERIPHERY,
+                   help=f"periphery constants (default {DEFAULT_PERIPHERY})")
+    g.add_argument("--adc-fom-fj", type=float, default=None, help="ADC Walden figure of merit, fJ per conversion step")
+    g.add_argument("--adc-rate-hz", type=float, default=None, help="conversions per second of one ADC")
+    g.add_argument("--columns-per-adc", type=int, default=None, help="columns sharing one ADC")
+    g.add_argument("--read-pulse-s", type=float, default=None, help="read (integration) time per array read, s")
+    g.add_argument("--write-voltage-v", type=float, default=None, help="write pulse amplitude, V")
+    g.add_argument("--write-pulse-s", type=float, default=None, help="write pulse width, s")
+    g.add_argument("--write-pulses", type=int, default=None, help="pulses per device write (write-verify iterations)")
+    g.add_argument("--tiles", dest="tile_schedule", choices=TILE_SCHEDULES, default=None,
+                   help="the arrays of a layer read in parallel (default) or in series")
+    g.add_argument("--digital-mac", choices=DIGITAL_MACS, default="int8",
+                   help="MAC precision of the digital baseline (default int8)")
+
+
+#: the periphery flags that set a Periphery field (flag attribute -> field)
+PERIPHERY_FLAGS = {"adc_fom_fj": "adc_fom_fj", "adc_rate_hz": "adc_rate_hz", "columns_per_adc": "columns_per_adc",
+                   "read_pulse_s": "read_pulse_s", "write_voltage_v": "write_voltage_v",
+                   "write_pulse_s": "write_pulse_s", "write_pulses": "write_pulses", "tile_schedule": "tiles"}
+
+
+def periphery_from_args(args: argparse.Namespace):
+    """The :class:`device_models.periphery.Periphery` of ``--periphery`` with the set flags laid over it."""
+    from device_models.periphery import get_periphery
+
+    return get_periphery(args.periphery, **{f: getattr(args, a, None) for a, f in PERIPHERY_FLAGS.items()})
+
+
 #: The hardware flags: the preset, the analog part, the conv row order and every shortcut field of HardwareSpec.
 HARDWARE_FLAGS = ("preset", "analog", "conv_rows") + tuple(SHORTCUT_KINDS)
 
@@ -115,6 +148,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the chip (default 0)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_evaluate)
+    c = cs.add_parser("cost", help="energy, latency and area per few-shot query, against a digital processor",
+                      description="Count what the chip's arrays and periphery do on real test episodes: array read "
+                                  "energy from the programmed conductances and read voltages, ADC/DAC conversions, "
+                                  "shift-and-add, key-memory writes; latency and area; and the digital baseline's "
+                                  "MACs. Constants: --periphery (see docs/cost-model.md) and the flags below.")
+    c.add_argument("--checkpoint", default="20w5s-binary",
+                   help="a shipped name, a .safetensors file or a run folder (default 20w5s-binary)")
+    c.add_argument("--spec", default=None, metavar="FILE", help="a hardware spec file; the flags below override it")
+    add_hardware_options(c)
+    add_periphery_options(c)
+    c.add_argument("--episodes", type=int, default=5, help="test episodes averaged over (default 5)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the chip (default 0)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=run_cost)
     pr = cs.add_parser("presets", help="list the RRAM device presets")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=run_presets)
@@ -141,6 +188,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_comparison(result, ckpt.path.stem))
     return 0
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from batmann.hardware import query_cost
+
+    periphery = periphery_from_args(args)
+    spec = spec_from_args(args, args.seed)
+    report = query_cost(args.checkpoint, spec, episodes=args.episodes, seed=args.seed, periphery=periphery,
+                        digital_mac=args.digital_mac)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_cost(report, args.checkpoint))
+    return 0
+
+
+def format_cost(r: dict, name: str = "") -> str:
+    """A small text table of a cost report (:func:`batmann.hardware.query_cost`)."""
+    e, t = r["energy_pj_per_query"], r["latency_ns_per_query"]
+    b = r["energy_breakdown_pj_per_query"]
+    h = r["hardware"]
+    lines = [f"{name} {h.get('ways')}-way {h.get('shots')}-shot, analog {h.get('analog')}, "
+             f"{h.get('episodes')} episodes".strip(),
+             f"{'per query':<12} {'energy (pJ)':>14} {'latency (ns)':>14}   array / ADC / DAC / digital (pJ)"]
+    for part in ("controller", "keys"):
+        br = b[part]
+        lines.append(f"{part:<12} {e[part]:>14.4g} {t[part]:>14.4g}   {br['array']:.3g} / {br['adc']:.3g} / "
+                     f"{br['dac']:.3g} / {br['digital_periphery'] + br['digital_macs']:.3g}")
+    dig_t = "-" if t["digital"] is None else f"{t['digital']:.4g}"
+    lines.append(f"{'total':<12} {e['total']:>14.4g} {t['total']:>14.4g}")
+    lines.append(f"{'digital':<12} {e['digital']:>14.4g} {dig_t:>14}   ({r['digital_baseline']['mac']} MACs; "
+                 "latency: measured here)")
+    ep = r["energy_pj_per_episode"]
+    lines.append(f"per episode: {ep['total']:.4g} pJ (key writes {ep['keys_write']:.4g} pJ), digital {ep['digital']:.4g} pJ")
+    lines.append(f"arrays {r['arrays']['total']}, devices {r['devices']['total']}, ADCs {r['adcs']['total']} "
+                 f"({r['adc_area_mm2']['total']:.3g} mm^2)")
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS cells (
     episodes INTEGER NOT NULL, crossbar_accuracy_pct REAL NOT NULL, crossbar_ci95_pct REAL NOT NULL,
     digital_accuracy_pct REAL NOT NULL, difference_pp REAL NOT NULL, difference_ci95_pp REAL NOT NULL,
     top1_agreement REAL NOT NULL, score_correlation REAL, per_episode TEXT NOT NULL,
-    seconds REAL NOT NULL, worker TEXT NOT NULL, finished REAL NOT NULL);
+    seconds REAL NOT NULL, worker TEXT NOT NULL, finished REAL NOT NULL, cost TEXT);
 """
 
 
@@ -73,6 +73,8 @@ class StudyStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            if "cost" not in {r[1] for r in db.execute("PRAGMA table_info(cells)")}:  # a store made before costs
+                db.execute("ALTER TABLE cells ADD COLUMN cost TEXT")
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the study store {store.path}: {exc}") from None
         store._db = db
@@ -166,16 +168,17 @@ class StudyStore:
         cols = ("cell_id", "config_id", "ref_id", "checkpoint", "chip", "chip_seed", "params", "hardware", "episodes",
                 "crossbar_accuracy_pct", "crossbar_ci95_pct", "digital_accuracy_pct", "difference_pp",
                 "difference_ci95_pp", "top1_agreement", "score_correlation", "per_episode", "seconds", "worker",
-                "finished")
+                "finished", "cost")
         vals = []
         for c in cols:
             v = row.get(c, time.time() if c == "finished" else None)
-            vals.append(json.dumps(v, sort_keys=True) if c in ("params", "hardware", "per_episode") else v)
+            vals.append(json.dumps(v, sort_keys=True) if c in ("params", "hardware", "per_episode", "cost") else v)
         self._write([(f"INSERT OR IGNORE INTO cells ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                       tuple(vals))])
 
     def cells(self, planned_only: bool = True) -> list[dict[str, Any]]:
-        """Every recorded cell as a dict (``params``, ``hardware`` and ``per_episode`` decoded)."""
+        """Every recorded cell as a dict (``params``, ``hardware``, ``per_episode`` and ``cost``
+        decoded; ``cost`` is None for a cell recorded before costs were)."""
         cur = self.db.execute("SELECT * FROM cells" + (" WHERE cell_id IN (SELECT cell_id FROM plan)"
                                                        if planned_only else "") + " ORDER BY rowid")
         names = [d[0] for d in cur.description]
@@ -184,5 +187,6 @@ class StudyStore:
             d = dict(zip(names, r))
             for k in ("params", "hardware", "per_episode"):
                 d[k] = json.loads(d[k])
+            d["cost"] = json.loads(d["cost"]) if d.get("cost") else None
             out.append(d)
         return out

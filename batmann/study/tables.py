@@ -19,6 +19,8 @@ CELL_RESULTS = ("digital_accuracy_pct", "crossbar_accuracy_pct", "crossbar_ci95_
 CONFIG_RESULTS = ("chips", "episodes", "digital_accuracy_pct", "digital_ci95_pct", "crossbar_accuracy_pct",
                   "crossbar_ci95_pct", "difference_pp", "difference_ci95_pp", "top1_agreement_pct",
                   "top1_agreement_ci95_pct", "score_correlation")
+#: per query, from the cell's chip (empty for cells recorded before costs were)
+COST_RESULTS = ("energy_pj_per_query", "energy_pj_per_query_digital", "latency_ns_per_query", "adcs")
 LEVELS = ("cell", "config")
 FORMATS = ("csv", "parquet", "json")
 
@@ -58,6 +60,7 @@ def cell_rows(store: StudyStore) -> list[dict[str, Any]]:
         row = _param_columns(c["params"], cols, c)
         row.update({"checkpoint": c["checkpoint"], "keys_used": c["keys"], "chip": c["chip_seed"]})
         row.update({k: c[k] for k in CELL_RESULTS})
+        row.update({k: (c["cost"] or {}).get(k) for k in COST_RESULTS})
         out.append(row)
     return out
 
@@ -80,8 +83,17 @@ def config_rows(store: StudyStore) -> list[dict[str, Any]]:
         row = _param_columns(first["params"], cols, first)
         row.update({"checkpoint": first["checkpoint"], "keys_used": first["keys"]})
         row.update(aggregate(cells, digital))
+        row.update(_mean_cost(cells))
         out.append(row)
     return out
+
+
+def _mean_cost(cells: list[dict]) -> dict[str, Any]:
+    """The cost columns averaged over a configuration's chips (None where a cell has none)."""
+    costs = [c.get("cost") for c in cells]
+    if any(c is None for c in costs):
+        return {k: None for k in COST_RESULTS}
+    return {k: sum(c[k] for c in costs) / len(costs) for k in COST_RESULTS}
 
 
 def rows(store: StudyStore, level: str = "cell") -> list[dict[str, Any]]:

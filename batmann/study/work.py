@@ -215,6 +215,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             agree.append(int((rd.predictions == ra.predictions).sum()))
             n_q = rd.predictions.numel()
             pearson.add(rd.similarities, ra.similarities)
+        cost = cell_cost(system, ctx.sampler.sample(index=0))
     corr = pearson.value()
     corr = None if math.isnan(corr) else corr  # undefined (one side constant): no value
     p = paired(acc_a, acc_d)
@@ -226,5 +227,17 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         "digital_accuracy_pct": p["b_pct"], "difference_pp": p["difference_pp"],
         "difference_ci95_pp": p["difference_ci95_pp"], "top1_agreement": sum(agree) / max(1, n_q * es.count),
         "score_correlation": corr, "per_episode": {"crossbar": acc_a, "agree": agree, "queries": n_q},
-        "seconds": time.perf_counter() - t0, "worker": worker_name(),
+        "seconds": time.perf_counter() - t0, "worker": worker_name(), "cost": cost,
     }
+
+
+def cell_cost(system, episode) -> dict[str, float]:
+    """The cost columns (``batmann.study.tables.COST_RESULTS``) of a cell's chip: energy and latency
+    per query on ``episode`` (the episode set's first) with the default periphery
+    (``device_models.periphery``), and its ADC count."""
+    from crossbar.cost import estimate
+
+    r = estimate(system, [episode]).to_json()
+    return {"energy_pj_per_query": r["energy_pj_per_query"]["total"],
+            "energy_pj_per_query_digital": r["energy_pj_per_query"]["digital"],
+            "latency_ns_per_query": r["latency_ns_per_query"]["total"], "adcs": r["adcs"]["total"]}
