@@ -297,12 +297,15 @@ def estimate(system, episodes: Iterable, periphery: Periphery | str | None = Non
         else:
             ctrl_cost.mac_pj += rec["macs"] * per_image * p.mac_pj[digital_mac]
             ctrl_cost.macs += rec["macs"] * per_image
+    if not spec.controller_analog and digital_wall_s_per_query is not None:
+        ctrl_cost.latency_s = digital_wall_s_per_query  # the digital controller's measured time
     total = Footprint(ctrl_fp.arrays + key_fp.arrays, ctrl_fp.devices + key_fp.devices, ctrl_fp.adcs + key_fp.adcs)
     notes = []
     if spec.adc_spec is None and (spec.keys_analog or spec.controller_analog):
         notes.append("the spec has no ADC (an ideal readout): conversions are not costed; set adc_bits")
     if not spec.controller_analog:
-        notes.append("the controller is digital in this spec: its energy is its MACs at the baseline's MAC energy")
+        notes.append("the controller is digital in this spec: its energy is its MACs at the baseline's MAC energy, "
+                     "its latency the digital baseline's measured time")
     if not spec.keys_analog:
         notes.append("the key memory is digital in this spec: its energy is its MACs at the baseline's MAC energy")
     return CostReport(controller=ctrl_cost, keys=keys_cost, key_write_pj=key_write / n_eps,

@@ -303,9 +303,11 @@ def test_status_export_and_plot_commands(finished, tmp_path):
         frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
         assert len(frame) == 24
         assert {"preset", "variability", "keys", "checkpoint", "chip", "digital_accuracy_pct", "crossbar_accuracy_pct",
-                "difference_pp", "difference_ci95_pp", "top1_agreement"} <= set(frame.columns)
+                "difference_pp", "difference_ci95_pp", "top1_agreement", "energy_pj_per_query",
+                "energy_pj_per_query_digital", "latency_ns_per_query", "adcs"} <= set(frame.columns)
     for extra, name in ((["--x", "variability", "--hue", "preset", "--col", "keys"], "lines.png"),
-                        (["--x", "variability", "--y", "preset", "--col", "keys", "--metric", "difference"], "heat.svg")):
+                        (["--x", "variability", "--y", "preset", "--col", "keys", "--metric", "difference"], "heat.svg"),
+                        (["--x", "energy_pj_per_query", "--hue", "preset", "--col", "keys"], "tradeoff.png")):
         out = tmp_path / name
         r = subprocess.run([*BATMANN, "study", "plot", str(finished), *extra, "--out", str(out)],
                            capture_output=True, text=True)
@@ -322,6 +324,7 @@ def test_status_export_and_plot_commands(finished, tmp_path):
     (["export", "{tmp}/none", "--out", "{tmp}/t.csv"], "holds no study store"),
     (["status", "{tmp}/none"], "holds no study store"),
     (["export", "{dir}", "--out", "{tmp}/t.xlsx"], "export format"),
+    (["plot", "{dir}", "--x", "energy_pj_per_query", "--y", "preset", "--out", "{tmp}/p.png"], "cost column"),
 ])
 def test_bad_commands_are_one_line(finished, tmp_path, argv, needle):
     argv = [a.format(dir=finished, tmp=tmp_path) for a in argv]

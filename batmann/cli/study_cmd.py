@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=run_export)
     pl = ss.add_parser("plot", help="accuracy (or difference, agreement) against a parameter")
     pl.add_argument("dir", help="results folder")
-    pl.add_argument("--x", required=True, metavar="PARAM", help="the parameter on the x axis")
+    pl.add_argument("--x", required=True, metavar="PARAM",
+                    help="the parameter on the x axis, or a cost column (energy_pj_per_query, "
+                         "latency_ns_per_query) for a trade-off figure: one point per configuration")
     pl.add_argument("--hue", default=None, metavar="PARAM", help="one line per value of this parameter")
     pl.add_argument("--col", default=None, metavar="PARAM", help="one panel per value of this parameter")
     pl.add_argument("--y", default=None, metavar="PARAM", help="a heat map of --metric over --x and --y")

@@ -1,5 +1,8 @@
 """Figures of a study: a metric against one parameter (lines with 95 % CI bands, one per ``hue``
-value, one panel per ``col`` value), or a heat map over two parameters (``y``).
+value, one panel per ``col`` value), a heat map over two parameters (``y``), or a trade-off: the
+metric against a cost column (``x`` = ``energy_pj_per_query`` or ``latency_ns_per_query``, log
+scale), one point per configuration labelled by the parameters that vary along a ``hue`` line,
+with the digital baseline as a reference point.
 
 Each point is a configuration, pooled over its chips (:func:`batmann.study.tables.config_rows`):
 the band is the 95 % interval over chips and episodes. Every other parameter must take a single
@@ -35,7 +38,19 @@ LABELS = {
     "checkpoint": "checkpoint",
     "weight_mapping": "weight mapping",
     "conv_rows": "conv row order",
+    "energy_pj_per_query": "energy per query (pJ)",
+    "latency_ns_per_query": "latency per query (ns)",
 }
+
+#: cost columns a trade-off figure can put on its x axis (results, not parameters)
+TRADEOFF_X = ("energy_pj_per_query", "latency_ns_per_query")
+
+
+def _is_param(k: str) -> bool:
+    from batmann.study.tables import COST_RESULTS
+
+    return (k not in ("chips", "episodes", "keys_used", "score_correlation") and not k.endswith(("_pct", "_pp"))
+            and k not in COST_RESULTS)
 
 
 def label(param: str) -> str:
@@ -58,16 +73,13 @@ def _numeric(values: list) -> bool:
 
 def _partners(rows: list[dict], names: list[str]) -> list[str]:
     """Parameters that vary but move with the plotted ones (zip partners)."""
-    known = [k for k in rows[0] if k not in ("chips", "episodes", "keys_used") and not k.endswith(("_pct", "_pp"))
-             and k != "score_correlation"]
-    return [k for k in known if k not in names and len({repr(r[k]) for r in rows}) > 1]
+    return [k for k in rows[0] if _is_param(k) and k not in names and len({repr(r[k]) for r in rows}) > 1]
 
 
 def _check(rows: list[dict], names: list[str]) -> None:
     if not rows:
         raise ConfigError("the study store holds no recorded cells yet")
-    known = [k for k in rows[0] if k not in ("chips", "episodes") and not k.endswith(("_pct", "_pp"))
-             and k != "score_correlation"]
+    known = [k for k in rows[0] if _is_param(k) or k == "keys_used"]
     for n in names:
         if n not in rows[0]:
             raise ConfigError(f"parameter {n!r} is not in this study (expected one of {', '.join(known)})")
@@ -97,7 +109,17 @@ def plot_study(store, out: str, x: str, hue: str | None = None, col: str | None 
     if len(set(names)) != len(names):
         raise ConfigError(f"--x, --hue, --col and --y must name different parameters, got {', '.join(names)}")
     rows = config_rows(store)
-    _check(rows, names)
+    if x in TRADEOFF_X:
+        if y:
+            raise ConfigError(f"--y makes a heat map of parameters; --x {x} is a cost column")
+        if not rows:
+            raise ConfigError("the study store holds no recorded cells yet")
+        if any(r[x] is None for r in rows):
+            raise ConfigError(f"some cells of this study have no {x} (recorded before costs were); run it again "
+                              "into a new folder")
+        _check(rows, names[1:] + _partners(rows, names[1:]))  # every configuration is its own point
+    else:
+        _check(rows, names)
     study = store.get_meta("study") or {}
     episodes = rows[0]["episodes"]
     chips = max(r["chips"] for r in rows)
@@ -108,7 +130,9 @@ def plot_study(store, out: str, x: str, hue: str | None = None, col: str | None 
     moving = _partners(rows, names)
     if moving:
         title += f" ({', '.join(moving)} moving with the plotted parameters)"
-    if y:
+    if x in TRADEOFF_X:
+        _tradeoff(rows, out, fmt, x, hue, col, metric, title)
+    elif y:
         _heatmap(rows, out, fmt, x, y, col, metric, title)
     else:
         _lines(rows, out, fmt, x, hue, col, metric, title)
@@ -181,6 +205,42 @@ def _lines(rows, out, fmt, x, hue, col, metric, title) -> None:
         labels.append("digital (same episodes)")
     axes[0][-1].legend(handles, labels, fontsize=8, loc="best")
     fig.suptitle(title + "\nbands: 95 % CI over chips and episodes", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out, fmt)
+
+
+def _tradeoff(rows, out, fmt, x, hue, col, metric, title) -> None:
+    from batmann.study.spec import format_value
+
+    plt = _pyplot()
+    value, ci, ylabel = _METRIC[metric]
+    panels = _panels(rows, col)
+    along = [k for k in _partners(rows, [n for n in (hue, col) if n])]  # what varies along a line
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels) + 0.6, 4.2), sharey=True, squeeze=False)
+    for ax, (cval, prows) in zip(axes[0], panels):
+        hues = sorted({repr(r[hue]): r[hue] for r in prows}.values(), key=_sort_key) if hue else [None]
+        for h in hues:
+            hr = sorted([r for r in prows if not hue or r[hue] == h], key=lambda r: r[x])
+            px, py = [r[x] for r in hr], [r[value] for r in hr]
+            pc = [r[ci] if r[ci] is not None and not math.isnan(r[ci]) else 0.0 for r in hr]
+            name = f"{label(hue)} = {format_value(hue, h)}" if hue else "crossbar"
+            bars = ax.errorbar(px, py, yerr=pc, marker="o", capsize=2, label=name)
+            for r, a, b in zip(hr, px, py):
+                ax.annotate(", ".join(format_value(k, r[k]) for k in along), (a, b), textcoords="offset points",
+                            xytext=(3, 3), fontsize=6, color=bars[0].get_color())
+        if metric == "accuracy" and x == "energy_pj_per_query":
+            dx = sum(r["energy_pj_per_query_digital"] for r in prows) / len(prows)
+            dy = sum(r["digital_accuracy_pct"] for r in prows) / len(prows)
+            ax.plot([dx], [dy], marker="*", markersize=12, color="black", linestyle="none",
+                    label="digital baseline (MACs)")
+        ax.set_xscale("log")
+        ax.set_xlabel(label(x) + (f"; points: {', '.join(label(k) for k in along)}" if along else ""))
+        if cval is not None:
+            ax.set_title(f"{label(col)} = {format_value(col, cval)}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.suptitle(title + "\nerror bars: 95 % CI over chips and episodes", fontsize=9)
     fig.tight_layout()
     _save(fig, out, fmt)
 
