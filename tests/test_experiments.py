@@ -28,8 +28,12 @@ def test_list_command(capsys):
     assert main(["experiment", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == set(EXPERIMENTS) >= {"ablation", "sharpening", "fgsm", "tsne"}
-    assert listed["ablation"]["rows"][3] == {"setting": "S4", "description": "full precision, softabs, {0,1} keys",
+    assert listed["ablation"]["rows"][3] == {"key": "S4", "setting": "S4", "epsilon": None, "chip": None,
+                                            "description": "full precision, softabs, {0,1} keys",
                                             "training": "fp-cos_softabs", "keys": "binary", "seed_accuracy_pct": 45.0}
+    assert main(["experiment", "list"]) == 0  # the text form, rows without a seed number included
+    text = capsys.readouterr().out
+    assert "S3@0.1" in text and "20w5s-binary@0.3@vteam-0.1" in text and "S4@ideal" in text
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +178,19 @@ def test_table_is_written_atomically(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
     with path.open() as f:
         assert list(csv.DictReader(f))[0]["setting"] == "S1"
+
+
+def test_rows_option_computes_only_the_named_rows(quick_ablation, omniglot_cache):
+    out, _ = quick_ablation
+    table = out / "ablation.csv"
+    before = read_rows(table)
+    write_rows(table, [r for r in before if r["setting"] not in ("S4", "S5")])
+    one = run_experiment("ablation", out, quick=True, progress=False, cache=omniglot_cache, rows=["S5"])
+    assert one.ran == 1 and {r["setting"] for r in read_rows(table)} == {r["setting"] for r in before} - {"S4"}
+    run_experiment("ablation", out, quick=True, progress=False, cache=omniglot_cache, rows=["S4"])
+    assert read_rows(table) == before
+    with pytest.raises(ConfigError, match="has no row S11"):
+        run_experiment("ablation", out, quick=True, progress=False, cache=omniglot_cache, rows=["S11"])
 
 
 def test_resume_from_a_results_folder_takes_its_table_and_finished_trainings(quick_ablation, omniglot_cache,

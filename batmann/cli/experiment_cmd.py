@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a results folder to continue from (e.g. docs/results): its NAME.csv and NAME.json when "
                         "--out has none, and its finished trainings (DIR/trainings/<training>.safetensors), each "
                         "checked to be the training this run would do")
+    r.add_argument("--rows", default=None, metavar="KEYS",
+                   help="compute only these rows (comma-separated keys as `batmann experiment list` prints them, "
+                        "e.g. S5,S6 or S5@ideal); the table keeps every row already in it (default: every row)")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=run_run)
@@ -43,14 +46,16 @@ def run_list(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps({name: {"title": e.title, "rows": [
-            {"setting": r.setting, "description": r.description, "training": r.training.name, "keys": r.keys,
-             "seed_accuracy_pct": r.seed_accuracy_pct} for r in e.rows]} for name, e in EXPERIMENTS.items()},
+            {"key": r.key, "setting": r.setting, "epsilon": r.epsilon, "chip": r.chip, "description": r.description,
+             "training": r.training.name, "keys": r.keys, "seed_accuracy_pct": r.seed_accuracy_pct}
+            for r in e.rows]} for name, e in EXPERIMENTS.items()},
             indent=2))
         return 0
     for name, e in EXPERIMENTS.items():
         print(f"{name}: {e.title}")
         for r in e.rows:
-            print(f"  {r.setting:>4}  {r.description} (seed {r.seed_accuracy_pct:.2f} %)")
+            seed = "" if r.seed_accuracy_pct is None else f" (seed {r.seed_accuracy_pct:.2f} %)"
+            print(f"  {r.key:<22}{r.description}{seed}")
     return 0
 
 
@@ -60,7 +65,8 @@ def run_run(args: argparse.Namespace) -> int:
     out = args.out or ("experiments-quick" if args.quick else "experiments")
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
-                             command=command, seed=args.seed, resume_from=args.resume_from)
+                             command=command, seed=args.seed, resume_from=args.resume_from,
+                             rows=args.rows.split(",") if args.rows else None)
     if args.json:
         print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
                           "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,

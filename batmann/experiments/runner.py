@@ -355,13 +355,20 @@ class ExperimentSummary:
 
 def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bool = True,
                    command: str | None = None, cache=None, seed: int = 0,
-                   resume_from: str | Path | None = None) -> ExperimentSummary:
+                   resume_from: str | Path | None = None, rows: list[str] | None = None) -> ExperimentSummary:
     """Run experiment ``name`` (see :data:`EXPERIMENTS`) into ``out``; rows already recorded there
     are kept, the rest computed in the seed's order. ``resume_from``: a results folder whose
-    table and finished trainings are taken first (:func:`import_results`)."""
+    table and finished trainings are taken first (:func:`import_results`). ``rows``: compute
+    only the rows with these keys (``Row.key``: ``S5``, ``S5@ideal``, ``S3@0.1``)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
+    if rows is not None:
+        known = [r.key for r in exp.rows]
+        unknown = [k for k in rows if k not in known]
+        if unknown or not rows:
+            raise ConfigError(f"{name} has no row {', '.join(unknown) or '(none given)'} "
+                              f"(its rows: {', '.join(known)})")
     scale = SCALES[(exp.dataset, "quick" if quick else "full")]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -377,7 +384,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
         cache = load_episode_images(exp.dataset, 32)
     table = out / f"{exp.name}.csv"
     done = {_row_key(r): r for r in read_rows(table)}
-    pending = [r for r in planned if r.key not in done]
+    pending = [r for r in planned if r.key not in done and (rows is None or r.key in rows)]
     ran = 0
     def record(row: Row, training: Training, ckpt: Path, cols: dict[str, Any]) -> None:
         nonlocal ran
