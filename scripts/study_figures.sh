@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # Tables and figures of the published studies (docs/results/), from their results folders.
 # Run the studies first (each resumes where it stopped):
-#   for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows; do
+#   for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy; do
 #     batmann study run studies/$s.toml --out runs/$s --workers 2; done
 set -eu
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ B=${BATMANN:-.venv/bin/batmann}
 R=${RUNS:-runs}
 O=docs/results
 mkdir -p "$O"
-for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows; do
+for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy; do
   $B study export "$R/$s" --level config --out "$O/$s.csv"
   $B study export "$R/$s" --level cell --out "$O/$s-cells.csv"
 done
@@ -24,3 +24,4 @@ $B study plot "$R/read-noise" --x read_noise --out "$O/read-noise.png"
 $B study plot "$R/ir-drop" --x wire_resistance --hue tile_shape --out "$O/ir-drop.png"
 $B study plot "$R/adc-calibrated" --x adc_bits --hue adc_range --out "$O/adc-calibrated.png"
 $B study plot "$R/conv-rows" --x adc_bits --hue conv_rows --out "$O/conv-rows.png"
+$B study plot "$R/energy" --x energy_pj_per_query --hue tile_shape --out "$O/energy.png"

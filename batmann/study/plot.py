@@ -127,7 +127,7 @@ def plot_study(store, out: str, x: str, hue: str | None = None, col: str | None 
     title = f"{', '.join(ckpts)}: {episodes} episodes x {chips} chip{'s' if chips > 1 else ''}"
     if study.get("name"):
         title = f"{study['name']} - {title}"
-    moving = _partners(rows, names)
+    moving = _partners(rows, names) if x not in TRADEOFF_X else []  # a trade-off labels them on its points
     if moving:
         title += f" ({', '.join(moving)} moving with the plotted parameters)"
     if x in TRADEOFF_X:
@@ -232,7 +232,7 @@ def _tradeoff(rows, out, fmt, x, hue, col, metric, title) -> None:
             dx = sum(r["energy_pj_per_query_digital"] for r in prows) / len(prows)
             dy = sum(r["digital_accuracy_pct"] for r in prows) / len(prows)
             ax.plot([dx], [dy], marker="*", markersize=12, color="black", linestyle="none",
-                    label="digital baseline (MACs)")
+                    label="digital (int8 MACs; same episodes)")
         ax.set_xscale("log")
         ax.set_xlabel(label(x) + (f"; points: {', '.join(label(k) for k in along)}" if along else ""))
         if cval is not None:

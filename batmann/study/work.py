@@ -237,7 +237,7 @@ def cell_cost(system, episode) -> dict[str, float]:
     (``device_models.periphery``), and its ADC count."""
     from crossbar.cost import estimate
 
-    r = estimate(system, [episode]).to_json()
+    r = estimate(system, [episode], digital_mac="int8").to_json()
     return {"energy_pj_per_query": r["energy_pj_per_query"]["total"],
             "energy_pj_per_query_digital": r["energy_pj_per_query"]["digital"],
             "latency_ns_per_query": r["latency_ns_per_query"]["total"], "adcs": r["adcs"]["total"]}
