@@ -108,6 +108,20 @@ def calibrate(system, spec, cache, opts: EpisodeOptions) -> None:
         system.calibrate(calibration_episodes(cache, opts, adc.calibration_episodes))
 
 
+def _prepare(checkpoint, episodes: int, episode_options: EpisodeOptions | None, cache):
+    """The loaded checkpoint, its validated episode options and the image cache of a run of
+    ``episodes`` test episodes (one-line error for fewer than one)."""
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1 (got {episodes})")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    opts = (episode_options or ckpt.config.episodes).validate()
+    if cache is None:
+        from batmann.data import load_episode_images
+
+        cache = load_episode_images(opts.dataset, ckpt.config.model.image_size)
+    return ckpt, opts, cache
+
+
 def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int = 0,
             episode_options: EpisodeOptions | None = None, progress: bool = False, cache=None,
             digital: DigitalSystem | None = None) -> Comparison:
@@ -121,14 +135,7 @@ def compare(checkpoint: str | Checkpoint, spec, episodes: int = 200, seed: int =
     from batmann.tasks import make_sampler
     from crossbar import convert
 
-    if episodes < 1:
-        raise ConfigError(f"episodes must be >= 1 (got {episodes})")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
-    opts = (episode_options or ckpt.config.episodes).validate()
-    if cache is None:
-        from batmann.data import load_episode_images
-
-        cache = load_episode_images(opts.dataset, ckpt.config.model.image_size)
+    ckpt, opts, cache = _prepare(checkpoint, episodes, episode_options, cache)
     keys = ckpt.config.keys
     model = ckpt.model.cpu().eval()
     if digital is None or digital.model is not model:
@@ -195,14 +202,7 @@ def query_cost(checkpoint: str | Checkpoint, spec, episodes: int = 5, seed: int 
     from crossbar import convert
     from crossbar.cost import estimate
 
-    if episodes < 1:
-        raise ConfigError(f"episodes must be >= 1 (got {episodes})")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
-    opts = (episode_options or ckpt.config.episodes).validate()
-    if cache is None:
-        from batmann.data import load_episode_images
-
-        cache = load_episode_images(opts.dataset, ckpt.config.model.image_size)
+    ckpt, opts, cache = _prepare(checkpoint, episodes, episode_options, cache)
     model = ckpt.model.cpu().eval()
     digital = DigitalSystem(model, keys=ckpt.config.keys, cache_features=False)
     system = convert(ckpt, spec, digital_features=digital.features)

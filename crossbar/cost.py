@@ -29,7 +29,7 @@ key dot products) times the energy of one MAC. Parts of the system that stay dig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
 import torch
@@ -59,8 +59,9 @@ class PartCost:
         return self.array_pj + self.adc_pj + self.dac_pj + self.digital_pj + self.mac_pj
 
     def add(self, other: "PartCost", weight: float = 1.0) -> None:
-        for k in ("array_pj", "adc_pj", "dac_pj", "digital_pj", "mac_pj", "latency_s", "macs", "conversions"):
-            setattr(self, k, getattr(self, k) + weight * getattr(other, k))
+        """``self += weight * other``, every field."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + weight * getattr(other, f.name))
 
     def breakdown(self) -> dict[str, float]:
         return {"array": self.array_pj, "adc": self.adc_pj, "dac": self.dac_pj, "digital_periphery": self.digital_pj,
@@ -281,8 +282,8 @@ def estimate(system, episodes: Iterable, periphery: Periphery | str | None = Non
         probe.remove()
     if n_eps == 0:
         raise HardwareSpecError("no episodes to estimate the cost on")
-    for attr in ("array_pj", "adc_pj", "dac_pj", "digital_pj", "mac_pj", "latency_s", "macs", "conversions"):
-        setattr(keys_cost, attr, getattr(keys_cost, attr) / n_eps)
+    keys_cost, per_episode = PartCost(), keys_cost
+    keys_cost.add(per_episode, 1.0 / n_eps)  # the mean over the episodes
     ctrl_cost, ctrl_fp, ctrl_macs = PartCost(), Footprint(), 0.0
     for name, rec in probe.layers.items():
         per_image = 1.0 / rec["images"]
