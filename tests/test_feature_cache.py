@@ -83,7 +83,7 @@ def test_cli_evaluates_from_the_store_and_no_feature_cache_leaves_it_alone(omnig
     home.mkdir()
     for entry in omniglot_home.iterdir():  # the prepared Omniglot, without anything stored
         if entry.name != "features":
-            (home / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+            (home / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     monkeypatch.setenv("BATMANN_HOME", str(home))
     args = ["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "3", "--no-save", "--json"]
     assert main(args + ["--no-feature-cache"]) == 0
