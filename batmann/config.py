@@ -115,6 +115,42 @@ class AugmentConfig:
         return self
 
 
+@dataclass
+class HardwareAwareConfig:
+    """Hardware-aware training (:class:`crossbar.in_the_loop.ChipInTheLoop`): the controller's
+    forward runs on simulated crossbars, gradients straight through the digital layers.
+
+    ``spec``: the chip family as ``HardwareSpec.to_dict()`` (None: off); ``redraw``: episodes
+    per chip (new devices every ``redraw`` episodes, a fresh write every episode).
+    """
+
+    spec: dict | None = None
+    redraw: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec is not None
+
+    def hardware_spec(self):
+        """The :class:`crossbar.HardwareSpec` of ``spec`` (a one-line error if it is not one)."""
+        from crossbar import HardwareSpec, HardwareSpecError
+
+        try:
+            return HardwareSpec.from_dict(self.spec)
+        except HardwareSpecError as exc:
+            raise ConfigError(f"hardware_aware spec: {exc}") from None
+
+    def validate(self) -> "HardwareAwareConfig":
+        if isinstance(self.redraw, bool) or not isinstance(self.redraw, int) or self.redraw < 1:
+            raise ConfigError(f"hardware_aware redraw must be a whole number of episodes >= 1, got {self.redraw!r}")
+        if self.spec is not None:
+            spec = self.hardware_spec()
+            if not spec.controller_analog:
+                raise ConfigError(f"hardware_aware spec: analog must be 'controller' or 'all' (the controller is "
+                                  f"what trains on the chip), got {spec.analog!r}")
+        return self
+
+
 #: ``--augment``: rotation and shear up to 10 degrees, scale within 10 %, shifts up to 2 pixels
 AUGMENT_DEFAULTS = AugmentConfig(rotation=10.0, shear=10.0, scale=0.1, translate=2.0)
 
@@ -252,11 +288,13 @@ class TrainConfig:
     # batmann.utils.determinism): the same run, resumed or not, gives the same weights
     deterministic: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training images only
+    hardware_aware: HardwareAwareConfig = field(default_factory=HardwareAwareConfig)  # chip in the loop
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
         self.episodes.validate()
         self.augment.validate()
+        self.hardware_aware.validate()
         _choice("sim_cal", self.sim_cal, SIM_CALS)
         _choice("loss", self.loss, LOSSES)
         if self.loss == "nll" and self.sim_cal != "cos_softabs":
@@ -292,6 +330,9 @@ class TrainConfig:
                 raise ConfigError(f"freeze: {','.join(rbnn)} of a {self.model.controller} controller are RBNN "
                                   "layers, whose rotations and weight signs change every episode; they cannot "
                                   "be frozen")
+        if self.freeze and self.hardware_aware.enabled:
+            raise ConfigError("hardware_aware cannot be combined with freeze: the frozen layers' cached outputs "
+                              "would be digital, not the chip's")
         if self.freeze and self.augment.enabled:
             raise ConfigError("augment cannot be combined with freeze: the frozen layers' cached outputs are "
                               "those of the images as drawn")
@@ -361,7 +402,9 @@ class TrainConfig:
             model = ModelConfig(**data.get("model", {}))
             episodes = EpisodeOptions(**data.get("episodes", {}))
             augment = AugmentConfig(**(data.get("augment") or {}))
-            rest = {k: v for k, v in fill_legacy(data).items() if k not in ("model", "episodes", "augment")}
-            return cls(model=model, episodes=episodes, augment=augment, **rest)
+            hwa = HardwareAwareConfig(**(data.get("hardware_aware") or {}))
+            rest = {k: v for k, v in fill_legacy(data).items()
+                    if k not in ("model", "episodes", "augment", "hardware_aware")}
+            return cls(model=model, episodes=episodes, augment=augment, hardware_aware=hwa, **rest)
         except TypeError as exc:
             raise ConfigError(f"bad training configuration: {exc}") from None

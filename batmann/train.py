@@ -13,6 +13,7 @@ sees exactly the episodes an uninterrupted one would, and reproduces its weights
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -105,6 +106,21 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
         loss = F.cross_entropy(logits, episode.query_labels)
     acc = (logits.argmax(1) == episode.query_labels).float().mean().item()
     return loss, acc
+
+
+def chip_in_the_loop(model: torch.nn.Module, config: TrainConfig):
+    """The :class:`crossbar.in_the_loop.ChipInTheLoop` of ``config.hardware_aware`` over the
+    controller's weight layers (``conv1`` ... ``fc1``), or None when it is off."""
+    if not config.hardware_aware.enabled:
+        return None
+    from crossbar.in_the_loop import ChipInTheLoop
+
+    from batmann.models.export import WEIGHT_LAYER_TYPES
+    from batmann.models.layers import export_layer
+
+    layers = {n: m for n, m in model.features.named_children() if isinstance(m, WEIGHT_LAYER_TYPES)}
+    layers["fc1"] = model.fc1
+    return ChipInTheLoop(config.hardware_aware.hardware_spec(), layers, export_layer, config.hardware_aware.redraw)
 
 
 def validate(model: torch.nn.Module, config: TrainConfig, cache, device: torch.device,
@@ -299,10 +315,22 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
             log.info("initial weights from %s", parent["init_from"])
     atomic_write_json(run_dir / "config.json", config.to_dict())
 
+    chip = chip_in_the_loop(model, config)
+    if chip is not None:
+        log.info("hardware-aware: chip %s, new devices every %d episode(s); validation on one fixed chip",
+                 chip.spec.describe(), chip.redraw)
+
     def keep_if_best(done: int) -> None:
         nonlocal best_val
         val = validate(model, config, cache, device, trunk)
         log.info("episode %d validation %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
+        if chip is not None:  # the weights are kept for the chip: select them on one
+            from crossbar.in_the_loop import VALIDATION_DRAW
+
+            chip.program(done, draw=VALIDATION_DRAW)
+            with chip:
+                val = validate(model, config, cache, device, trunk)
+            log.info("episode %d validation on the chip %.2f%% +- %.2f", done, val.accuracy_pct, val.ci95_pct)
         if val.accuracy_pct > best_val:
             best_val = val.accuracy_pct
             save_checkpoint(run_dir / "best.safetensors", model, config,
@@ -328,7 +356,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         for episode in bar:
             ep = augment_episode(sampler.sample(index=episode), config.augment, config.seed, episode)
             model.begin_episode(episode, config.train_episode)  # RBNN schedule and rotations
-            loss, acc = train_step(model, ep, config.sim_cal, config, device, trunk)
+            if chip is not None:
+                chip.program(episode)
+            with chip if chip is not None else contextlib.nullcontext():
+                loss, acc = train_step(model, ep, config.sim_cal, config, device, trunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -107,19 +107,39 @@ class _Programmer:
         return crossbars, out
 
     def program_layer(self, name: str, weight: torch.Tensor) -> conductance.ProgrammedArray:
-        w = _weights_rc(weight).float()
-        stream = f"controller/{name}/shape={tuple(w.shape)}"
-        gen = self.spec.generator(stream)
-        planes = conductance.sample_planes(self.spec, w.shape[0], w.shape[1], gen, torch.float32)
-        drift = self.spec.get("drift")
-        array = conductance.program(self.spec, planes, w, generator=self.spec.generator(f"{stream}/write"),
-                                    time=drift.time if drift is not None else 0.0, read_stream=f"{stream}/read")
-        if weight.dim() == 4 and self.spec.conv_rows == "kernel" and weight.shape[1] > 1:
-            # devices and writes are drawn per weight in the (c, kh, kw) order either way; only
-            # their places on the arrays change (with one input channel both orders are the same)
-            array = array.with_rows(conductance.kernel_major_rows(weight.shape[1], weight.shape[2]))
+        array = program_layer(self.spec, name, weight)
         self.arrays[name] = array
         return array
+
+
+def layer_devices(spec: HardwareSpec, name: str, weight: torch.Tensor) -> conductance.DevicePlanes:
+    """The devices of layer ``name``'s arrays on the chip ``spec.seed`` (drawn from a stream
+    named after the layer and its (rows, cols) shape, so independent of the other layers)."""
+    w = _weights_rc(weight)
+    stream = f"controller/{name}/shape={tuple(w.shape)}"
+    return conductance.sample_planes(spec, w.shape[0], w.shape[1], spec.generator(stream), torch.float32)
+
+
+def program_layer(spec: HardwareSpec, name: str, weight: torch.Tensor,
+                  devices: conductance.DevicePlanes | None = None, write: str = "") -> conductance.ProgrammedArray:
+    """Write a layer's weights (out, in[, k, k]) onto its arrays on the chip ``spec.seed``.
+
+    ``devices``: the layer's devices (:func:`layer_devices`; drawn here when None). ``write``
+    names this write, so that a rewrite of the same devices (hardware-aware training programs
+    them every episode) draws fresh programming and read noise; "" is the chip's one write."""
+    w = _weights_rc(weight).float()
+    stream = f"controller/{name}/shape={tuple(w.shape)}"
+    if devices is None:
+        devices = layer_devices(spec, name, weight)
+    drift = spec.get("drift")
+    suffix = f"/{write}" if write else ""
+    array = conductance.program(spec, devices, w, generator=spec.generator(f"{stream}/write{suffix}"),
+                                time=drift.time if drift is not None else 0.0, read_stream=f"{stream}/read{suffix}")
+    if weight.dim() == 4 and spec.conv_rows == "kernel" and weight.shape[1] > 1:
+        # devices and writes are drawn per weight in the (c, kh, kw) order either way; only
+        # their places on the arrays change (with one input channel both orders are the same)
+        array = array.with_rows(conductance.kernel_major_rows(weight.shape[1], weight.shape[2]))
+    return array
 
 
 @contextlib.contextmanager
@@ -161,19 +181,25 @@ def _scale_back(array: conductance.ProgrammedArray, conv: bool):
     return transform_output
 
 
+def read_layer(spec: HardwareSpec, array: conductance.ProgrammedArray, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output for ``x`` read from its programmed ``array``: (B, C_in, H, W) ->
+    (B, C_out, H', W') for a convolution (geometry and bias from ``layer``), (..., in) -> (..., out)
+    for a linear layer; float32, in weight units."""
+    if isinstance(layer, nn.Conv2d):
+        y = conductance.read_conv(spec, array, x, layer.kernel_size[0], layer.stride[0], layer.padding[0]).float()
+        return y + layer.bias.view(1, -1, 1, 1) if layer.bias is not None else y
+    y = conductance.read(spec, array, x.reshape(-1, x.shape[-1])).float()
+    y = y.reshape(*x.shape[:-1], -1)
+    return y + layer.bias if layer.bias is not None else y
+
+
 def _vectorised_forward(spec: HardwareSpec, array: conductance.ProgrammedArray):
-    """A forward for a patched module that reads through :func:`conductance.read`."""
+    """A forward for a patched module that reads through :func:`read_layer`."""
 
-    def linear_forward(self, x):
-        y = conductance.read(spec, array, x.reshape(-1, x.shape[-1])).float()
-        y = y.reshape(*x.shape[:-1], -1)
-        return y + self.bias if self.bias is not None else y
+    def forward(self, x):
+        return read_layer(spec, array, self, x)
 
-    def conv_forward(self, x):
-        y = conductance.read_conv(spec, array, x, self.kernel_size[0], self.stride[0], self.padding[0]).float()
-        return y + self.bias.view(1, -1, 1, 1) if self.bias is not None else y
-
-    return linear_forward, conv_forward
+    return forward
 
 
 class AnalogController:
@@ -312,7 +338,6 @@ def convert_controller(plain_controller: nn.Module, spec: HardwareSpec, read: st
         is_conv = isinstance(m, memtorch.mn.Conv2d)
         m.transform_output = _scale_back(array, is_conv)
         if use_ours:
-            lin_fwd, conv_fwd = _vectorised_forward(spec, array)
-            m.forward = types.MethodType(conv_fwd if is_conv else lin_fwd, m)
+            m.forward = types.MethodType(_vectorised_forward(spec, array), m)
     model.forward_legacy(False)
     return AnalogController(model, spec, analog=True, arrays=arrays)

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from batmann.config import (AUGMENT_DEFAULTS, COMPILE_MODES, CONTROLLERS, DATASETS, KEY_MODES, LOSSES, PRECISIONS,
-                            SIM_CALS, SPLITS, AugmentConfig, EpisodeOptions, ModelConfig, TrainConfig, keys_from_seed,
-                            normalize_freeze)
+                            SIM_CALS, SPLITS, AugmentConfig, EpisodeOptions, HardwareAwareConfig, ModelConfig,
+                            TrainConfig, keys_from_seed, normalize_freeze)
 from batmann.errors import ConfigError
 
 SEED_CONTROLLER_NAMES = {"no": "fp", "none": "fp", "xnor": "xnor", "rbnn": "rbnn"}
@@ -167,6 +167,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--augment-scale", type=float, default=None, metavar="FRAC",
                    help="largest relative change of size, e.g. 0.1 for 0.9-1.1")
     a.add_argument("--augment-translate", type=float, default=None, metavar="PX", help="largest shift, pixels")
+    h = p.add_argument_group("hardware-aware training (the controller's forward on simulated crossbars)")
+    h.add_argument("--hardware-aware", default=None, metavar="SPEC",
+                   help="a hardware spec file (JSON or TOML, as `batmann crossbar ... --spec` reads; analog "
+                        "'all' or 'controller'): every training step reads the controller's layers from "
+                        "that chip family, gradients straight through the digital layers (default: off)")
+    h.add_argument("--hardware-aware-redraw", type=int, default=d.hardware_aware.redraw, metavar="N",
+                   help=f"new chip devices every N episodes (default {d.hardware_aware.redraw})")
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="fp32; bf16: autocast with channels_last (fp, RBNN), for XNOR an exact fp32 forward with bf16 gradient products; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
@@ -198,8 +205,21 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         sim_cal=args.sim_cal, loss=args.loss, keys=resolve_keys(args, d.keys), precision=args.precision,
         compile=args.compile, seed=args.seed, device=args.device, init_from=args.init_from, train_keys=args.train_keys,
         ste_clip=args.ste_clip, freeze=normalize_freeze(args.freeze), deterministic=args.deterministic,
-        augment=augment_from_args(args),
+        augment=augment_from_args(args), hardware_aware=hardware_aware_from_args(args),
     ).validate()
+
+
+def hardware_aware_from_args(args: argparse.Namespace) -> HardwareAwareConfig:
+    """``--hardware-aware FILE`` (read and validated here) and ``--hardware-aware-redraw``."""
+    if args.hardware_aware is None:
+        return HardwareAwareConfig(redraw=args.hardware_aware_redraw)
+    from crossbar import HardwareSpec, HardwareSpecError
+
+    try:
+        spec = HardwareSpec.load(args.hardware_aware)
+    except HardwareSpecError as exc:
+        raise ConfigError(f"--hardware-aware: {exc}") from None
+    return HardwareAwareConfig(spec=spec.to_dict(), redraw=args.hardware_aware_redraw)
 
 
 def augment_from_args(args: argparse.Namespace) -> AugmentConfig:
