@@ -26,7 +26,7 @@ from pathlib import Path
 from batmann.checkpoint import SHIPPED_DIR
 from batmann.reference import NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
 
-ORDER = ["5w1s-fp", "5w1s-binary", "20w5s-fp", "20w5s-binary", "100w5s-fp", "100w5s-binary",
+ORDER = ["5w1s-fp", "5w1s-binary", "20w5s-fp", "20w5s-binary", "20w5s-binary-hwa", "100w5s-fp", "100w5s-binary",
          "20w5s-fp-lake", "20w5s-binary-lake"]
 
 
@@ -151,10 +151,14 @@ def row(name: str, full: bool = False) -> str | None:
     problem = f"{key[0]}-way {key[1]}-shot" + (" (lake split)" if ep["split"] == "lake" else "")
     setting = (f"binary ({controller}, 8-bit first/last, +-1 keys)" if binary
                else "full precision (bipolar keys)")
+    hardware_aware = bool((cfg.get("hardware_aware") or {}).get("spec"))
+    if hardware_aware:  # not a setting of the seed's or the literature's tables
+        setting += ", hardware-aware (docs/hardware-aware.md)"
     ev = _evaluation(name, cfg)
     ours = "not evaluated" if ev is None else f"**{ev['accuracy_pct']:.2f} +- {ev['ci95_pct']:.2f} %**"
-    seed_ref = (SEED_BINARY if binary else SEED_FP).get(key) if ep["split"] == "seed" else None
-    nat = NAT_COMM_SOFTWARE.get(key) if ep["split"] == "seed" else None
+    theirs = ep["split"] == "seed" and not hardware_aware
+    seed_ref = (SEED_BINARY if binary else SEED_FP).get(key) if theirs else None
+    nat = NAT_COMM_SOFTWARE.get(key) if theirs else None
     fmt = lambda v: "-" if v is None else f"{v:.2f} %"  # noqa: E731
     head = f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | "
     if not full:
