@@ -121,11 +121,14 @@ class HardwareAwareConfig:
     forward runs on simulated crossbars, gradients straight through the digital layers.
 
     ``spec``: the chip family as ``HardwareSpec.to_dict()`` (None: off); ``redraw``: episodes
-    per chip (new devices every ``redraw`` episodes, a fresh write every episode).
+    per chip (new devices every ``redraw`` episodes, a fresh write every episode);
+    ``digital_weight``: the loss is ``chip_loss + digital_weight * digital_loss`` (0: the chip's
+    only), the digital forward of the same episode anchoring the weights' digital accuracy.
     """
 
     spec: dict | None = None
     redraw: int = 1
+    digital_weight: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +146,9 @@ class HardwareAwareConfig:
     def validate(self) -> "HardwareAwareConfig":
         if isinstance(self.redraw, bool) or not isinstance(self.redraw, int) or self.redraw < 1:
             raise ConfigError(f"hardware_aware redraw must be a whole number of episodes >= 1, got {self.redraw!r}")
+        w = self.digital_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"hardware_aware digital_weight must be a finite number >= 0, got {w!r}")
         if self.spec is not None:
             spec = self.hardware_spec()
             if not spec.controller_analog:

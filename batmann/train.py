@@ -13,7 +13,6 @@ sees exactly the episodes an uninterrupted one would, and reproduces its weights
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -105,6 +104,20 @@ def train_step(model: torch.nn.Module, episode, sim_cal: str, config: TrainConfi
     else:  # the seed's: cross-entropy that treats the class attention (in [0, 1]) as logits
         loss = F.cross_entropy(logits, episode.query_labels)
     acc = (logits.argmax(1) == episode.query_labels).float().mean().item()
+    return loss, acc
+
+
+def hardware_aware_step(model: torch.nn.Module, episode, chip, config: TrainConfig,
+                        device: torch.device) -> tuple[torch.Tensor, float]:
+    """:func:`train_step` with the controller on the programmed ``chip``; returns (loss, the
+    chip's accuracy). With ``config.hardware_aware.digital_weight`` w > 0 the loss is
+    ``chip_loss + w * digital_loss``, the digital forward of the same episode added."""
+    with chip:
+        loss, acc = train_step(model, episode, config.sim_cal, config, device)
+    w = config.hardware_aware.digital_weight
+    if w:
+        digital_loss, _ = train_step(model, episode, config.sim_cal, config, device)
+        loss = loss + w * digital_loss
     return loss, acc
 
 
@@ -317,8 +330,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
 
     chip = chip_in_the_loop(model, config)
     if chip is not None:
-        log.info("hardware-aware: chip %s, new devices every %d episode(s); validation on one fixed chip",
-                 chip.spec.describe(), chip.redraw)
+        log.info("hardware-aware: chip %s, new devices every %d episode(s), digital loss weight %g; "
+                 "validation on one fixed chip", chip.spec.describe(), chip.redraw,
+                 config.hardware_aware.digital_weight)
 
     def keep_if_best(done: int) -> None:
         nonlocal best_val
@@ -358,7 +372,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
             model.begin_episode(episode, config.train_episode)  # RBNN schedule and rotations
             if chip is not None:
                 chip.program(episode)
-            with chip if chip is not None else contextlib.nullcontext():
+                loss, acc = hardware_aware_step(model, ep, chip, config, device)
+            else:
                 loss, acc = train_step(model, ep, config.sim_cal, config, device, trunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -395,11 +395,15 @@ class ADC(NonIdeality):
     def quantize_(self, current: torch.Tensor, fs) -> torch.Tensor:
         """:meth:`quantize` in place (``current`` is overwritten and returned): mid-rise levels
         (floor(I / step) + 1/2) step, clipped at +-(fs - step / 2), step = 2 fs / 2^bits."""
-        step = 2.0 * fs / (2 ** self.bits)
+        step = self.step(fs)
         lim = fs - step / 2.0
         if isinstance(step, torch.Tensor):
             step, lim = step.to(current.dtype), lim.to(current.dtype)
         return current.div_(step).floor_().add_(0.5).mul_(step).clamp_(-lim, lim)
+
+    def step(self, fs):
+        """The quantisation step ``2 fs / 2^bits`` of range ``[-fs, fs]`` (a float or a tensor like ``fs``)."""
+        return 2.0 * fs / (2 ** self.bits)
 
     def accumulate_(self, total: torch.Tensor, current: torch.Tensor, fs) -> torch.Tensor:
         """``total += quantize(current, fs) - step / 2`` with fewer passes over memory (``current``
@@ -407,11 +411,17 @@ class ADC(NonIdeality):
         times the step. Returns the half step (a float or a tensor like ``fs``) the caller adds
         once after the last tile; the sum then equals the sum of :meth:`quantize` up to float
         rounding."""
-        step = 2.0 * fs / (2 ** self.bits)
+        step = self.step(fs)
         if isinstance(step, torch.Tensor):
             step = step.to(current.dtype)
+        return self.accumulate_steps_(total, current.div_(step), step)
+
+    def accumulate_steps_(self, total: torch.Tensor, steps: torch.Tensor, step) -> torch.Tensor:
+        """:meth:`accumulate_` of a current already in units of ``step`` (``steps = I / step``,
+        e.g. read through conductances divided by the step: one pass fewer); ``steps`` is
+        overwritten. Returns the half step."""
         half = 2 ** (self.bits - 1)
-        codes = current.div_(step).floor_().clamp_(-half, half - 1)
+        codes = steps.floor_().clamp_(-half, half - 1)
         if isinstance(step, torch.Tensor):
             total.addcmul_(codes, step)
         else:

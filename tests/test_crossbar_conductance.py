@@ -312,6 +312,10 @@ def test_accumulating_adc_codes_equals_summing_quantised_tiles():
         total = torch.zeros(3, 4, 5, 5)
         offset = sum(adc.accumulate_(total, p.clone(), fs) for p in parts)
         assert torch.allclose(total + offset, want, rtol=0, atol=1e-5)
+        # the same from currents already in steps (conductances divided by the step)
+        total = torch.zeros(3, 4, 5, 5)
+        offset = sum(adc.accumulate_steps_(total, p / adc.step(fs), adc.step(fs)) for p in parts)
+        assert torch.allclose(total + offset, want, rtol=0, atol=1e-5)
 
 
 def test_conv_rows_is_validated_and_saved():

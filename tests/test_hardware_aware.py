@@ -130,6 +130,9 @@ def test_bad_settings_are_one_line_errors():
         HardwareAwareConfig(spec=HardwareSpec(analog="keys").to_dict()).validate()
     with pytest.raises(ConfigError, match="redraw must be a whole number"):
         HardwareAwareConfig(spec=HardwareSpec(**HARSH).to_dict(), redraw=0).validate()
+    for bad in (-0.5, float("nan"), "1"):
+        with pytest.raises(ConfigError, match=f"digital_weight must be a finite number >= 0, got {bad!r}"):
+            HardwareAwareConfig(spec=HardwareSpec(**HARSH).to_dict(), digital_weight=bad).validate()
     with pytest.raises(ConfigError, match="hardware_aware spec: unknown hardware spec field 'varability'"):
         HardwareAwareConfig(spec={"analog": "all", "varability": 0.1}).validate()
     with pytest.raises(HardwareSpecError, match="redraw"):
@@ -142,11 +145,32 @@ def test_bad_settings_are_one_line_errors():
 
 def test_config_round_trip():
     cfg = tiny_config()
-    cfg.hardware_aware = HardwareAwareConfig(spec=HardwareSpec(**HARSH).to_dict(), redraw=3)
+    cfg.hardware_aware = HardwareAwareConfig(spec=HardwareSpec(**HARSH).to_dict(), redraw=3, digital_weight=0.5)
     back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.hardware_aware == cfg.hardware_aware
     assert back.hardware_aware.hardware_spec() == HardwareSpec(**HARSH)
     assert not TrainConfig.from_dict({}).hardware_aware.enabled  # older configs: off
+
+
+def test_digital_weight_adds_the_same_episodes_digital_loss(omniglot_cache, one_thread):
+    """loss = chip loss + w * digital loss of the same episode; the reported accuracy is the chip's."""
+    from batmann.train import hardware_aware_step, make_sampler, train_step
+
+    cfg = tiny_config(controller="xnor", feature_dim=64)
+    model = build_controller("xnor", feature_dim=64)
+    cfg.hardware_aware = HardwareAwareConfig(spec=HardwareSpec(**HARSH).to_dict(), digital_weight=0.0)
+    cfg.validate()
+    chip = chip_in_the_loop(model, cfg)
+    device = torch.device("cpu")
+    ep = make_sampler(omniglot_cache, cfg.episodes, "train", 0, device).sample(index=0)
+    chip.program(0)
+    chip_only, chip_acc = hardware_aware_step(model, ep, chip, cfg, device)
+    digital, _ = train_step(model, ep, cfg.sim_cal, cfg, device)
+    assert abs(chip_only.item() - digital.item()) > 1e-4  # the chip changes the loss
+    cfg.hardware_aware.digital_weight = 0.5
+    mixed, acc = hardware_aware_step(model, ep, chip, cfg, device)
+    assert mixed.item() == pytest.approx(chip_only.item() + 0.5 * digital.item(), rel=1e-5)
+    assert acc == chip_acc
 
 
 def test_hardware_aware_training_runs_resumes_and_validates_on_the_chip(tmp_path, omniglot_cache, one_thread):

@@ -174,6 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that chip family, gradients straight through the digital layers (default: off)")
     h.add_argument("--hardware-aware-redraw", type=int, default=d.hardware_aware.redraw, metavar="N",
                    help=f"new chip devices every N episodes (default {d.hardware_aware.redraw})")
+    h.add_argument("--hardware-aware-digital-weight", type=float, default=d.hardware_aware.digital_weight,
+                   metavar="W", help="loss = chip loss + W x the same episode's digital loss, keeping the "
+                   f"weights' digital accuracy (default {d.hardware_aware.digital_weight:g}: the chip's only)")
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="fp32; bf16: autocast with channels_last (fp, RBNN), for XNOR an exact fp32 forward with bf16 gradient products; auto = bf16 for the fp controller where the device runs bf16 natively (AVX512-BF16, AMX, CUDA), else fp32; fp32 for binarized ones (default auto)")
@@ -212,14 +215,16 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 def hardware_aware_from_args(args: argparse.Namespace) -> HardwareAwareConfig:
     """``--hardware-aware FILE`` (read and validated here) and ``--hardware-aware-redraw``."""
     if args.hardware_aware is None:
-        return HardwareAwareConfig(redraw=args.hardware_aware_redraw)
+        return HardwareAwareConfig(redraw=args.hardware_aware_redraw,
+                                   digital_weight=args.hardware_aware_digital_weight)
     from crossbar import HardwareSpec, HardwareSpecError
 
     try:
         spec = HardwareSpec.load(args.hardware_aware)
     except HardwareSpecError as exc:
         raise ConfigError(f"--hardware-aware: {exc}") from None
-    return HardwareAwareConfig(spec=spec.to_dict(), redraw=args.hardware_aware_redraw)
+    return HardwareAwareConfig(spec=spec.to_dict(), redraw=args.hardware_aware_redraw,
+                               digital_weight=args.hardware_aware_digital_weight)
 
 
 def augment_from_args(args: argparse.Namespace) -> AugmentConfig:
