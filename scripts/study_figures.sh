@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # Tables and figures of the published studies (docs/results/), from their results folders.
 # Run the studies first (each resumes where it stopped):
-#   for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy; do
+#   for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy hardware-aware; do
 #     batmann study run studies/$s.toml --out runs/$s --workers 2; done
 set -eu
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ B=${BATMANN:-.venv/bin/batmann}
 R=${RUNS:-runs}
 O=docs/results
 mkdir -p "$O"
-for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy; do
+for s in variability variability-keys faults adc fp-vs-binary endurance drift read-noise ir-drop adc-calibrated conv-rows energy hardware-aware; do
   $B study export "$R/$s" --level config --out "$O/$s.csv"
   $B study export "$R/$s" --level cell --out "$O/$s-cells.csv"
 done
@@ -25,3 +25,4 @@ $B study plot "$R/ir-drop" --x wire_resistance --hue tile_shape --out "$O/ir-dro
 $B study plot "$R/adc-calibrated" --x adc_bits --hue adc_range --out "$O/adc-calibrated.png"
 $B study plot "$R/conv-rows" --x adc_bits --hue conv_rows --out "$O/conv-rows.png"
 $B study plot "$R/energy" --x energy_pj_per_query --hue tile_shape --out "$O/energy.png"
+$B study plot "$R/hardware-aware" --x checkpoint --metric difference --out "$O/hardware-aware.png"
