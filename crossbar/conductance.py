@@ -295,19 +295,13 @@ def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor,
     return spec.adc_spec.quantize_(part, _full_scale(array, t, part, worst))
 
 
-def _tile_full_scale(array: ProgrammedArray, t: int, worst: float):
-    """Tile ``t``'s ADC range: the worst case, or the calibrated one (a scalar, or (C,) per column)."""
-    return worst if array.adc_fs is None else array.adc_fs[t].to(array.g.dtype)
-
-
 def _full_scale(array: ProgrammedArray, t: int, part: torch.Tensor, worst: float):
     """Tile ``t``'s ADC range for its currents ``part`` (B, C[, H, W]): the worst case, or the
     calibrated one (a scalar, or one per column shaped to broadcast over ``part``)."""
-    fs = _tile_full_scale(array, t, worst)
-    if isinstance(fs, torch.Tensor):
-        fs = fs.to(part.dtype)
-        return fs.view(1, -1, *([1] * (part.dim() - 2))) if fs.dim() == 1 else fs
-    return fs
+    if array.adc_fs is None:
+        return worst
+    fs = array.adc_fs[t].to(part.dtype)
+    return fs.view(1, -1, *([1] * (part.dim() - 2))) if fs.dim() == 1 else fs
 
 
 def _currents(items, current, variance, generator):
@@ -504,27 +498,14 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
         for t, (segs, fs) in enumerate(tiles_):
             part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
             offset = offset + _adc_add(spec, array, t, current, part, fs)
-    elif array.calibration is not None:  # recorded unquantised, tile by tile
-        for t, (segs, fs) in enumerate(tiles_):
-            _adc_add(spec, array, t, current, tile_sum(x, gd, segs), fs)
-    else:  # a few images at a time, so that each tile's partial sums stay in cache; each tile's
-        # conductances divided by its ADC step, so that its sums come out in steps
-        scaled = []
-        for t, (segs, fs) in enumerate(tiles_):
-            st = adc.step(_tile_full_scale(array, t, fs))
-            if isinstance(st, torch.Tensor):
-                st = st.to(v.dtype)
-            r0 = segs[0][4]
-            r1 = segs[-1][4] + segs[-1][3] - segs[-1][2]
-            shifted = [(kh, kw, c0, c1, r - r0) for kh, kw, c0, c1, r in segs]
-            scaled.append((shifted, gd[r0:r1] / st, st.view(1, -1, 1, 1) if isinstance(st, torch.Tensor) else st))
-        chunk = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * wp))
-        for i in range(0, b, chunk):
-            acc = current[i:i + chunk]
-            for segs, mat, st in scaled:
-                half = adc.accumulate_steps_(acc, tile_sum(x[i:i + chunk], mat, segs), st)
+    else:  # a few images at a time, so that each tile's partial sums stay in cache
+        step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * wp))
+        for i in range(0, b, step):
+            acc = current[i:i + step]
+            for t, (segs, fs) in enumerate(tiles_):
+                half = _adc_add(spec, array, t, acc, tile_sum(x[i:i + step], gd, segs), fs)
                 if i == 0:
-                    offset = offset + (half.view(-1) if isinstance(half, torch.Tensor) else half)
+                    offset = offset + half
     if isinstance(offset, torch.Tensor):
         return current.add_(offset.view(1, -1, 1, 1) if offset.dim() == 1 else offset)
     return current.add_(offset) if offset else current

@@ -213,17 +213,17 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def hardware_aware_from_args(args: argparse.Namespace) -> HardwareAwareConfig:
-    """``--hardware-aware FILE`` (read and validated here) and ``--hardware-aware-redraw``."""
-    if args.hardware_aware is None:
-        return HardwareAwareConfig(redraw=args.hardware_aware_redraw,
-                                   digital_weight=args.hardware_aware_digital_weight)
-    from crossbar import HardwareSpec, HardwareSpecError
+    """``--hardware-aware FILE`` (read and validated here), ``--hardware-aware-redraw`` and
+    ``--hardware-aware-digital-weight``."""
+    spec = None
+    if args.hardware_aware is not None:
+        from crossbar import HardwareSpec, HardwareSpecError
 
-    try:
-        spec = HardwareSpec.load(args.hardware_aware)
-    except HardwareSpecError as exc:
-        raise ConfigError(f"--hardware-aware: {exc}") from None
-    return HardwareAwareConfig(spec=spec.to_dict(), redraw=args.hardware_aware_redraw,
+        try:
+            spec = HardwareSpec.load(args.hardware_aware).to_dict()
+        except HardwareSpecError as exc:
+            raise ConfigError(f"--hardware-aware: {exc}") from None
+    return HardwareAwareConfig(spec=spec, redraw=args.hardware_aware_redraw,
                                digital_weight=args.hardware_aware_digital_weight)
 
 
