@@ -215,8 +215,8 @@ def test_resume_from_a_results_folder_takes_its_table_and_finished_trainings(qui
     assert summary.ran == 0 and read_rows(fresh / "ablation.csv") == read_rows(out / "ablation.csv")
     assert json.loads((fresh / "runs" / "fp-cos_softabs" / R.FINISHED).read_text())["episode"] == QUICK.train_episode
     # another experiment on the same trainings evaluates them as they are
-    fgsm = run_experiment("fgsm", fresh, quick=True, progress=False, cache=omniglot_cache)
-    assert fgsm.ran == fgsm.rows
+    fgsm = run_experiment("fgsm", fresh, quick=True, progress=False, cache=omniglot_cache, rows=["S3@0.1", "S9@0.1"])
+    assert fgsm.ran == fgsm.rows == 2
     # a checkpoint trained another way is refused, with nothing imported
     other = tmp_path / "other"
     shutil.copytree(results / R.TRAININGS, other / R.TRAININGS)
@@ -224,3 +224,16 @@ def test_resume_from_a_results_folder_takes_its_table_and_finished_trainings(qui
         run_experiment("ablation", tmp_path / "full", quick=False, progress=False, cache=omniglot_cache,
                        resume_from=other)
     assert not (tmp_path / "full" / "runs").exists()
+
+
+def test_no_deterministic_trains_the_same_recipe(capsys, tmp_path):
+    from batmann.experiments.runner import _config_key, train_config
+
+    training = EXPERIMENTS["ablation"].trainings()[0]
+    exact, fast = train_config(training, QUICK), train_config(training, QUICK, deterministic=False)
+    assert exact.deterministic and not fast.deterministic
+    assert _config_key(exact) == _config_key(fast)  # a published training of either kind is accepted
+    # the flag reaches run_experiment (here refused for its unknown row, one line, exit status 2)
+    assert main(["experiment", "run", "ablation", "--no-deterministic", "--rows", "S11", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no row S11" in err

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--rows", default=None, metavar="KEYS",
                    help="compute only these rows (comma-separated keys as `batmann experiment list` prints them, "
                         "e.g. S5,S6 or S5@ideal); the table keeps every row already in it (default: every row)")
+    r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="train bit-reproducibly on one thread (default); --no-deterministic trains on every "
+                        "core, the same recipe without bit-reproducibility (evaluations stay deterministic)")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=run_run)
@@ -55,7 +58,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{name}: {e.title}")
         for r in e.rows:
             seed = "" if r.seed_accuracy_pct is None else f" (seed {r.seed_accuracy_pct:.2f} %)"
-            print(f"  {r.key:<22}{r.description}{seed}")
+            print(f"  {r.key:<26} {r.description}{seed}")
     return 0
 
 
@@ -66,7 +69,7 @@ def run_run(args: argparse.Namespace) -> int:
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
                              command=command, seed=args.seed, resume_from=args.resume_from,
-                             rows=args.rows.split(",") if args.rows else None)
+                             rows=args.rows.split(",") if args.rows else None, deterministic=args.deterministic)
     if args.json:
         print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
                           "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,

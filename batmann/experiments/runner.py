@@ -78,20 +78,26 @@ _MNIST_TASK = EpisodeOptions(dataset="mnist", class_num=10, num_shot=5, pool_que
                              batch_size_train=3, val_num_train=3, pool_query_test=15, batch_size_test=3)
 FULL_MNIST = Scale("full", _MNIST_TASK, train_episode=800, learning_rate=5e-4, lr_step=1000, lr_gamma=0.5,
                    val_interval=100, val_episode=50, test_episodes=1000)
-QUICK_MNIST = Scale("quick", _MNIST_TASK, train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5,
+#: the quick MNIST scale: 10-way 1-shot with 2 queries per class (the pipeline, not the task)
+QUICK_MNIST = Scale("quick", EpisodeOptions(dataset="mnist", class_num=10, num_shot=1, pool_query_train=4,
+                                            pool_val_train=2, batch_size_train=2, val_num_train=2,
+                                            pool_query_test=4, batch_size_test=2),
+                    train_episode=8, learning_rate=1e-3, lr_step=1000, lr_gamma=0.5,
                     val_interval=4, val_episode=2, test_episodes=8)
 SCALES = {("omniglot", "full"): FULL, ("omniglot", "quick"): QUICK, ("mnist", "full"): FULL_MNIST,
           ("mnist", "quick"): QUICK_MNIST}
 
 
-def train_config(training: Training, scale: Scale, seed: int = 0) -> TrainConfig:
-    """The ``batmann train`` configuration of ``training`` at ``scale``."""
+def train_config(training: Training, scale: Scale, seed: int = 0, deterministic: bool = True) -> TrainConfig:
+    """The ``batmann train`` configuration of ``training`` at ``scale``; ``deterministic=False``
+    trains on every core (the same recipe, not bit-reproducible)."""
     return TrainConfig(
         model=ModelConfig(controller=training.controller), episodes=scale.episodes,
         train_episode=scale.train_episode, learning_rate=scale.learning_rate, lr_step=scale.lr_step,
         lr_gamma=scale.lr_gamma, val_interval=scale.val_interval, val_episode=scale.val_episode,
         test_episode=0, checkpoint_interval=max(1, min(50, scale.train_episode)), log_interval=50,
         sim_cal=training.sim_cal, keys="bipolar", precision=scale.precision, seed=seed, device="cpu",
+        deterministic=deterministic,
     ).validate()
 
 
@@ -162,9 +168,11 @@ def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0)
     return imported
 
 
-def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0) -> Path:
+def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0,
+                   deterministic: bool = True) -> Path:
     """Train ``training`` into ``out/runs/<name>`` (resuming an interrupted run) and return its
-    best-validation checkpoint (a shipped checkpoint's file as it is)."""
+    best-validation checkpoint (a shipped checkpoint's file as it is). ``deterministic=False``:
+    train on every core (:func:`train_config`)."""
     from batmann.checkpoint import resolve_checkpoint
     from batmann.train import train
 
@@ -174,9 +182,10 @@ def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress:
     best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
     if _trained(training, scale, out):
         return best
-    cfg = train_config(training, scale, seed)
+    cfg = train_config(training, scale, seed, deterministic)
+    flag = "" if deterministic else " --no-deterministic"
     command = (f"batmann train --controller {training.controller} --sim-cal {training.sim_cal} --dataset "
-               f"{training.dataset} (experiment scale {scale.name})")
+               f"{training.dataset}{flag} (experiment scale {scale.name})")
     train(cfg, run_dir, resume=last.exists(), progress=progress, cache=cache, command=command)
     return best
 
@@ -355,11 +364,14 @@ class ExperimentSummary:
 
 def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bool = True,
                    command: str | None = None, cache=None, seed: int = 0,
-                   resume_from: str | Path | None = None, rows: list[str] | None = None) -> ExperimentSummary:
+                   resume_from: str | Path | None = None, rows: list[str] | None = None,
+                   deterministic: bool = True) -> ExperimentSummary:
     """Run experiment ``name`` (see :data:`EXPERIMENTS`) into ``out``; rows already recorded there
     are kept, the rest computed in the seed's order. ``resume_from``: a results folder whose
     table and finished trainings are taken first (:func:`import_results`). ``rows``: compute
-    only the rows with these keys (``Row.key``: ``S5``, ``S5@ideal``, ``S3@0.1``)."""
+    only the rows with these keys (``Row.key``: ``S5``, ``S5@ideal``, ``S3@0.1``).
+    ``deterministic=False``: the trainings run on every core, not bit-reproducibly (the
+    evaluations stay deterministic)."""
     if name not in EXPERIMENTS:
         raise ConfigError(f"experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -407,7 +419,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
     trainings = sorted(dict.fromkeys(r.training for r in pending), key=lambda t: not _trained(t, scale, out))
     for training in trainings:
         rows = [r for r in pending if r.training == training]
-        ckpt = ensure_trained(training, scale, out, cache, progress, seed)
+        ckpt = ensure_trained(training, scale, out, cache, progress, seed, deterministic)
         ck, digital = _loaded(ckpt)  # loaded once; its features are computed once for every row
         for row in rows:
             if row.epsilon is None and exp.kind == "accuracy" and row.chip is None:
