@@ -237,3 +237,22 @@ def test_no_deterministic_trains_the_same_recipe(capsys, tmp_path):
     assert main(["experiment", "run", "ablation", "--no-deterministic", "--rows", "S11", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no row S11" in err
+
+
+def test_fgsm_in_worker_processes_gives_the_serial_numbers(quick_ablation, omniglot_cache, tmp_path):
+    import shutil
+
+    out, _ = quick_ablation
+    keys = ["S3@0.1", "S3@0.3", "S9@0.2"]  # two trainings: one task each
+    tables = {}
+    for workers in (1, 2):
+        folder = tmp_path / f"w{workers}"
+        shutil.copytree(out / "runs", folder / "runs")
+        summary = run_experiment("fgsm", folder, quick=True, progress=workers > 1, cache=omniglot_cache,
+                                 rows=keys, workers=workers)
+        assert summary.ran == 3
+        tables[workers] = read_rows(folder / "fgsm.csv")
+    assert [r["setting"] + "@" + r["epsilon"] for r in tables[2]] == keys  # the table's order, not the finish order
+    assert tables[1] == tables[2]
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+        run_experiment("fgsm", tmp_path / "w0", quick=True, progress=False, workers=0)

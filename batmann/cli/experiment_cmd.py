@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="train bit-reproducibly on one thread (default); --no-deterministic trains on every "
                         "core, the same recipe without bit-reproducibility (evaluations stay deterministic)")
+    r.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="FGSM rows of N trainings at once, one worker process each (the same numbers as "
+                        "one process; default 1)")
     r.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=run_run)
@@ -69,7 +72,8 @@ def run_run(args: argparse.Namespace) -> int:
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
                              command=command, seed=args.seed, resume_from=args.resume_from,
-                             rows=args.rows.split(",") if args.rows else None, deterministic=args.deterministic)
+                             rows=args.rows.split(",") if args.rows else None, deterministic=args.deterministic,
+                             workers=args.workers)
     if args.json:
         print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
                           "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,

@@ -231,12 +231,13 @@ def evaluate_chip_row(row: Row, checkpoint, scale: Scale, cache, progress: bool,
 
 
 def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress: bool,
-                      seed: int = 0, digital=None) -> dict[str, dict[str, Any]]:
+                      seed: int = 0, digital=None, on_episode=None) -> dict[str, dict[str, Any]]:
     """FGSM rows of one checkpoint, on the same test episodes as the clean rows: per episode one
     attack direction (:func:`batmann.attacks.fgsm_direction`), then every row's ``epsilon`` and
     key format; rows with ``chip`` also on that chip's crossbars (:data:`CHIPS`; the same
     attacked queries). Returns, per row key, the accuracy columns. One intra-op thread and deterministic
-    kernels, so a rerun gives the same attack."""
+    kernels, so a rerun gives the same attack. ``on_episode()``, if given, is called after each
+    episode (a worker's progress)."""
     from tqdm import tqdm
 
     from batmann.attacks import attacked_episode, fgsm_direction
@@ -268,6 +269,8 @@ def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress
                 acc[r.key].append(score_episode(systems[r.keys], attacked).accuracy)
                 if r.chip:
                     acc_chip[r.key].append(score_episode(chips[r.chip], attacked).accuracy)
+            if on_episode is not None:
+                on_episode()
     result = {}
     for r in rows:
         m, c = mean_ci95(acc[r.key])
@@ -277,6 +280,66 @@ def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress
             cols.update(crossbar_accuracy_pct=f"{mc:.3f}", crossbar_ci95_pct=f"{cc:.3f}", chip=r.chip)
         result[r.key] = cols
     return result
+
+
+_WORKER_CACHES: dict[str, Any] = {}
+
+
+def _attacked_task(task: tuple) -> tuple[str, dict[str, dict[str, Any]]]:
+    """One training's FGSM rows in a worker process: ``(experiment, row keys, checkpoint path,
+    scale name, seed, ticks)`` -> ``(training name, columns per row key)``; ``ticks`` (a queue or
+    None) gets one item per episode."""
+    name, keys, ckpt, scale_name, seed, ticks = task
+    exp = EXPERIMENTS[name]
+    if exp.dataset not in _WORKER_CACHES:  # loaded once per worker process
+        from batmann.data import load_episode_images
+
+        _WORKER_CACHES[exp.dataset] = load_episode_images(exp.dataset, 32)
+    rows = [r for r in exp.rows if r.key in keys]
+    tick = None if ticks is None else (lambda: ticks.put(1))
+    result = evaluate_attacked(rows, ckpt, SCALES[(exp.dataset, scale_name)], _WORKER_CACHES[exp.dataset],
+                               progress=False, seed=seed, on_episode=tick)
+    return rows[0].training.name, result
+
+
+def _attacked_in_workers(exp: Experiment, groups: list[tuple[Training, list[Row], Path]], scale: Scale,
+                         seed: int, workers: int, progress: bool, record) -> None:
+    """The FGSM rows of several trainings, one training per task on ``workers`` spawned processes
+    (each one thread, deterministic: the numbers of the serial run); each finished training's
+    rows are recorded at once."""
+    import multiprocessing as mp
+    import threading
+
+    from tqdm import tqdm
+
+    from batmann.study.executors import make_executor
+
+    manager = mp.get_context("spawn").Manager() if progress else None
+    ticks = manager.Queue() if manager is not None else None
+    bar = tqdm(total=scale.test_episodes * len(groups), desc=f"{exp.name} ({workers} workers)",
+               disable=not progress, dynamic_ncols=True)
+
+    def drain():
+        while ticks.get() is not None:
+            bar.update(1)
+
+    drainer = threading.Thread(target=drain, daemon=True) if ticks is not None else None
+    if drainer is not None:
+        drainer.start()
+    by_name = {t.name: (t, rows, ckpt) for t, rows, ckpt in groups}
+    tasks = [(exp.name, [r.key for r in rows], str(ckpt), scale.name, seed, ticks) for _, rows, ckpt in groups]
+    try:
+        with make_executor("local", min(workers, len(tasks))) as ex:
+            for name, results in ex.unordered(_attacked_task, tasks):
+                training, rows, ckpt = by_name[name]
+                for row in rows:
+                    record(row, training, ckpt, results[row.key])
+    finally:
+        if drainer is not None:
+            ticks.put(None)
+            drainer.join()
+            manager.shutdown()
+        bar.close()
 
 
 def evaluate_tsne(rows: list[Row], checkpoint, scale: Scale, cache, out: Path,
@@ -365,13 +428,16 @@ class ExperimentSummary:
 def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bool = True,
                    command: str | None = None, cache=None, seed: int = 0,
                    resume_from: str | Path | None = None, rows: list[str] | None = None,
-                   deterministic: bool = True) -> ExperimentSummary:
+                   deterministic: bool = True, workers: int = 1) -> ExperimentSummary:
     """Run experiment ``name`` (see :data:`EXPERIMENTS`) into ``out``; rows already recorded there
     are kept, the rest computed in the seed's order. ``resume_from``: a results folder whose
     table and finished trainings are taken first (:func:`import_results`). ``rows``: compute
     only the rows with these keys (``Row.key``: ``S5``, ``S5@ideal``, ``S3@0.1``).
     ``deterministic=False``: the trainings run on every core, not bit-reproducibly (the
-    evaluations stay deterministic)."""
+    evaluations stay deterministic). ``workers > 1``: the FGSM rows of different trainings run
+    in that many worker processes at once (the same numbers as one process)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if name not in EXPERIMENTS:
         raise ConfigError(f"experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -417,6 +483,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
 
     # trainings already finished (or shipped) first: their rows need no training
     trainings = sorted(dict.fromkeys(r.training for r in pending), key=lambda t: not _trained(t, scale, out))
+    parallel = []  # (training, its FGSM rows, checkpoint) for the worker processes
     for training in trainings:
         rows = [r for r in pending if r.training == training]
         ckpt = ensure_trained(training, scale, out, cache, progress, seed, deterministic)
@@ -434,10 +501,14 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
                 record(row, training, ckpt, results[row.key])
             continue
         attacked = [r for r in rows if r.epsilon is not None]
-        if attacked:
+        if attacked and workers > 1:
+            parallel.append((training, attacked, ckpt))
+        elif attacked:
             results = evaluate_attacked(attacked, ck, scale, cache, progress, seed, digital)
             for row in attacked:
                 record(row, training, ckpt, results[row.key])
+    if parallel:
+        _attacked_in_workers(exp, parallel, scale, seed, workers, progress, record)
     rows = [done[r.key] for r in planned if r.key in done]
     from batmann.experiments.figures import plot_experiment
 
