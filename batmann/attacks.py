@@ -27,20 +27,31 @@ PIXEL_LO = (0.0 - NORM_MEAN) / NORM_STD
 PIXEL_HI = (1.0 - NORM_MEAN) / NORM_STD
 
 
-def fgsm_direction(model: torch.nn.Module, episode, sim_cal: str) -> Tensor:
-    """``sign(d loss / d query)`` (Q, C, H, W) for ``episode`` under ``model`` (eval mode kept)."""
+def fgsm_direction(model: torch.nn.Module, episode, sim_cal: str, keys: Tensor | None = None) -> Tensor:
+    """``sign(d loss / d query)`` (Q, C, H, W) for ``episode`` under ``model`` (eval mode kept).
+
+    ``keys``: the support features (N, d) if already computed (e.g. cached by an evaluator);
+    otherwise they are computed here. Only the gradient with respect to the queries is formed:
+    the parameters' gradients are switched off for the pass (and restored), which skips the
+    weight-gradient products and changes no bit of the query gradient."""
     was_training = model.training
+    params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
-        with torch.no_grad():
-            keys = model(episode.support).float()
+        for p in params:
+            p.requires_grad_(False)
+        if keys is None:
+            with torch.no_grad():
+                keys = model(episode.support)
         q = episode.query.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            att = sharpened_attention(model(q).float(), keys, sim_cal)
+            att = sharpened_attention(model(q).float(), keys.float(), sim_cal)
             logits = class_logits(att, episode.support_labels, episode.ways)
             loss = F.cross_entropy(logits, episode.query_labels)
             (grad,) = torch.autograd.grad(loss, q)
     finally:
+        for p in params:
+            p.requires_grad_(True)
         model.train(was_training)
     return grad.sign()
 

@@ -129,15 +129,19 @@ class EpisodeScores:
     accuracy: float
 
 
-def score_episode(system: System, episode, use_val: bool = False) -> EpisodeScores:
-    """Write the episode's supports into ``system`` and classify its queries (or val images)."""
+def score_episode(system: System, episode, use_val: bool = False,
+                  query_features: torch.Tensor | None = None) -> EpisodeScores:
+    """Write the episode's supports into ``system`` and classify its queries (or val images).
+
+    ``query_features``: the queries' features (Q, d) if already computed by ``system`` (e.g.
+    shared by several key formats of one digital model); otherwise computed here."""
     rot = int(episode.rotation)
     s_ids = image_ids(getattr(episode, "support_index", None), rot)
     queries = episode.val if use_val else episode.query
     labels = episode.val_labels if use_val else episode.query_labels
     q_idx = getattr(episode, "val_index" if use_val else "query_index", None)
     keys = system.features(episode.support, s_ids)
-    q = system.features(queries, image_ids(q_idx, rot))
+    q = system.features(queries, image_ids(q_idx, rot)) if query_features is None else query_features
     system.write(keys)
     sims = system.similarities(q)
     ways = int(episode.support_labels.max().item()) + 1

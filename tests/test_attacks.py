@@ -43,3 +43,18 @@ def test_fgsm_raises_the_loss_through_the_binarized_controller(omniglot_cache):
     assert _loss(ck.model, attacked, ck.config.sim_cal) > base
     # the opposite direction lowers it: the sign is the gradient's, not its negative
     assert _loss(ck.model, attacked_episode(ep, -d, 0.05), ck.config.sim_cal) < base
+
+
+def test_fgsm_direction_with_given_keys_is_the_same_and_leaves_parameters_as_they_were(omniglot_cache):
+    ck = load_checkpoint("20w5s-binary")
+    ep = make_sampler(omniglot_cache, EpisodeOptions(class_num=5, num_shot=1, batch_size_test=2, pool_query_test=4),
+                      "test", 0).sample(index=1)
+    first = next(ck.model.parameters())
+    first.requires_grad_(False)  # a frozen parameter stays frozen, the others keep their gradients
+    wanted = [p.requires_grad for p in ck.model.parameters()]
+    d = fgsm_direction(ck.model, ep, ck.config.sim_cal)
+    assert [p.requires_grad for p in ck.model.parameters()] == wanted
+    assert all(p.grad is None for p in ck.model.parameters())  # no weight gradient was formed
+    with torch.no_grad():
+        keys = ck.model(ep.support)
+    assert torch.equal(fgsm_direction(ck.model, ep, ck.config.sim_cal, keys=keys), d)

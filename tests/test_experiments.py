@@ -256,3 +256,43 @@ def test_fgsm_in_worker_processes_gives_the_serial_numbers(quick_ablation, omnig
     assert tables[1] == tables[2]
     with pytest.raises(ConfigError, match="workers must be a positive integer"):
         run_experiment("fgsm", tmp_path / "w0", quick=True, progress=False, workers=0)
+
+
+def test_an_interrupted_fgsm_row_resumes_at_its_first_missing_episode(quick_ablation, omniglot_cache, tmp_path,
+                                                                      monkeypatch):
+    import shutil
+
+    import batmann.attacks as A
+    import batmann.experiments.runner as R
+
+    out, _ = quick_ablation
+    keys = ["S3@0.1", "S4@0.1", "S3@0.3"]  # one training, two key formats sharing the attacked features
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for folder in (whole, cut):
+        shutil.copytree(out / "runs", folder / "runs")
+    run_experiment("fgsm", whole, quick=True, progress=False, cache=omniglot_cache, rows=keys)
+    logs = R.episode_log_dir(whole, EXPERIMENTS["fgsm"])
+    assert sorted(p.name for p in logs.iterdir()) == sorted(f"{k}.csv" for k in keys)
+    # the interruption: S3@0.1 reached episode 5, the others episode 3, one of them mid-line
+    n = QUICK.test_episodes
+    for key, kept in (("S3@0.1", 5), ("S4@0.1", 3), ("S3@0.3", 3)):
+        lines = (logs / f"{key}.csv").read_text().splitlines(keepends=True)
+        text = "".join(lines[:1 + kept]) + (lines[1 + kept][:4] if key == "S4@0.1" else "")
+        (R.episode_log_dir(cut, EXPERIMENTS["fgsm"]) / f"{key}.csv").parent.mkdir(exist_ok=True)
+        (R.episode_log_dir(cut, EXPERIMENTS["fgsm"]) / f"{key}.csv").write_text(text)
+    calls = []
+    real = A.fgsm_direction
+    monkeypatch.setattr(A, "fgsm_direction", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_experiment("fgsm", cut, quick=True, progress=False, cache=omniglot_cache, rows=keys)
+    assert len(calls) == n - 3  # only the episodes some row lacked
+    assert read_rows(cut / "fgsm.csv") == read_rows(whole / "fgsm.csv")
+    for key in keys:  # the logs are whole again, the same bits
+        assert (R.episode_log_dir(cut, EXPERIMENTS["fgsm"]) / f"{key}.csv").read_text() == \
+            (logs / f"{key}.csv").read_text()
+    # a results folder's logs come with --resume-from: a row part-way there resumes, not restarts
+    results, fresh = tmp_path / "results", tmp_path / "fresh"
+    shutil.copytree(logs, R.episode_log_dir(results, EXPERIMENTS["fgsm"]))
+    shutil.copytree(out / "runs", fresh / "runs")
+    calls.clear()
+    run_experiment("fgsm", fresh, quick=True, progress=False, cache=omniglot_cache, rows=keys, resume_from=results)
+    assert calls == [] and read_rows(fresh / "fgsm.csv") == read_rows(whole / "fgsm.csv")

@@ -7,9 +7,11 @@ Layout of ``DIR``::
     NAME.csv                       one row per setting, rewritten atomically after each row
     NAME.png                       ours (95 % CI) beside the seed's number, per setting
     NAME.json                      the command, scale, seed, versions and machine
+    NAME-episodes/<row>.csv        FGSM rows: each episode's accuracies, appended as computed
 
 A row already in ``NAME.csv`` is not recomputed; an interrupted training resumes from its last
-checkpoint (``batmann train --resume``). A folder holding the other scale of the experiment
+checkpoint (``batmann train --resume``), an interrupted FGSM row at the first episode it lacks
+(``NAME-episodes/``). A folder holding the other scale of the experiment
 (``--quick`` against full) is refused, so quick and full numbers never mix.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.errors import ConfigError
 from batmann.experiments.catalog import CHIPS, EXPERIMENTS, Experiment, Row, Training, row_key
+from batmann.experiments.episode_log import EpisodeLog
 from batmann.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 COLUMNS = ("experiment", "setting", "epsilon", "description", "controller", "sim_cal", "keys", "train_episodes",
@@ -135,7 +138,8 @@ def _config_key(cfg: TrainConfig) -> dict[str, Any]:
 
 def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0) -> list[str]:
     """Resume ``exp`` in ``out`` from the results folder ``src`` (e.g. ``docs/results``): its
-    table and record (``<name>.csv``, ``<name>.json``) when ``out`` has none, and the best
+    table and record (``<name>.csv``, ``<name>.json``) when ``out`` has none, the per-episode
+    logs of its rows (``<name>-episodes/<row>.csv``) that ``out`` lacks, and the best
     checkpoints of its finished trainings (``src/trainings/<training>.safetensors``) that ``out``
     lacks, each checked to be the training this scale and seed would run. Returns the imported
     trainings' names."""
@@ -147,6 +151,11 @@ def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0)
     for suffix in (".csv", ".json"):
         have, theirs = out / f"{exp.name}{suffix}", src / f"{exp.name}{suffix}"
         if theirs.is_file() and not have.exists():
+            with atomic_path(have) as tmp:
+                shutil.copyfile(theirs, tmp)
+    for theirs in sorted(episode_log_dir(src, exp).glob("*.csv")):  # rows part-way through
+        have = episode_log_dir(out, exp) / theirs.name
+        if not have.exists():
             with atomic_path(have) as tmp:
                 shutil.copyfile(theirs, tmp)
     imported = []
@@ -230,53 +239,84 @@ def evaluate_chip_row(row: Row, checkpoint, scale: Scale, cache, progress: bool,
             "crossbar_ci95_pct": f"{c.crossbar_ci95_pct:.3f}", "chip": row.chip}
 
 
+def episode_log_dir(out: Path, exp: Experiment) -> Path:
+    """The folder of ``exp``'s per-episode logs in ``out`` (:mod:`batmann.experiments.episode_log`)."""
+    return out / f"{exp.name}-episodes"
+
+
+def _episode_logs(rows: list[Row], log_dir: Path | None) -> dict[str, EpisodeLog]:
+    return {r.key: EpisodeLog(None if log_dir is None else log_dir / f"{r.key}.csv", chip=bool(r.chip))
+            for r in rows}
+
+
+def episodes_left(rows: list[Row], scale: Scale, log_dir: Path | None) -> int:
+    """How many test episodes :func:`evaluate_attacked` still computes for ``rows`` (those of
+    one checkpoint), given the per-episode logs in ``log_dir``."""
+    return scale.test_episodes - min(len(log) for log in _episode_logs(rows, log_dir).values())
+
+
 def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress: bool,
-                      seed: int = 0, digital=None, on_episode=None) -> dict[str, dict[str, Any]]:
+                      seed: int = 0, log_dir: Path | None = None, on_episode=None) -> dict[str, dict[str, Any]]:
     """FGSM rows of one checkpoint, on the same test episodes as the clean rows: per episode one
     attack direction (:func:`batmann.attacks.fgsm_direction`), then every row's ``epsilon`` and
     key format; rows with ``chip`` also on that chip's crossbars (:data:`CHIPS`; the same
-    attacked queries). Returns, per row key, the accuracy columns. One intra-op thread and deterministic
-    kernels, so a rerun gives the same attack. ``on_episode()``, if given, is called after each
-    episode (a worker's progress)."""
+    attacked queries). Returns, per row key, the accuracy columns.
+
+    One intra-op thread and deterministic kernels, so a rerun gives the same attack. With
+    ``log_dir`` every episode's accuracies are appended to one log per row there
+    (:class:`EpisodeLog`) and an interrupted evaluation resumes at the first episode a row
+    lacks, with the numbers of an uninterrupted one. The attacked queries' features are
+    computed once per ``epsilon`` and serve every key format. ``on_episode()``, if given, is
+    called after each episode computed (a worker's progress)."""
     from tqdm import tqdm
 
     from batmann.attacks import attacked_episode, fgsm_direction
-    from batmann.evaluate import mean_ci95, score_episode
+    from batmann.checkpoint import Checkpoint, load_checkpoint
+    from batmann.evaluate import DigitalSystem, image_ids, mean_ci95, score_episode
     from batmann.hardware import calibrate, hardware_spec
     from batmann.tasks import make_sampler
     from batmann.utils.determinism import deterministic_kernels
 
-    ck, digital = _loaded(checkpoint, digital)
-    model = digital.model
-    systems = {k: digital.with_keys(k) for k in sorted({r.keys for r in rows})}
-    chips = {}
-    for name in sorted({r.chip for r in rows if r.chip}):
-        from crossbar import convert  # MemTorch: imported only where a chip is asked for
-
-        spec = hardware_spec(**CHIPS[name])
-        chips[name] = convert(ck, spec)
-        calibrate(chips[name], spec, cache, scale.episodes)
-    sampler = make_sampler(cache, scale.episodes, "test", seed)
-    acc = {r.key: [] for r in rows}
-    acc_chip = {r.key: [] for r in rows if r.chip}
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    logs = _episode_logs(rows, log_dir)
+    n = scale.test_episodes
+    start = min(len(log) for log in logs.values())
     with deterministic_kernels("cpu", True):
-        for i in tqdm(range(scale.test_episodes), desc=f"fgsm {ck.path.stem}", disable=not progress,
-                      leave=False, dynamic_ncols=True):
+        # a feature cache of its own, filled on one thread: the same bits in any process
+        digital = DigitalSystem(ck.model.eval(), keys=ck.config.keys)
+        model = digital.model
+        systems = {k: digital.with_keys(k) for k in sorted({r.keys for r in rows})}
+        chips = {}
+        for name in sorted({r.chip for r in rows if r.chip and len(logs[r.key]) < n}):
+            from crossbar import convert  # MemTorch: imported only where a chip is asked for
+
+            spec = hardware_spec(**CHIPS[name])
+            chips[name] = convert(ck, spec)
+            calibrate(chips[name], spec, cache, scale.episodes)
+        sampler = make_sampler(cache, scale.episodes, "test", seed)
+        for i in tqdm(range(start, n), desc=f"fgsm {ck.path.stem}", disable=not progress or start >= n,
+                      leave=False, dynamic_ncols=True, total=n, initial=start):
+            need = [r for r in rows if len(logs[r.key]) == i]
             ep = sampler.sample(index=i)
-            direction = fgsm_direction(model, ep, ck.config.sim_cal)
-            for r in rows:
-                attacked = attacked_episode(ep, direction, float(r.epsilon))
-                acc[r.key].append(score_episode(systems[r.keys], attacked).accuracy)
-                if r.chip:
-                    acc_chip[r.key].append(score_episode(chips[r.chip], attacked).accuracy)
+            rot = int(ep.rotation)
+            keys = digital.features(ep.support, image_ids(getattr(ep, "support_index", None), rot))
+            direction = fgsm_direction(model, ep, ck.config.sim_cal, keys=keys)
+            for eps in sorted({float(r.epsilon) for r in need}):
+                attacked = attacked_episode(ep, direction, eps)
+                q = digital.features(attacked.query, image_ids(attacked.query_index, rot))
+                for r in (r for r in need if float(r.epsilon) == eps):
+                    acc = [score_episode(systems[r.keys], attacked, query_features=q).accuracy]
+                    if r.chip:
+                        acc.append(score_episode(chips[r.chip], attacked).accuracy)
+                    logs[r.key].append(*acc)
             if on_episode is not None:
                 on_episode()
     result = {}
     for r in rows:
-        m, c = mean_ci95(acc[r.key])
-        cols = {"accuracy_pct": f"{m:.3f}", "ci95_pct": f"{c:.3f}", "episodes": scale.test_episodes}
+        m, c = mean_ci95(logs[r.key].column(0, n))
+        cols = {"accuracy_pct": f"{m:.3f}", "ci95_pct": f"{c:.3f}", "episodes": n}
         if r.chip:
-            mc, cc = mean_ci95(acc_chip[r.key])
+            mc, cc = mean_ci95(logs[r.key].column(1, n))
             cols.update(crossbar_accuracy_pct=f"{mc:.3f}", crossbar_ci95_pct=f"{cc:.3f}", chip=r.chip)
         result[r.key] = cols
     return result
@@ -287,9 +327,9 @@ _WORKER_CACHES: dict[str, Any] = {}
 
 def _attacked_task(task: tuple) -> tuple[str, dict[str, dict[str, Any]]]:
     """One training's FGSM rows in a worker process: ``(experiment, row keys, checkpoint path,
-    scale name, seed, ticks)`` -> ``(training name, columns per row key)``; ``ticks`` (a queue or
-    None) gets one item per episode."""
-    name, keys, ckpt, scale_name, seed, ticks = task
+    scale name, seed, episode log folder, ticks)`` -> ``(training name, columns per row key)``;
+    ``ticks`` (a queue or None) gets one item per episode."""
+    name, keys, ckpt, scale_name, seed, log_dir, ticks = task
     exp = EXPERIMENTS[name]
     if exp.dataset not in _WORKER_CACHES:  # loaded once per worker process
         from batmann.data import load_episode_images
@@ -298,12 +338,12 @@ def _attacked_task(task: tuple) -> tuple[str, dict[str, dict[str, Any]]]:
     rows = [r for r in exp.rows if r.key in keys]
     tick = None if ticks is None else (lambda: ticks.put(1))
     result = evaluate_attacked(rows, ckpt, SCALES[(exp.dataset, scale_name)], _WORKER_CACHES[exp.dataset],
-                               progress=False, seed=seed, on_episode=tick)
+                               progress=False, seed=seed, log_dir=Path(log_dir), on_episode=tick)
     return rows[0].training.name, result
 
 
 def _attacked_in_workers(exp: Experiment, groups: list[tuple[Training, list[Row], Path]], scale: Scale,
-                         seed: int, workers: int, progress: bool, record) -> None:
+                         seed: int, workers: int, progress: bool, record, log_dir: Path) -> None:
     """The FGSM rows of several trainings, one training per task on ``workers`` spawned processes
     (each one thread, deterministic: the numbers of the serial run); each finished training's
     rows are recorded at once."""
@@ -316,7 +356,7 @@ def _attacked_in_workers(exp: Experiment, groups: list[tuple[Training, list[Row]
 
     manager = mp.get_context("spawn").Manager() if progress else None
     ticks = manager.Queue() if manager is not None else None
-    bar = tqdm(total=scale.test_episodes * len(groups), desc=f"{exp.name} ({workers} workers)",
+    bar = tqdm(total=sum(episodes_left(rows, scale, log_dir) for _, rows, _ in groups), desc=f"{exp.name} ({workers} workers)",
                disable=not progress, dynamic_ncols=True)
 
     def drain():
@@ -327,7 +367,8 @@ def _attacked_in_workers(exp: Experiment, groups: list[tuple[Training, list[Row]
     if drainer is not None:
         drainer.start()
     by_name = {t.name: (t, rows, ckpt) for t, rows, ckpt in groups}
-    tasks = [(exp.name, [r.key for r in rows], str(ckpt), scale.name, seed, ticks) for _, rows, ckpt in groups]
+    tasks = [(exp.name, [r.key for r in rows], str(ckpt), scale.name, seed, str(log_dir), ticks)
+             for _, rows, ckpt in groups]
     try:
         with make_executor("local", min(workers, len(tasks))) as ex:
             for name, results in ex.unordered(_attacked_task, tasks):
@@ -504,11 +545,11 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
         if attacked and workers > 1:
             parallel.append((training, attacked, ckpt))
         elif attacked:
-            results = evaluate_attacked(attacked, ck, scale, cache, progress, seed, digital)
+            results = evaluate_attacked(attacked, ck, scale, cache, progress, seed, episode_log_dir(out, exp))
             for row in attacked:
                 record(row, training, ckpt, results[row.key])
     if parallel:
-        _attacked_in_workers(exp, parallel, scale, seed, workers, progress, record)
+        _attacked_in_workers(exp, parallel, scale, seed, workers, progress, record, episode_log_dir(out, exp))
     rows = [done[r.key] for r in planned if r.key in done]
     from batmann.experiments.figures import plot_experiment
 
