@@ -265,7 +265,8 @@ def evaluate_attacked(rows: list[Row], checkpoint, scale: Scale, cache, progress
     One intra-op thread and deterministic kernels, so a rerun gives the same attack. With
     ``log_dir`` every episode's accuracies are appended to one log per row there
     (:class:`EpisodeLog`) and an interrupted evaluation resumes at the first episode a row
-    lacks, with the numbers of an uninterrupted one. The attacked queries' features are
+    lacks, with the numbers of an uninterrupted one (for chips without read noise, as
+    :data:`CHIPS`: a chip's read noise would restart its generator). The attacked queries' features are
     computed once per ``epsilon`` and serve every key format. ``on_episode()``, if given, is
     called after each episode computed (a worker's progress)."""
     from tqdm import tqdm
