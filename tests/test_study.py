@@ -227,6 +227,19 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(ckpt, tmp_path, omniglot_ca
         assert len(cell_rows(a)) == 24
 
 
+def _scheduler_address(sched_file, proc, timeout: float = 60.0) -> str:
+    """The address the scheduler writes to ``sched_file``: the file appears before its JSON is
+    written (empty or partial for a moment on a busy machine), so wait for a whole document."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the dask scheduler exited"
+        try:
+            return json.loads(sched_file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            time.sleep(0.1)
+    pytest.fail(f"no scheduler address in {sched_file} after {timeout:.0f} s")
+
+
 def test_dask_on_loopback_with_a_real_scheduler_and_two_workers(ckpt, tmp_path, omniglot_cache):
     pytest.importorskip("dask.distributed")
     from batmann.study.run import run_study
@@ -238,10 +251,7 @@ def test_dask_on_loopback_with_a_real_scheduler_and_two_workers(ckpt, tmp_path, 
                                "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
     try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
+        address = _scheduler_address(sched_file, procs[0])
         assert address.startswith("tcp://127.0.0.1:")
         for i in range(2):
             procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
