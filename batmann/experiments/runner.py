@@ -136,6 +136,12 @@ def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (temp file + rename)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0) -> list[str]:
     """Resume ``exp`` in ``out`` from the results folder ``src`` (e.g. ``docs/results``): its
     table and record (``<name>.csv``, ``<name>.json``) when ``out`` has none, the per-episode
@@ -151,13 +157,10 @@ def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0)
     for suffix in (".csv", ".json"):
         have, theirs = out / f"{exp.name}{suffix}", src / f"{exp.name}{suffix}"
         if theirs.is_file() and not have.exists():
-            with atomic_path(have) as tmp:
-                shutil.copyfile(theirs, tmp)
+            _copy(theirs, have)
     for theirs in sorted(episode_log_dir(src, exp).glob("*.csv")):  # rows part-way through
-        have = episode_log_dir(out, exp) / theirs.name
-        if not have.exists():
-            with atomic_path(have) as tmp:
-                shutil.copyfile(theirs, tmp)
+        if not (episode_log_dir(out, exp) / theirs.name).exists():
+            _copy(theirs, episode_log_dir(out, exp) / theirs.name)
     imported = []
     for training in exp.trainings():
         path = src / TRAININGS / f"{training.name}.safetensors"
@@ -170,8 +173,7 @@ def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0)
                               f"(scale {scale.name}, seed {seed})")
         run_dir = out / "runs" / training.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "best.safetensors") as tmp:
-            shutil.copyfile(path, tmp)
+        _copy(path, run_dir / "best.safetensors")
         atomic_write_json(run_dir / FINISHED, {"episode": want.train_episode, "source": str(path)})
         imported.append(training.name)
     return imported
