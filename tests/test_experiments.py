@@ -24,6 +24,27 @@ def test_catalog_names_every_seed_row():
     assert len(EXPERIMENTS["ablation"].trainings()) == 6
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_trainings_run_in_fp32_where_bf16_is_emulated_and_stay_the_same_training(monkeypatch, native_bf16):
+    """On an AVX2-only CPU an experiment trains in fp32 (emulated bf16 was 7x slower), and a
+    training made in bf16 elsewhere is still accepted as the one it needs (same recipe)."""
+    import torch
+
+    from batmann.experiments import FULL
+    from batmann.experiments.runner import _config_key, train_config
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    training = EXPERIMENTS["sharpening"].rows[2].training
+    cfg = train_config(training, FULL)
+    assert cfg.precision == ("bf16" if native_bf16 else "fp32")
+    other = train_config(training, FULL)
+    other.precision = "bf16" if cfg.precision == "fp32" else "fp32"
+    assert _config_key(other) == _config_key(cfg)
+    other.learning_rate *= 2  # the recipe itself is still compared
+    assert _config_key(other) != _config_key(cfg)
+
+
 def test_list_command(capsys):
     assert main(["experiment", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

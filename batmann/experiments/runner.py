@@ -55,6 +55,8 @@ class Scale:
     #: the one episode whose query features the t-SNE views embed
     tsne_episodes: EpisodeOptions = field(default_factory=lambda: EpisodeOptions(
         class_num=10, num_shot=5, pool_query_test=15, batch_size_test=15))
+    #: the trainings' precision where the CPU runs bf16 natively (AMX, AVX512-BF16); fp32 where
+    #: it does not (:func:`training_precision`)
     precision: str = "bf16"
     #: whether the ablation's chip rows run (S1-S10 on each chip: a crossbar conversion per model
     #: and chip, minutes; the quick scale leaves them out, the FGSM chip rows stay)
@@ -91,15 +93,30 @@ SCALES = {("omniglot", "full"): FULL, ("omniglot", "quick"): QUICK, ("mnist", "f
           ("mnist", "quick"): QUICK_MNIST}
 
 
+def training_precision(scale: Scale) -> str:
+    """The precision the scale's trainings run in on this CPU: ``scale.precision``, except bf16
+    where the CPU emulates it (an AVX2-only CPU), which is fp32: an XNOR training step took 7x
+    longer there in bf16 (``benchmarks/bench_train.py``, docs/experiments.md). Like determinism,
+    how a training was computed, not which training it is (:func:`_config_key`)."""
+    import torch
+
+    from batmann.utils.device import has_fast_bf16
+
+    if scale.precision == "bf16" and not has_fast_bf16(torch.device("cpu")):
+        return "fp32"
+    return scale.precision
+
+
 def train_config(training: Training, scale: Scale, seed: int = 0, deterministic: bool = True) -> TrainConfig:
     """The ``batmann train`` configuration of ``training`` at ``scale``; ``deterministic=False``
-    trains on every core (the same recipe, not bit-reproducible)."""
+    trains on every core (the same recipe, not bit-reproducible); the precision is
+    :func:`training_precision`'s."""
     return TrainConfig(
         model=ModelConfig(controller=training.controller), episodes=scale.episodes,
         train_episode=scale.train_episode, learning_rate=scale.learning_rate, lr_step=scale.lr_step,
         lr_gamma=scale.lr_gamma, val_interval=scale.val_interval, val_episode=scale.val_episode,
         test_episode=0, checkpoint_interval=max(1, min(50, scale.train_episode)), log_interval=50,
-        sim_cal=training.sim_cal, keys="bipolar", precision=scale.precision, seed=seed, device="cpu",
+        sim_cal=training.sim_cal, keys="bipolar", precision=training_precision(scale), seed=seed, device="cpu",
         deterministic=deterministic,
     ).validate()
 
@@ -129,9 +146,10 @@ TRAININGS = "trainings"
 
 
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
-    """A training's recipe: its configuration less how it was computed (compile, determinism)."""
+    """A training's recipe: its configuration less how it was computed (compile, determinism,
+    device, precision: bf16 or fp32 arithmetic of the same recipe, :func:`training_precision`)."""
     d = cfg.to_dict()
-    for k in ("compile", "deterministic", "device"):
+    for k in ("compile", "deterministic", "device", "precision"):
         d.pop(k, None)
     return d
 
