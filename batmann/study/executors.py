@@ -56,8 +56,27 @@ class InlineExecutor(Executor):
             yield fn(a)
 
 
-def _init_worker(env: dict[str, str]) -> None:
+#: seconds between a worker's checks that the process that started it is alive
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: end this process as soon as ``parent`` is gone (killed with SIGTERM or SIGKILL,
+    it cannot stop its workers), so that no orphan goes on writing what a rerun also writes."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(env: dict[str, str], parent: int) -> None:
     os.environ.update(env)
+    _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)
@@ -75,7 +94,7 @@ class ProcessExecutor(Executor):
         self.workers = workers
         env = {k: v for k, v in os.environ.items() if k.startswith("BATMANN_")}
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(env,))
+                                         initializer=_init_worker, initargs=(env, os.getpid()))
 
     def unordered(self, fn, args):
         from concurrent.futures import as_completed
