@@ -16,11 +16,14 @@ $(STAMP): setup.cfg pyproject.toml scripts/setup_env.sh
 demo: setup
 	$(VENV)/bin/batmann demo
 
+# tests run in TEST_WORKERS processes (pytest-xdist), the tests of one file in the same one
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

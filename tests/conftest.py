@@ -26,14 +26,31 @@ if not os.environ.get("BATMANN_OMNIGLOT_SOURCE"):
     os.environ["BATMANN_OMNIGLOT_SOURCE"] = str((REPO.parent / "shared" / "data" / "omniglot").resolve())
 
 
+def _omniglot_available() -> bool:
+    from batmann.data import is_fetched
+    from batmann.data.cache import cache_dir
+
+    return is_fetched() or cache_dir(32).is_dir() or Path(os.environ["BATMANN_OMNIGLOT_SOURCE"]).is_dir()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), the controller fetches Omniglot and
+    builds its cache once before the workers start, so that they never build it side by side."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if _omniglot_available():
+        from batmann.data import load_image_cache
+
+        load_image_cache(32, source=Path(os.environ["BATMANN_OMNIGLOT_SOURCE"]))
+
+
 @pytest.fixture(scope="session")
 def omniglot_cache():
     """The 32x32 Omniglot :class:`batmann.data.ImageCache` (fetched and built on first use)."""
-    from batmann.data import is_fetched, load_image_cache
-    from batmann.data.cache import cache_dir
+    from batmann.data import load_image_cache
 
     source = Path(os.environ["BATMANN_OMNIGLOT_SOURCE"])
-    if not is_fetched() and not cache_dir(32).is_dir() and not source.is_dir():
+    if not _omniglot_available():
         pytest.skip(f"no Omniglot: {source} does not exist and nothing is fetched into $BATMANN_HOME")
     return load_image_cache(32, source=source)
 
