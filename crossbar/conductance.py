@@ -341,8 +341,23 @@ def read(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor,
             fs = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
             part = _currents(noisy, v[:, rs] @ gd[rs], lambda rs=rs: (v[:, rs] * v[:, rs]) @ g_sq[rs], gen)
             current += _adc(spec, array, t, part, fs)
-    out = current * (s / dac.v_read).unsqueeze(1) * (array.col_scale / window)
-    return out if gain is None else out * gain
+    return _scaled(current, _output_factor(s, dac.v_read, array.col_scale / window, gain, 0))
+
+
+def _output_factor(scale: torch.Tensor, v_read: float, col_factor: torch.Tensor, gain, spatial: int) -> torch.Tensor:
+    """What turns column currents into weight units, per input row (image) and column: (B, C) with
+    ``spatial`` trailing singleton dims (one multiplication of the currents instead of two or three)."""
+    f = (scale / v_read).unsqueeze(1) * col_factor
+    if gain is not None:
+        f = f * gain
+    return f.view(*f.shape, *([1] * spatial))
+
+
+def _scaled(current: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``current * factor``, in place (``current`` is a fresh sum) unless autograd records it."""
+    if torch.is_grad_enabled() and (current.requires_grad or factor.requires_grad):
+        return current * factor
+    return current.mul_(factor)
 
 
 def _low_precision_sums(a: torch.Tensor) -> bool:
@@ -371,14 +386,19 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
     if array.rows != c_in * kk:
         raise ValueError(f"array has {array.rows} rows, the input gives {c_in} x {kk}")
     x = x.to(dtype)
-    flat, s = dac.encode(x.reshape(b, -1), x.reshape(b, -1).abs().amax(dim=1))
-    v = flat.reshape(x.shape)
+    kernel_major = array.row_index is not None
+    # kernel-major tiles read channels-last images: encode them in that order (a view of a
+    # channels-last x, such as the previous analog layer's output; the same voltages either way,
+    # the input full scale is per image)
+    channels_last = adc is not None and kernel_major
+    rows_ = (x.permute(0, 2, 3, 1) if channels_last else x).reshape(b, -1)
+    flat, s = dac.encode(rows_, rows_.abs().amax(dim=1))
+    v = flat.view(b, *x.shape[2:], c_in) if channels_last else flat.reshape(x.shape)
     window = array.g_on - array.g_off
     g, gain, noisy = read_state(spec, array)
     gd = g[0] - g[1]  # (R, C_out)
     g_sq = g[0] * g[0] + g[1] * g[1] if noisy else None
     gen = array.read_generator
-    kernel_major = array.row_index is not None
 
     def kernel(mat, c=c_in):  # (rows of c channels, C_out) -> conv weights (C_out, c, k, k)
         if kernel_major:
@@ -397,8 +417,7 @@ def read_conv(spec: HardwareSpec, array: ProgrammedArray, x: torch.Tensor, kerne
         current = _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen)
     else:
         current = _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv)
-    out = current * (s / dac.v_read).view(-1, 1, 1, 1) * (array.col_scale / window).view(1, -1, 1, 1)
-    return out if gain is None else out * gain
+    return _scaled(current, _output_factor(s, dac.v_read, array.col_scale / window, gain, 2))
 
 
 def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen, conv) -> torch.Tensor:
@@ -449,11 +468,12 @@ def _tiled_adc_conv(spec, array, v, kernel_size, stride, padding, gd, g_sq, nois
 
 
 def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, gd, g_sq, noisy, gen) -> torch.Tensor:
-    """The column currents of :func:`read_conv` with an ADC, rows in (kh, kw, c) order.
+    """The column currents of :func:`read_conv` with an ADC, rows in (kh, kw, c) order; ``v`` holds
+    the input voltages channels-last, (B, H, W, C_in).
 
     Physical row r holds input channel r % C_in of kernel position r // C_in. A row tile's partial
-    sums are the products of the channels-last padded image, shifted to each kernel position the
-    tile covers, with that position's rows: one matrix product over the output pixels' inputs.
+    sums are the products of the padded image, shifted to each kernel position the tile covers,
+    with that position's rows: one matrix product per image over the output pixels' inputs.
     Returns (B, C_out, H', W') in channels-last memory.
     """
     from torch.nn import functional as F
@@ -462,14 +482,16 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     window = array.g_on - array.g_off
     c_in = array.rows // (kernel_size * kernel_size)
     b = v.shape[0]
-    xp = F.pad(v, (padding,) * 4) if padding else v
-    x = xp.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C_in)
+    x = (F.pad(v, (0, 0, padding, padding, padding, padding)) if padding else v).contiguous()  # (B, Hp, Wp, C_in)
     _, hp, wp, _ = x.shape
     h = (hp - kernel_size) // stride + 1
     w_ = (wp - kernel_size) // stride + 1
-    # per row tile: [(kh, kw, first channel, last channel + 1, first row)], its worst current
+    # per row tile: [(kh, kw, first channel, last channel + 1, first row)], its worst current, and
+    # whether its ADC can clip: not when the largest current any column of the tile can carry
+    # (v_read times the sum of |G+ - G-| over its rows) stays below the ADC's range
     tiles_ = []
-    for rs in _row_slices(spec, array.rows):
+    peak = gd.abs() * dac.v_read
+    for t, rs in enumerate(_row_slices(spec, array.rows)):
         segs = []
         r = rs.start
         while r < rs.stop:
@@ -477,18 +499,31 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
             c1 = min(c_in, c0 + rs.stop - r)
             segs.append((pos // kernel_size, pos % kernel_size, c0, c1, r))
             r += c1 - c0
-        tiles_.append((segs, adc.full_scale * (rs.stop - rs.start) * dac.v_read * window))
+        worst = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
+        tiles_.append((segs, worst, noisy or _may_clip(array, t, worst, peak[rs].sum(0))))
 
-    def tile_sum(inp, mat, segs):  # (n, Hp, Wp, C_in) -> the tile's (n, C_out, H', W') sums (a view)
+    def inputs(img):  # (n, Hp, Wp, C_in) -> seg -> its (n, H' W', c1 - c0) input matrices
+        if stride != 1:  # the output pixels' inputs, copied (one copy per kernel position)
+            def matrix(kh, kw, c0, c1):
+                r_ = img[:, kh:kh + stride * (h - 1) + 1:stride, kw:kw + stride * (w_ - 1) + 1:stride, c0:c1]
+                return r_.reshape(r_.shape[0], -1, c1 - c0)
+            return matrix
+        shifted = {}  # one copy per kernel column kw: (n, Hp, W', C_in); each kh is then a view
+
+        def matrix(kh, kw, c0, c1):
+            if kw not in shifted:
+                shifted[kw] = img[:, :, kw:kw + w_].contiguous()
+            return shifted[kw][:, kh:kh + h].flatten(1, 2)[..., c0:c1]
+        return matrix
+
+    def tile_sum(matrix, mat, segs):  # the tile's (n, C_out, H', W') sums (a channels-last view)
         out = None
         for kh, kw, c0, c1, r0 in segs:
-            # the output pixels' inputs only (a copy, ~1 % of the product's time; whole image rows
-            # would multiply (k - 1) / Wp of the columns in vain, 14-20 % on BATMANN's layers)
-            rows_ = inp[:, kh:kh + stride * (h - 1) + 1:stride, kw:kw + stride * (w_ - 1) + 1:stride, c0:c1]
-            part = torch.matmul(rows_.reshape(rows_.shape[0], -1, c1 - c0), mat[r0:r0 + c1 - c0]).to(v.dtype)
-            part = part.view(rows_.shape[0], h, w_, -1)
+            a = matrix(kh, kw, c0, c1)
+            m = mat[r0:r0 + c1 - c0]
+            part = torch.bmm(a, m.expand(a.shape[0], *m.shape)).to(v.dtype)
             out = part if out is None else out.add_(part)
-        return out.permute(0, 3, 1, 2)
+        return out.view(out.shape[0], h, w_, -1).permute(0, 3, 1, 2)
 
     current = torch.zeros(b, h, w_, array.cols, dtype=v.dtype, device=v.device).permute(0, 3, 1, 2)
     offset = 0.0  # the half steps of the quantised tiles (see ADC.accumulate_)
@@ -496,15 +531,17 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
         x2, g2 = x * x, g_sq
         if _low_precision_sums(x2):  # converted once for every tile
             x2, g2 = x2.bfloat16(), g2.bfloat16()
-        for t, (segs, fs) in enumerate(tiles_):
-            part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
+        m1, m2 = inputs(x), inputs(x2)
+        for t, (segs, fs, clip) in enumerate(tiles_):
+            part = _currents(noisy, tile_sum(m1, gd, segs), lambda: tile_sum(m2, g2, segs), gen)
             offset = offset + _adc_add(spec, array, t, current, part, fs)
     else:  # a few images at a time, so that each tile's partial sums stay in cache
         step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
         for i in range(0, b, step):
             acc = current[i:i + step]
-            for t, (segs, fs) in enumerate(tiles_):
-                half = _adc_add(spec, array, t, acc, tile_sum(x[i:i + step], gd, segs), fs)
+            m1 = inputs(x[i:i + step])
+            for t, (segs, fs, clip) in enumerate(tiles_):
+                half = _adc_add(spec, array, t, acc, tile_sum(m1, gd, segs), fs, clip)
                 if i == 0:
                     offset = offset + half
     if isinstance(offset, torch.Tensor):
@@ -512,16 +549,25 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     return current.add_(offset) if offset else current
 
 
+def _may_clip(array: ProgrammedArray, t: int, worst: float, peak: torch.Tensor) -> bool:
+    """Whether tile ``t``'s ADC can clip a current, given ``peak`` (C,), the largest |current| each
+    column can carry: unless every column stays below its range by a margin (0.1 %, far above the
+    float rounding of a column sum), clipping is applied."""
+    fs = worst if array.adc_fs is None else array.adc_fs[t].to(peak.dtype)
+    return not bool((peak * (1.0 + 1e-3) < fs).all())
+
+
 def _adc_add(spec: HardwareSpec, array: ProgrammedArray, t: int, total: torch.Tensor, part: torch.Tensor,
-             worst: float):
+             worst: float, clip: bool = True):
     """``total += `` tile ``t``'s column currents ``part`` (B, C, H, W) through its ADC, less half
-    a step (returned, to add once; see ``ADC.accumulate_``); while calibrating, recorded and
-    added as they are (0 returned)."""
+    a step (returned, to add once; see ``ADC.accumulate_``; ``clip=False``: no current can reach
+    the ADC's range, see :func:`_may_clip`); while calibrating, recorded and added as they are
+    (0 returned)."""
     if array.calibration is not None:
         array.calibration[t].add(part, 1)
         total.add_(part)
         return 0.0
-    return spec.adc_spec.accumulate_(total, part, _full_scale(array, t, part, worst))
+    return spec.adc_spec.accumulate_(total, part, _full_scale(array, t, part, worst), clip)
 
 
 #: partial sums per image chunk of the tiled, ADC-read convolution (fp32: 2 MB, an L2 cache)

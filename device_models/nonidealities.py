@@ -405,23 +405,26 @@ class ADC(NonIdeality):
         """The quantisation step ``2 fs / 2^bits`` of range ``[-fs, fs]`` (a float or a tensor like ``fs``)."""
         return 2.0 * fs / (2 ** self.bits)
 
-    def accumulate_(self, total: torch.Tensor, current: torch.Tensor, fs) -> torch.Tensor:
+    def accumulate_(self, total: torch.Tensor, current: torch.Tensor, fs, clip: bool = True) -> torch.Tensor:
         """``total += quantize(current, fs) - step / 2`` with fewer passes over memory (``current``
         is overwritten): the level codes floor(I / step), clipped to [-2^(bits-1), 2^(bits-1) - 1],
         times the step. Returns the half step (a float or a tensor like ``fs``) the caller adds
         once after the last tile; the sum then equals the sum of :meth:`quantize` up to float
-        rounding."""
+        rounding. ``clip=False`` skips the clipping pass, for a caller that has shown no current
+        reaches ``+-fs`` (it would change nothing)."""
         step = self.step(fs)
         if isinstance(step, torch.Tensor):
             step = step.to(current.dtype)
-        return self.accumulate_steps_(total, current.div_(step), step)
+        return self.accumulate_steps_(total, current.div_(step), step, clip)
 
-    def accumulate_steps_(self, total: torch.Tensor, steps: torch.Tensor, step) -> torch.Tensor:
+    def accumulate_steps_(self, total: torch.Tensor, steps: torch.Tensor, step, clip: bool = True) -> torch.Tensor:
         """:meth:`accumulate_` of a current already in units of ``step`` (``steps = I / step``,
         e.g. read through conductances divided by the step: one pass fewer); ``steps`` is
         overwritten. Returns the half step."""
         half = 2 ** (self.bits - 1)
-        codes = steps.floor_().clamp_(-half, half - 1)
+        codes = steps.floor_()
+        if clip:
+            codes.clamp_(-half, half - 1)
         if isinstance(step, torch.Tensor):
             total.addcmul_(codes, step)
         else:

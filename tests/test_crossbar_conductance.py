@@ -302,6 +302,29 @@ def test_kernel_major_calibration_records_each_tile():
     assert ((quantised - raw).norm() / raw.norm()).item() < 0.1
 
 
+@pytest.mark.parametrize("full_scale", [1.0, 0.02])
+def test_kernel_major_tiles_skip_the_adc_clip_only_where_no_current_reaches_it(monkeypatch, full_scale):
+    """A tile whose largest possible current stays below the ADC's range gives the same bits with
+    and without the clipping pass; where currents reach it (a 2 % range), it clips."""
+    from device_models import ADC
+
+    spec = HardwareSpec(preset="vteam", variability=0.1, tile_shape=(20, 8), conv_rows="kernel",
+                        nonidealities=[ADC(6, full_scale=full_scale)])
+    _, arr = _kernel_major_array(spec)
+    img = torch.randn(3, 5, 8, 8, generator=torch.Generator().manual_seed(3))
+    decisions = []
+    may_clip = C._may_clip
+    monkeypatch.setattr(C, "_may_clip", lambda *a: decisions.append(may_clip(*a)) or decisions[-1])
+    skipped = C.read_conv(spec, arr, img, 3, padding=1)
+    monkeypatch.setattr(C, "_may_clip", lambda *a: True)
+    clipped = C.read_conv(spec, arr, img, 3, padding=1)
+    assert torch.equal(skipped, clipped)
+    assert decisions == [full_scale < 1.0] * 3  # 45 rows: three tiles
+    if full_scale < 1.0:  # there the clip binds: skipping it would change the result
+        monkeypatch.setattr(C, "_may_clip", lambda *a: False)
+        assert not torch.equal(C.read_conv(spec, arr, img, 3, padding=1), clipped)
+
+
 def test_accumulating_adc_codes_equals_summing_quantised_tiles():
     from device_models import ADC
 

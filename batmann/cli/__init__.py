@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from batmann.errors import BatmannError
+from batmann.utils.allocator import retain_freed_memory
 
 # Each module holds one group of subcommands (add yours here).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``batmann`` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    retain_freed_memory()
     try:
         status = args.func(args)
     except user_error_types() as exc:

@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, Iterable, Iterator
 
 from batmann.errors import ConfigError
+from batmann.utils.allocator import retain_freed_memory
 
 EXECUTORS = ("local", "dask")
 
@@ -77,6 +78,7 @@ def _exit_with_parent(parent: int) -> None:
 def _init_worker(env: dict[str, str], parent: int) -> None:
     os.environ.update(env)
     _exit_with_parent(parent)
+    retain_freed_memory()
     import torch
 
     torch.set_num_threads(1)
@@ -114,6 +116,12 @@ class ProcessExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _retaining_memory(fn, arg):
+    """``fn(arg)`` on a Dask worker, with freed memory kept in the worker (:mod:`batmann.utils.allocator`)."""
+    retain_freed_memory()
+    return fn(arg)
+
+
 class DaskExecutor(Executor):
     """A Dask cluster: a new ``LocalCluster`` or the scheduler at ``address``."""
 
@@ -143,7 +151,7 @@ class DaskExecutor(Executor):
     def unordered(self, fn, args):
         from dask.distributed import as_completed
 
-        futures = [self._client.submit(fn, a, pure=False) for a in args]
+        futures = [self._client.submit(_retaining_memory, fn, a, pure=False) for a in args]
         try:
             for f in as_completed(futures, loop=self._client.loop):
                 yield f.result()
