@@ -3,7 +3,7 @@
 Each workload runs in fresh child processes, alternately with ``BATMANN_RETAIN_MEMORY=1`` (what
 the command line does) and ``=0`` (glibc's defaults), ``--rounds`` times each; a child times its
 workload ``--passes`` times after one warm-up pass and reports the median seconds and the page
-faults per pass. Workloads (``benchmarks/bench_crossbar.py``'s BATMANN-shaped controller, 200
+faults per pass, and its peak resident memory. Workloads (``benchmarks/bench_crossbar.py``'s BATMANN-shaped controller, 200
 random 32 x 32 images in batches of 64):
 
 - ``digital``: the controller's forward pass;
@@ -102,8 +102,8 @@ def main() -> int:
         print(json.dumps(child(args.child, args.passes, args.threads)))
         return 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    print("| workload | glibc defaults (s) | faults | retained (s) | faults | defaults / retained |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | glibc defaults (s) | faults | peak MB | retained (s) | faults | peak MB | defaults / retained |")
+    print("|---|---|---|---|---|---|---|---|")
     for workload in args.workloads.split(","):
         res: dict[str, list[dict]] = {"0": [], "1": []}
         for _ in range(args.rounds):
@@ -118,7 +118,9 @@ def main() -> int:
         r_ = min(r["s"] for r in res["1"])
         fd = statistics.median(r["faults"] for r in res["0"])
         fr = statistics.median(r["faults"] for r in res["1"])
-        print(f"| {workload} | {d:.3f} | {fd:.0f} | {r_:.3f} | {fr:.0f} | {d / r_:.2f} |", flush=True)
+        pd = max(r["peak_mb"] for r in res["0"])
+        pr = max(r["peak_mb"] for r in res["1"])
+        print(f"| {workload} | {d:.3f} | {fd:.0f} | {pd:.0f} | {r_:.3f} | {fr:.0f} | {pr:.0f} | {d / r_:.2f} |", flush=True)
     return 0
 
 

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crossbar import HardwareSpec, convert  # noqa: E402
 from crossbar.memtorch_compat import import_memtorch  # noqa: E402
 
+from batmann.utils.allocator import retain_freed_memory  # noqa: E402
+
 WAYS, SHOTS, QUERIES = 20, 5, 5
 
 
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
+    retain_freed_memory()  # as the command line does (benchmarks/bench_allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -32,6 +32,7 @@ from batmann.models.fused import compiled_kernels
 from batmann.tasks import make_sampler
 from batmann.train import train_step
 from batmann.utils.determinism import deterministic_kernels
+from batmann.utils.allocator import retain_freed_memory
 from batmann.utils.device import has_fast_bf16
 from crossbar.cpu_features import describe_cpu_path, has_fast_int8
 
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--cached-episodes", type=int, default=100)
     args = ap.parse_args()
     cache = load_image_cache(32)
+    retain_freed_memory()  # as the command line does (benchmarks/bench_allocator.py)
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(cpu)}; {describe_cpu_path()}")
