@@ -490,7 +490,7 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     # whether its ADC can clip: not when the largest current any column of the tile can carry
     # (v_read times the sum of |G+ - G-| over its rows) stays below the ADC's range
     tiles_ = []
-    peak = gd.abs() * dac.v_read
+    peak = None if noisy or array.calibration is not None else gd.abs() * dac.v_read  # read noise: unbounded
     for t, rs in enumerate(_row_slices(spec, array.rows)):
         segs = []
         r = rs.start
@@ -500,7 +500,7 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
             segs.append((pos // kernel_size, pos % kernel_size, c0, c1, r))
             r += c1 - c0
         worst = adc.full_scale * (rs.stop - rs.start) * dac.v_read * window
-        tiles_.append((segs, worst, noisy or _may_clip(array, t, worst, peak[rs].sum(0))))
+        tiles_.append((segs, worst, peak is None or _may_clip(array, t, worst, peak[rs].sum(0))))
 
     def tile_sum(inp, mat, segs):  # (n, Hp, Wp, C_in) -> the tile's (n, C_out, H', W') sums (a view)
         out = None
