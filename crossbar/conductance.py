@@ -523,17 +523,36 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
         for t, (segs, fs, clip) in enumerate(tiles_):
             part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
             offset = offset + _adc_add(spec, array, t, current, part, fs)
-    else:  # a few images at a time, so that each tile's partial sums stay in cache
-        step = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
-        for i in range(0, b, step):
-            acc = current[i:i + step]
-            for t, (segs, fs, clip) in enumerate(tiles_):
-                half = _adc_add(spec, array, t, acc, tile_sum(x[i:i + step], gd, segs), fs, clip)
+    elif array.calibration is not None:  # recording each tile's currents as they are
+        for t, (segs, fs, clip) in enumerate(tiles_):
+            _adc_add(spec, array, t, current, tile_sum(x, gd, segs), fs, clip)
+    else:  # a few images at a time, so that each tile's partial sums stay in cache; each tile's
+        # rows are read through conductances divided by its ADC step: the products come out in
+        # steps, one pass over them fewer than dividing each chunk's currents
+        steps = [_tile_step(spec, array, t, fs) for t, (_, fs, _) in enumerate(tiles_)]
+        g_steps = gd.clone()
+        for rs, st in zip(_row_slices(spec, array.rows), steps):
+            g_steps[rs] /= st
+        chunk = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
+        for i in range(0, b, chunk):
+            acc = current[i:i + chunk]
+            for (segs, _, clip), st in zip(tiles_, steps):
+                part = tile_sum(x[i:i + chunk], g_steps, segs)
+                st_ = st.view(1, -1, 1, 1) if isinstance(st, torch.Tensor) and st.dim() == 1 else st
+                half = adc.accumulate_steps_(acc, part, st_, clip)
                 if i == 0:
                     offset = offset + half
     if isinstance(offset, torch.Tensor):
         return current.add_(offset.view(1, -1, 1, 1) if offset.dim() == 1 else offset)
     return current.add_(offset) if offset else current
+
+
+def _tile_step(spec: HardwareSpec, array: ProgrammedArray, t: int, worst: float):
+    """Tile ``t``'s ADC step (current units): a float (worst-case range), a 0-d tensor
+    (calibrated per tile) or (C,) (calibrated per column)."""
+    if array.adc_fs is None:
+        return spec.adc_spec.step(worst)
+    return spec.adc_spec.step(array.adc_fs[t].to(array.g.dtype))
 
 
 def _may_clip(array: ProgrammedArray, t: int, worst: float, peak: torch.Tensor) -> bool:

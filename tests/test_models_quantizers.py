@@ -110,6 +110,23 @@ def test_fused_centered_sign_matches_the_autograd_chain(surrogate, t):
     assert x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_centered_sign_is_the_sign_of_the_centred_input(dtype):
+    """The exported crossbar input transform: +1 where x - mean(x) > 0 per row, -1 elsewhere
+    (at the mean too), in x's dtype, for contiguous and channels-last rows alike."""
+    from batmann.models.layers import centered_sign
+
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(4, 6, 5, 5, generator=g) * 3).relu().to(dtype)
+    x[0] = 2.0  # a row equal to its mean: all -1
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        y = centered_sign(inp)
+        c = inp.float() - inp.float().mean((1, 2, 3), keepdim=True, dtype=torch.float32)
+        assert y.dtype == dtype
+        assert torch.equal(y.float(), torch.where(c > 0, 1.0, -1.0))
+    assert bool((centered_sign(x)[0] == -1).all())
+
+
 def test_fused_standardize_matches_the_autograd_chain():
     from batmann.models.layers import standardize_activations, standardize_rows
 

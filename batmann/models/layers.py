@@ -75,11 +75,6 @@ def standardize_rows(x: Tensor) -> Tensor:
     return c / c.std(dims, keepdim=True).clamp_min(STD_EPS)
 
 
-def _center_scale(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row ``(c, mu, s)``: ``c = x - mean`` (float32), ``s = std(c)`` (unbiased, clamped)."""
-    return fused.center_scale(x)
-
-
 class _CenteredSign(torch.autograd.Function):
     """``sign_pm1(x - mean(x))`` per row, with an STE through ``x_hat = (x - mean) / std``.
 
@@ -124,9 +119,11 @@ def standardize_activations(x: Tensor) -> Tensor:
 
 
 def centered_sign(x: Tensor) -> Tensor:
-    """``sign_pm1(x - mean(x))`` per row (no gradient): the forward value of :func:`centered_sign_ste`."""
-    c, _, _ = _center_scale(x)
-    return q.sign_pm1(c).to(x.dtype)
+    """``sign_pm1(x - mean(x))`` per row (no gradient): the forward value of :func:`centered_sign_ste`,
+    as ``x > mean`` (the same test exactly, see :func:`centered_sign_int8`), in two passes over ``x``."""
+    mu = x.mean(_row_dims(x), keepdim=True, dtype=torch.float32)
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x > mu, one, -one)
 
 
 def centered_sign_int8(x: Tensor) -> Tensor:
