@@ -302,6 +302,29 @@ def test_kernel_major_calibration_records_each_tile():
     assert ((quantised - raw).norm() / raw.norm()).item() < 0.1
 
 
+@pytest.mark.parametrize("adc_range", ["calibrated", "calibrated_column"])
+def test_kernel_major_tiles_on_calibrated_ranges_equal_the_read_of_reordered_patches(adc_range):
+    """Tiles read through conductances divided by their calibrated steps (one per tile, or one
+    per tile column) == the matrix read of the unfolded patches, which divides the currents."""
+    from torch.nn import functional as F
+
+    spec = HardwareSpec(preset="vteam", variability=0.1, adc_bits=5, adc_range=adc_range, tile_shape=(16, 8),
+                        conv_rows="kernel")
+    _, arr = _kernel_major_array(spec)
+    x = torch.rand(6, 5, 9, 9, generator=torch.Generator().manual_seed(4)) - 0.3
+    C.start_calibration(spec, arr)
+    C.read_conv(spec, arr, x, 3)
+    C.finish_calibration(spec, arr)
+    assert all(f.dim() == (adc_range == "calibrated_column") for f in arr.adc_fs)
+    y = C.read_conv(spec, arr, x, 3)
+    cols = F.unfold(x, 3)
+    b, r, l = cols.shape
+    patches = cols.transpose(1, 2).reshape(b * l, r)[:, C.kernel_major_rows(5, 3)]
+    ref = C.read(spec, arr, patches, row_scale=x.reshape(b, -1).abs().amax(1).repeat_interleave(l))
+    ref = ref.reshape(b, l, -1).transpose(1, 2).reshape(y.shape)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("full_scale", [1.0, 0.02])
 def test_kernel_major_tiles_skip_the_adc_clip_only_where_no_current_reaches_it(monkeypatch, full_scale):
     """A tile whose largest possible current stays below the ADC's range gives the same bits with
