@@ -76,12 +76,13 @@ class HardwareSpec:
       exactly two states per device) or ``"naive"`` (MemTorch's ``naive_map``: one scale per
       layer).
     - ``conv_rows``: the word-line order of a convolution's C_in x k x k weight rows.
-      ``"channel"`` (default): (c, kh, kw), PyTorch's, MemTorch's and aihwkit's unfold order, so a
-      128-row tile holds all k x k taps of a few input channels. ``"kernel"``: (kh, kw, c), one
-      kernel position's input channels per row block (the kernel-splitting mapping of NeuroSim,
-      Peng et al., ISCAS 2019). Only which rows share a tile's ADC and where a row sits on the
-      bit line (IR drop) change; devices are drawn per weight in the same order either way.
-      ``"kernel"`` reads tiled convolutions as matrix products, much faster.
+      ``"kernel"`` (default): (kh, kw, c), one kernel position's input channels per row block
+      (the kernel-splitting mapping of NeuroSim, Peng et al., ISCAS 2019); tiled convolutions
+      are then read as matrix products, much faster. ``"channel"``: (c, kh, kw), PyTorch's,
+      MemTorch's and aihwkit's unfold order, so a 128-row tile holds all k x k taps of a few
+      input channels (the earlier default: the published studies made with it name it). Only
+      which rows share a tile's ADC and where a row sits on the bit line (IR drop) change;
+      devices are drawn per weight in the same order either way.
     - ``programming``: ``"fast"`` (default: MemTorch's ``patch_model`` builds the ``memtorch.mn``
       layers but the per-device Python objects are skipped; conductances come from the vectorised
       pipeline) or ``"memtorch"`` (MemTorch builds its device objects as usual, then the
@@ -113,7 +114,7 @@ class HardwareSpec:
     ir_drop_solver: str | None = None
     seed: int = 0
     weight_mapping: str = "per_column"
-    conv_rows: str = "channel"
+    conv_rows: str = "kernel"
     programming: str = "fast"
     _chain: dict = field(default=None, init=False, repr=False, compare=False)
 

@@ -252,8 +252,8 @@ def test_kernel_major_rows_change_nothing_without_an_adc_or_ir_drop():
     net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 6, 3, stride=2), nn.Flatten()).eval()
     x = torch.randn(5, 3, 10, 10, generator=torch.Generator().manual_seed(2))
     base = dict(analog="all", preset="vteam", variability=0.1, states=16, stuck_lrs=0.01, read_noise=0.05)
-    chan = convert(net, HardwareSpec(**base))
-    kern = convert(net, HardwareSpec(conv_rows="kernel", **base))
+    chan = convert(net, HardwareSpec(conv_rows="channel", **base))
+    kern = convert(net, HardwareSpec(**base))  # kernel rows: the default
     assert torch.equal(chan.features(x), kern.features(x))
     # MemTorch's own forward unfolds in (c, kh, kw) order: its crossbars see the weight order
     from crossbar.controller import _weight_order
@@ -263,8 +263,8 @@ def test_kernel_major_rows_change_nothing_without_an_adc_or_ir_drop():
     for name in a_chan:
         assert torch.equal(_weight_order(a_kern[name], 0), _weight_order(a_chan[name], 0))
     with_adc = dict(base, adc_bits=6, tile_shape=(16, 16))
-    assert not torch.equal(convert(net, HardwareSpec(**with_adc)).features(x),
-                           convert(net, HardwareSpec(conv_rows="kernel", **with_adc)).features(x))
+    assert not torch.equal(convert(net, HardwareSpec(conv_rows="channel", **with_adc)).features(x),
+                           convert(net, HardwareSpec(**with_adc)).features(x))
 
 
 def test_kernel_major_tiles_give_the_same_bits_in_image_chunks_and_draw_read_noise_per_tile(monkeypatch):

@@ -93,7 +93,10 @@ def test_memtorch_forward_equals_the_vectorised_read():
 def test_nonidealities_reach_the_memtorch_crossbars():
     net, x = small_controller(), images()
     ideal = convert_controller(net, HardwareSpec(analog="all")).features(x)
-    ac = convert_controller(net, HardwareSpec(analog="all", states=4, stuck_lrs=0.05, stuck_hrs=0.05, seed=1))
+    # (c, kh, kw) rows: the device planes are then in the order of MemTorch's matrices (with kernel
+    # rows they are permuted; test_kernel_major_rows_change_nothing_without_an_adc_or_ir_drop)
+    ac = convert_controller(net, HardwareSpec(analog="all", states=4, stuck_lrs=0.05, stuck_hrs=0.05, seed=1,
+                                              conv_rows="channel"))
     for name, m in ac.model.named_modules():
         if not hasattr(m, "crossbars"):
             continue

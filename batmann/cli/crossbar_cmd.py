@@ -62,9 +62,9 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ir-drop-solver", choices=IR_DROP_SOLVERS, default=None,
                    help="exact (nodal solve), approx (line relaxation) or auto (exact up to 32x32 arrays; default)")
     g.add_argument("--conv-rows", choices=CONV_ROW_ORDERS, default=None,
-                   help="word-line order of a convolution's weight rows: channel ((c, kh, kw), as PyTorch and "
-                        "MemTorch unfold; default) or kernel ((kh, kw, c): a tile holds input channels of one "
-                        "kernel position; reads with tiles and an ADC run much faster)")
+                   help="word-line order of a convolution's weight rows: kernel ((kh, kw, c): a tile holds input "
+                        "channels of one kernel position; default, fast with tiles and an ADC) or channel "
+                        "((c, kh, kw), as PyTorch and MemTorch unfold)")
 
 
 def add_periphery_options(p: argparse.ArgumentParser) -> None:
