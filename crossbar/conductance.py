@@ -298,10 +298,19 @@ def _adc(spec: HardwareSpec, array: ProgrammedArray, t: int, part: torch.Tensor,
 def _full_scale(array: ProgrammedArray, t: int, part: torch.Tensor, worst: float):
     """Tile ``t``'s ADC range for its currents ``part`` (B, C[, H, W]): the worst case, or the
     calibrated one (a scalar, or one per column shaped to broadcast over ``part``)."""
-    if array.adc_fs is None:
-        return worst
-    fs = array.adc_fs[t].to(part.dtype)
-    return fs.view(1, -1, *([1] * (part.dim() - 2))) if fs.dim() == 1 else fs
+    return _per_column(_tile_range(array, t, worst, part.dtype), part.dim())
+
+
+def _tile_range(array: ProgrammedArray, t: int, worst: float, dtype: torch.dtype):
+    """Tile ``t``'s ADC range: ``worst`` (a float), or the calibrated one (a 0-d tensor, or (C,)
+    per column) in ``dtype``."""
+    return worst if array.adc_fs is None else array.adc_fs[t].to(dtype)
+
+
+def _per_column(r, dims: int):
+    """A per-column (C,) range or step shaped to broadcast over (B, C[, H, W]) currents; a float or
+    0-d tensor as it is."""
+    return r.view(1, -1, *([1] * (dims - 2))) if isinstance(r, torch.Tensor) and r.dim() == 1 else r
 
 
 def _currents(items, current, variance, generator):
@@ -529,17 +538,16 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     else:  # a few images at a time, so that each tile's partial sums stay in cache; each tile's
         # rows are read through conductances divided by its ADC step: the products come out in
         # steps, one pass over them fewer than dividing each chunk's currents
-        steps = [_tile_step(spec, array, t, fs) for t, (_, fs, _) in enumerate(tiles_)]
+        steps = [adc.step(_tile_range(array, t, fs, gd.dtype)) for t, (_, fs, _) in enumerate(tiles_)]
         g_steps = gd.clone()
         for rs, st in zip(_row_slices(spec, array.rows), steps):
-            g_steps[rs] /= st
+            g_steps[rs] /= st  # a (C,) step divides each column
+        steps = [_per_column(st, 4) for st in steps]
         chunk = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
         for i in range(0, b, chunk):
             acc = current[i:i + chunk]
             for (segs, _, clip), st in zip(tiles_, steps):
-                part = tile_sum(x[i:i + chunk], g_steps, segs)
-                st_ = st.view(1, -1, 1, 1) if isinstance(st, torch.Tensor) and st.dim() == 1 else st
-                half = adc.accumulate_steps_(acc, part, st_, clip)
+                half = adc.accumulate_steps_(acc, tile_sum(x[i:i + chunk], g_steps, segs), st, clip)
                 if i == 0:
                     offset = offset + half
     if isinstance(offset, torch.Tensor):
@@ -547,20 +555,11 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
     return current.add_(offset) if offset else current
 
 
-def _tile_step(spec: HardwareSpec, array: ProgrammedArray, t: int, worst: float):
-    """Tile ``t``'s ADC step (current units): a float (worst-case range), a 0-d tensor
-    (calibrated per tile) or (C,) (calibrated per column)."""
-    if array.adc_fs is None:
-        return spec.adc_spec.step(worst)
-    return spec.adc_spec.step(array.adc_fs[t].to(array.g.dtype))
-
-
 def _may_clip(array: ProgrammedArray, t: int, worst: float, peak: torch.Tensor) -> bool:
     """Whether tile ``t``'s ADC can clip a current, given ``peak`` (C,), the largest |current| each
     column can carry: unless every column stays below its range by a margin (0.1 %, far above the
     float rounding of a column sum), clipping is applied."""
-    fs = worst if array.adc_fs is None else array.adc_fs[t].to(peak.dtype)
-    return not bool((peak * (1.0 + 1e-3) < fs).all())
+    return not bool((peak * (1.0 + 1e-3) < _tile_range(array, t, worst, peak.dtype)).all())
 
 
 def _adc_add(spec: HardwareSpec, array: ProgrammedArray, t: int, total: torch.Tensor, part: torch.Tensor,

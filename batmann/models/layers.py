@@ -118,20 +118,24 @@ def standardize_activations(x: Tensor) -> Tensor:
     return _Standardize.apply(x)
 
 
-def centered_sign(x: Tensor) -> Tensor:
-    """``sign_pm1(x - mean(x))`` per row (no gradient): the forward value of :func:`centered_sign_ste`,
-    as ``x > mean`` (the same test exactly, see :func:`centered_sign_int8`), in two passes over ``x``."""
+def _sign_about_mean(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """+1 where ``x > mean(x)`` per row, -1 elsewhere, in ``dtype``: two passes over ``x``.
+    ``x > mean`` is ``x - mean > 0`` exactly (the difference of two distinct floats is never
+    rounded to zero)."""
     mu = x.mean(_row_dims(x), keepdim=True, dtype=torch.float32)
-    one = torch.ones((), dtype=x.dtype, device=x.device)
+    one = torch.ones((), dtype=dtype, device=x.device)
     return torch.where(x > mu, one, -one)
+
+
+def centered_sign(x: Tensor) -> Tensor:
+    """``sign_pm1(x - mean(x))`` per row (no gradient), in ``x``'s dtype: the forward value of
+    :func:`centered_sign_ste`."""
+    return _sign_about_mean(x, x.dtype)
 
 
 def centered_sign_int8(x: Tensor) -> Tensor:
-    """:func:`centered_sign` as int8 +-1 (no gradient): ``x > mean`` is ``x - mean > 0`` exactly
-    (the difference of two distinct floats is never rounded to zero), in two passes over ``x``."""
-    mu = x.mean(_row_dims(x), keepdim=True, dtype=torch.float32)
-    one = torch.ones((), dtype=torch.int8, device=x.device)
-    return torch.where(x > mu, one, -one)
+    """:func:`centered_sign` as int8 +-1 (no gradient)."""
+    return _sign_about_mean(x, torch.int8)
 
 
 def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0,
