@@ -262,6 +262,27 @@ def test_no_deterministic_trains_the_same_recipe(capsys, tmp_path):
     assert err.count("\n") == 0 and "no row S11" in err
 
 
+def test_train_device_is_part_of_how_not_which_training(capsys, tmp_path):
+    """``--train-device`` changes where a training runs, not its recipe; a device name torch does
+    not know (or CUDA on a machine without it) is a one-line error before anything is written."""
+    import torch
+
+    from batmann.experiments.runner import _config_key, train_config
+
+    training = EXPERIMENTS["sharpening"].rows[2].training
+    cfg = train_config(training, QUICK)
+    meta = train_config(training, QUICK, device="meta")
+    assert (cfg.device, meta.device) == ("cpu", "meta")
+    assert _config_key(meta) == _config_key(cfg)
+    bad = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for name in bad:
+        out = tmp_path / name
+        assert main(["experiment", "run", "sharpening", "--quick", "--train-device", name, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and repr(name) in err
+        assert not out.exists()
+
+
 def test_fgsm_in_worker_processes_gives_the_serial_numbers(quick_ablation, omniglot_cache, tmp_path):
     import shutil
 

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="train bit-reproducibly on one thread (default); --no-deterministic trains on every "
                         "core, the same recipe without bit-reproducibility (evaluations stay deterministic)")
+    r.add_argument("--train-device", default="cpu", metavar="DEVICE",
+                   help="where the trainings run: cpu, cuda or cuda:N (default cpu); evaluations run on "
+                        "the CPU, deterministically, either way")
     r.add_argument("--workers", type=int, default=1, metavar="N",
                    help="FGSM rows of N trainings at once, one worker process each (the same numbers as "
                         "one process; default 1)")
@@ -73,7 +76,7 @@ def run_run(args: argparse.Namespace) -> int:
     summary = run_experiment(args.name, out, quick=args.quick, progress=not (args.no_progress or args.json),
                              command=command, seed=args.seed, resume_from=args.resume_from,
                              rows=args.rows.split(",") if args.rows else None, deterministic=args.deterministic,
-                             workers=args.workers)
+                             workers=args.workers, train_device=args.train_device)
     if args.json:
         print(json.dumps({"experiment": summary.name, "out": str(summary.out), "table": str(summary.table),
                           "figure": str(summary.figure), "rows": summary.rows, "ran": summary.ran,

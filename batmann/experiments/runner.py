@@ -93,30 +93,30 @@ SCALES = {("omniglot", "full"): FULL, ("omniglot", "quick"): QUICK, ("mnist", "f
           ("mnist", "quick"): QUICK_MNIST}
 
 
-def training_precision(scale: Scale) -> str:
-    """The precision the scale's trainings run in on this CPU: ``scale.precision``, except bf16
-    where the CPU emulates it (an AVX2-only CPU), which is fp32: an XNOR training step took 7x
-    longer there in bf16 (``benchmarks/bench_train.py``, docs/experiments.md). Like determinism,
-    how a training was computed, not which training it is (:func:`_config_key`)."""
-    import torch
+def training_precision(scale: Scale, device: str = "cpu") -> str:
+    """The precision the scale's trainings run in on ``device`` (``cpu``, ``cuda``, ``cuda:N``):
+    ``scale.precision``, except bf16 where the device emulates it (an AVX2-only CPU), which is
+    fp32: an XNOR training step took 7x longer there in bf16 (``benchmarks/bench_train.py``,
+    docs/experiments.md). Like determinism, how a training was computed, not which training it
+    is (:func:`_config_key`)."""
+    from batmann.utils.device import has_fast_bf16, resolve_device
 
-    from batmann.utils.device import has_fast_bf16
-
-    if scale.precision == "bf16" and not has_fast_bf16(torch.device("cpu")):
+    if scale.precision == "bf16" and not has_fast_bf16(resolve_device(device)):
         return "fp32"
     return scale.precision
 
 
-def train_config(training: Training, scale: Scale, seed: int = 0, deterministic: bool = True) -> TrainConfig:
-    """The ``batmann train`` configuration of ``training`` at ``scale``; ``deterministic=False``
-    trains on every core (the same recipe, not bit-reproducible); the precision is
-    :func:`training_precision`'s."""
+def train_config(training: Training, scale: Scale, seed: int = 0, deterministic: bool = True,
+                 device: str = "cpu") -> TrainConfig:
+    """The ``batmann train`` configuration of ``training`` at ``scale`` on ``device``;
+    ``deterministic=False`` trains on every core (the same recipe, not bit-reproducible); the
+    precision is :func:`training_precision`'s."""
     return TrainConfig(
         model=ModelConfig(controller=training.controller), episodes=scale.episodes,
         train_episode=scale.train_episode, learning_rate=scale.learning_rate, lr_step=scale.lr_step,
         lr_gamma=scale.lr_gamma, val_interval=scale.val_interval, val_episode=scale.val_episode,
         test_episode=0, checkpoint_interval=max(1, min(50, scale.train_episode)), log_interval=50,
-        sim_cal=training.sim_cal, keys="bipolar", precision=training_precision(scale), seed=seed, device="cpu",
+        sim_cal=training.sim_cal, keys="bipolar", precision=training_precision(scale, device), seed=seed, device=device,
         deterministic=deterministic,
     ).validate()
 
@@ -198,10 +198,10 @@ def import_results(src: str | Path, out: Path, exp, scale: Scale, seed: int = 0)
 
 
 def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress: bool, seed: int = 0,
-                   deterministic: bool = True) -> Path:
-    """Train ``training`` into ``out/runs/<name>`` (resuming an interrupted run) and return its
-    best-validation checkpoint (a shipped checkpoint's file as it is). ``deterministic=False``:
-    train on every core (:func:`train_config`)."""
+                   deterministic: bool = True, device: str = "cpu") -> Path:
+    """Train ``training`` on ``device`` into ``out/runs/<name>`` (resuming an interrupted run) and
+    return its best-validation checkpoint (a shipped checkpoint's file as it is).
+    ``deterministic=False``: train on every core (:func:`train_config`)."""
     from batmann.checkpoint import resolve_checkpoint
     from batmann.train import train
 
@@ -211,8 +211,8 @@ def ensure_trained(training: Training, scale: Scale, out: Path, cache, progress:
     best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
     if _trained(training, scale, out):
         return best
-    cfg = train_config(training, scale, seed, deterministic)
-    flag = "" if deterministic else " --no-deterministic"
+    cfg = train_config(training, scale, seed, deterministic, device)
+    flag = ("" if deterministic else " --no-deterministic") + ("" if device == "cpu" else f" --device {device}")
     command = (f"batmann train --controller {training.controller} --sim-cal {training.sim_cal} --dataset "
                f"{training.dataset}{flag} (experiment scale {scale.name})")
     train(cfg, run_dir, resume=last.exists(), progress=progress, cache=cache, command=command)
@@ -490,14 +490,19 @@ class ExperimentSummary:
 def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bool = True,
                    command: str | None = None, cache=None, seed: int = 0,
                    resume_from: str | Path | None = None, rows: list[str] | None = None,
-                   deterministic: bool = True, workers: int = 1) -> ExperimentSummary:
+                   deterministic: bool = True, workers: int = 1, train_device: str = "cpu") -> ExperimentSummary:
     """Run experiment ``name`` (see :data:`EXPERIMENTS`) into ``out``; rows already recorded there
     are kept, the rest computed in the seed's order. ``resume_from``: a results folder whose
     table and finished trainings are taken first (:func:`import_results`). ``rows``: compute
     only the rows with these keys (``Row.key``: ``S5``, ``S5@ideal``, ``S3@0.1``).
     ``deterministic=False``: the trainings run on every core, not bit-reproducibly (the
     evaluations stay deterministic). ``workers > 1``: the FGSM rows of different trainings run
-    in that many worker processes at once (the same numbers as one process)."""
+    in that many worker processes at once (the same numbers as one process). ``train_device``:
+    where the trainings run (``cpu``, ``cuda``, ``cuda:N``); the evaluations run on the CPU,
+    deterministically, wherever the trainings ran."""
+    from batmann.utils.device import resolve_device
+
+    resolve_device(train_device)  # a bad name fails here, before anything is written
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if name not in EXPERIMENTS:
@@ -548,7 +553,7 @@ def run_experiment(name: str, out: str | Path, quick: bool = False, progress: bo
     parallel = []  # (training, its FGSM rows, checkpoint) for the worker processes
     for training in trainings:
         rows = [r for r in pending if r.training == training]
-        ckpt = ensure_trained(training, scale, out, cache, progress, seed, deterministic)
+        ckpt = ensure_trained(training, scale, out, cache, progress, seed, deterministic, train_device)
         ck, digital = _loaded(ckpt)  # loaded once; its features are computed once for every row
         for row in rows:
             if row.epsilon is None and exp.kind == "accuracy" and row.chip is None:
