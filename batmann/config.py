@@ -252,6 +252,16 @@ def protocol_options(protocol: str, base: EpisodeOptions) -> EpisodeOptions:
                                within_alphabet=True, distinct_drawers=True)
 
 
+def trained_for_protocol(opts: EpisodeOptions) -> str | None:
+    """The fixed protocol (:func:`protocol_options`) whose kind of episode ``opts`` trains on:
+    ``lake`` for lake-split 20-way 1-shot episodes within one alphabet by distinct drawers; else
+    None."""
+    lake = protocol_options("lake", opts)
+    same = all(getattr(opts, k) == getattr(lake, k)
+               for k in ("split", "class_num", "num_shot", "within_alphabet", "distinct_drawers"))
+    return "lake" if same else None
+
+
 def _split_sizes(split: str) -> dict[str, int]:
     """Number of train/test characters in each split (fixed by the data set)."""
     return {"seed": {"n_train_chars": 964, "n_test_chars": 659},

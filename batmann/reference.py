@@ -10,6 +10,10 @@ from __future__ import annotations
 SEED_FP = {(5, 1): 95.25, (20, 5): 97.64, (100, 5): 95.68}
 SEED_BINARY = {(5, 1): 94.40, (20, 5): 95.11, (100, 5): 94.32}
 NAT_COMM_SOFTWARE = {(5, 1): 97.44, (20, 5): 97.79, (100, 5): 93.97}
+#: published error rates (%) on Lake's one-shot protocol (``batmann evaluate --protocol lake``):
+#: humans and Bayesian Program Learning (Lake et al., Science 2015), convolutional Siamese nets
+#: (Koch et al., ICML deep learning workshop 2015)
+LAKE_PROTOCOL_ERROR = {"humans": 4.5, "Bayesian Program Learning": 3.3, "Siamese nets": 8.0}
 HD_MANN_D512 = {(5, 1): 97.74, (20, 5): 98.09, (100, 5): 94.62}
 
 

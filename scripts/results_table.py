@@ -24,10 +24,12 @@ import tempfile
 from pathlib import Path
 
 from batmann.checkpoint import SHIPPED_DIR
-from batmann.reference import NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
+from batmann.config import EpisodeOptions, protocol_options, trained_for_protocol
+from batmann.records import eval_settings
+from batmann.reference import LAKE_PROTOCOL_ERROR, NAT_COMM_SOFTWARE, SEED_BINARY, SEED_FP, is_binary
 
 ORDER = ["5w1s-fp", "5w1s-binary", "20w5s-fp", "20w5s-binary", "20w5s-binary-hwa", "100w5s-fp", "100w5s-binary",
-         "20w5s-fp-lake", "20w5s-binary-lake"]
+         "20w5s-fp-lake", "20w5s-binary-lake", "20w1s-fp-lake", "20w1s-binary-lake"]
 
 
 def _minutes(seconds: float | None) -> str:
@@ -118,13 +120,20 @@ def _train_commands(prov: dict, name: str) -> str:
     return ", ".join(f"`sh scripts/train_shipped.sh {s}`" for s in reversed(stages))
 
 
+def _protocol(cfg: dict) -> str | None:
+    """The fixed protocol a checkpoint was trained for (its record is that protocol's), or None."""
+    return trained_for_protocol(EpisodeOptions(**cfg["episodes"]))
+
+
 def _evaluation(name: str, cfg: dict) -> dict | None:
     path = SHIPPED_DIR / f"{name}.eval.json"
     if not path.exists():
         return None
-    ep = cfg["episodes"]
-    want = {"ways": ep["class_num"], "shots": ep["num_shot"], "split": ep["split"], "episodes": 1000,
-            "seed": 0, "keys": cfg["keys"], "queries": ep["batch_size_test"]}
+    opts = EpisodeOptions(**cfg["episodes"])
+    if _protocol(cfg) is not None:
+        opts = protocol_options(_protocol(cfg), opts)
+    want = eval_settings(opts, cfg["keys"], 1000, 0)
+    want.pop("precision")
     for entry in json.loads(path.read_text())["results"]:
         settings = dict(entry["settings"])
         if settings.pop("precision", "fp32") == "fp32" and settings == want:  # fp32 and the seed's episodes
@@ -148,7 +157,10 @@ def row(name: str, full: bool = False) -> str | None:
     ep, controller = cfg["episodes"], cfg["model"]["controller"]
     key = (ep["class_num"], ep["num_shot"])
     binary = is_binary(controller)
+    protocol = _protocol(cfg)
     problem = f"{key[0]}-way {key[1]}-shot" + (" (lake split)" if ep["split"] == "lake" else "")
+    if protocol == "lake":
+        problem = "Lake's one-shot protocol (20-way 1-shot, one alphabet, distinct drawers)"
     setting = (f"binary ({controller}, 8-bit first/last, +-1 keys)" if binary
                else "full precision (bipolar keys)")
     hardware_aware = bool((cfg.get("hardware_aware") or {}).get("spec"))
@@ -156,16 +168,22 @@ def row(name: str, full: bool = False) -> str | None:
         setting += ", hardware-aware (docs/hardware-aware.md)"
     ev = _evaluation(name, cfg)
     ours = "not evaluated" if ev is None else f"**{ev['accuracy_pct']:.2f} +- {ev['ci95_pct']:.2f} %**"
+    if ev is not None and protocol is not None:
+        ours += f" (error {100.0 - ev['accuracy_pct']:.2f} %)"
     theirs = ep["split"] == "seed" and not hardware_aware
     seed_ref = (SEED_BINARY if binary else SEED_FP).get(key) if theirs else None
     nat = NAT_COMM_SOFTWARE.get(key) if theirs else None
     fmt = lambda v: "-" if v is None else f"{v:.2f} %"  # noqa: E731
-    head = f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {fmt(nat)} | "
+    literature = fmt(nat)
+    if protocol == "lake":  # the protocol's published error rates, as accuracies
+        literature = ", ".join(f"{100 - e:.1f} % {who}" for who, e in LAKE_PROTOCOL_ERROR.items())
+    head = f"| {problem} | {setting} | {ours} | {fmt(seed_ref)} | {literature} | "
     if not full:
         return head + f"{_reproduce(prov, name)} |"
     storage = prov.get("stored_as", "?").split(" ")[0]
     return (head + f"{_training(prov)} | {storage} | {_train_commands(prov, name)}, then "
-            f"`batmann evaluate --checkpoint {name} --episodes 1000 --precision fp32` |")
+            f"`batmann evaluate --checkpoint {name} --episodes 1000 --precision fp32"
+            f"{f' --protocol {protocol}' if protocol else ''}` |")
 
 
 #: the short table's header (the README's)

@@ -4,7 +4,8 @@ Floating tensors are stored as fp16 when that changes nothing measurable: the fp
 weights are evaluated on the same test episodes and fp16 is kept only if every prediction is
 the same (else fp32 is shipped). The measurement goes into the checkpoint's provenance. The
 shipped weights are then evaluated on ``--eval-episodes`` test episodes (episode seed 0, what
-``batmann evaluate --checkpoint NAME`` draws) into ``NAME.eval.json`` beside them: the only
+``batmann evaluate --checkpoint NAME`` draws; for a checkpoint trained on a fixed protocol's kind
+of episode, e.g. Lake's, that protocol's) into ``NAME.eval.json`` beside them: the only
 writer of the package's evaluation records (a user's evaluations go to ``$BATMANN_HOME``).
 
     .venv/bin/python scripts/ship_checkpoint.py runs/20w5s-binary 20w5s-binary [--check-episodes 100] [--eval-episodes 1000]
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 
 from batmann.checkpoint import SHIPPED_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
+from batmann.config import protocol_options, trained_for_protocol
 from batmann.data import load_image_cache
 from batmann.errors import CheckpointError
 from batmann.evaluate import DigitalSystem, evaluate_model, score_episode
@@ -82,9 +85,13 @@ def main() -> int:
     print(f"{dest}: {dest.stat().st_size / 1e6:.2f} MB, {provenance['stored_as']}")
     if args.eval_episodes > 0:
         shipped = load_checkpoint(dest)
-        result = evaluate_model(shipped.model, shipped.config, cache, "cpu", args.eval_episodes, seed=0, progress=True)
-        settings = eval_settings(shipped.config.episodes, shipped.config.keys, args.eval_episodes, 0)
-        command = f"batmann evaluate --checkpoint {args.name} --episodes {args.eval_episodes}"
+        config, command = shipped.config, f"batmann evaluate --checkpoint {args.name} --episodes {args.eval_episodes}"
+        protocol = trained_for_protocol(config.episodes)
+        if protocol is not None:  # trained for a fixed protocol: its record is that protocol's
+            config = replace(config, episodes=protocol_options(protocol, config.episodes))
+            command += f" --protocol {protocol}"
+        result = evaluate_model(shipped.model, config, cache, "cpu", args.eval_episodes, seed=0, progress=True)
+        settings = eval_settings(config.episodes, config.keys, args.eval_episodes, 0)
         record = save_eval_result(dest, result, settings, command, out=dest.with_suffix(".eval.json"))
         print(f"{record}: {result.accuracy_pct:.2f} % +- {result.ci95_pct:.2f}")
     return 0

@@ -11,6 +11,8 @@ B=.venv/bin/batmann
 COMMON="--val-interval 250 --val-episode 100 --test-episode 1000 --checkpoint-interval 50 --seed 0 --no-progress"
 # the 100-way stages (GPU): 5 training queries per class, 1,000 images per episode
 G100="--device cuda --loss nll --ways 100 --shots 5 --lr-gamma 0.5 --val-interval 250 --val-episode 50 --test-episode 0 --checkpoint-interval 250"
+# Lake's one-shot protocol's kind of training episode, augmented, on one CUDA GPU
+LAKE1="--device cuda --split lake --ways 20 --shots 1 --within-alphabet --distinct-drawers --augment --loss nll --val-interval 500 --val-episode 200 --test-episode 0 --checkpoint-interval 250 --log-interval 250 --precision fp32 --no-deterministic"
 run() {  # run NAME ARGS...: train into runs/NAME (ARGS override COMMON), resuming if it exists
   name=$1; shift
   if [ -f "runs/$name/last.safetensors" ]; then set -- "$@" --resume; fi
@@ -36,8 +38,13 @@ case "${1:-}" in
   100w5s-binary)  run 100w5s-binary --init-from 20w5s-binary $G100 --controller xnor --episodes 4000 --lr 2e-4 --lr-step 1000 --seed 2 ;;
   20w5s-binary-lake) run 20w5s-binary-lake --split lake --controller xnor --ways 20 --shots 5 --episodes 6000 --lr 5e-4 --lr-step 2000 --lr-gamma 0.5 ;;
   20w5s-fp-lake) run 20w5s-fp-lake --split lake --controller fp --ways 20 --shots 5 --episodes 6000 --lr 5e-4 --lr-step 2000 --lr-gamma 0.5 ;;
+  # Lake's one-shot protocol: the -lake 20-way 5-shot checkpoints fine-tuned on its own kind of episode
+  # (20-way 1-shot, one alphabet, distinct drawers) with augmentation and --loss nll, on one CUDA GPU (an
+  # H200: 5 and 7 min, four trainings at once). The binary run was stopped at episode 19,500 and resumed.
+  20w1s-fp-lake) run 20w1s-fp-lake --init-from 20w5s-fp-lake $LAKE1 --controller fp --episodes 20000 --lr 3e-4 --lr-step 4000 ;;
+  20w1s-binary-lake) run 20w1s-binary-lake --init-from 20w5s-binary-lake $LAKE1 --controller xnor --episodes 20000 --lr 3e-4 --lr-step 4000 ;;
   # hardware-aware: 20w5s-binary fine-tuned with a harsh all-analog chip in the loop plus the digital loss
   # (docs/hardware-aware.md; the shipped run was planned for 300 episodes, stopped after 242, best at 200)
   20w5s-binary-hwa) run 20w5s-binary-hwa --init-from 20w5s-binary --hardware-aware studies/chips/vteam-harsh.toml --hardware-aware-digital-weight 1 --controller xnor --ways 20 --shots 5 --episodes 200 --lr 1e-4 --lr-step 1000 --val-interval 100 --val-episode 50 --test-episode 0 --checkpoint-interval 25 --seed 2 --no-deterministic ;;
-  *) echo "usage: $0 20w5s-binary|20w5s-binary-hwa|20w5s-fp-stage1|20w5s-fp|5w1s-binary|5w1s-fp|100w5s-fp-gpu|100w5s-fp-gpu2|100w5s-fp|100w5s-binary|20w5s-binary-lake|20w5s-fp-lake" >&2; exit 2 ;;
+  *) echo "usage: $0 20w5s-binary|20w5s-binary-hwa|20w5s-fp-stage1|20w5s-fp|5w1s-binary|5w1s-fp|100w5s-fp-gpu|100w5s-fp-gpu2|100w5s-fp|100w5s-binary|20w5s-binary-lake|20w5s-fp-lake|20w1s-fp-lake|20w1s-binary-lake" >&2; exit 2 ;;
 esac

@@ -38,7 +38,7 @@ def test_pm1_kernels_reach_the_largest_sums_exactly():
     assert bk.pm1_linear(torch.ones(1, 2048), torch.ones(1, 2048)).item() == 2048.0
 
 
-@pytest.mark.parametrize("name", ["20w5s-binary", "100w5s-binary", "20w5s-binary-lake"])
+@pytest.mark.parametrize("name", ["20w5s-binary", "100w5s-binary", "20w5s-binary-lake", "20w1s-binary-lake"])
 def test_shipped_binary_checkpoints_give_bit_identical_features_on_int8(name, omniglot_cache, monkeypatch):
     from batmann.checkpoint import load_checkpoint
 

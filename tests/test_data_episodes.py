@@ -265,3 +265,18 @@ def test_evaluate_protocol_lake_fixes_lakes_episodes_and_reports_the_error(omnig
     assert "--protocol lake fixes the episodes; drop --ways" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="protocol 'x' is not one of lake"):
         protocol_options("x", EpisodeOptions())
+
+
+def test_a_training_on_lake_episodes_is_recognised_as_the_protocols():
+    """``trained_for_protocol``: lake split, 20-way 1-shot, one alphabet, distinct drawers (the
+    query count is the training's own); any other episode is no protocol's."""
+    from dataclasses import replace
+
+    from batmann.config import EpisodeOptions, trained_for_protocol
+
+    lake = EpisodeOptions(split="lake", class_num=20, num_shot=1, within_alphabet=True, distinct_drawers=True)
+    assert trained_for_protocol(lake) == "lake" and trained_for_protocol(replace(lake, batch_size_test=5)) == "lake"
+    for change in ({"split": "seed"}, {"num_shot": 5}, {"class_num": 5}, {"within_alphabet": False},
+                   {"distinct_drawers": False}):
+        assert trained_for_protocol(replace(lake, **change)) is None, change
+    assert trained_for_protocol(EpisodeOptions()) is None

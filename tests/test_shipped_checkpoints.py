@@ -23,8 +23,12 @@ def test_shipped_checkpoint_runs_one_episode(name, omniglot_cache):
     opts = ckpt.config.episodes
     ep = make_sampler(omniglot_cache, opts, "test", seed=7).sample(index=0)
     res = score_episode(DigitalSystem(ckpt.model, keys=ckpt.config.keys), ep)
-    # every shipped checkpoint scores above 90 % on 1000 episodes; one episode has 25-500 queries
-    assert res.accuracy >= 0.8, (name, res.accuracy)
+    # one episode (25-500 queries) within 15 pp of the recorded 1000-episode accuracy, and at
+    # least 80 % for those above 95 % (Lake's protocol checkpoints record about 81 %)
+    import json
+
+    recorded = json.loads(ckpt.path.with_suffix(".eval.json").read_text())["results"][0]["accuracy_pct"] / 100
+    assert res.accuracy >= min(0.8, recorded - 0.15), (name, res.accuracy, recorded)
 
 
 def test_checkpoints_command_lists_what_is_shipped():
