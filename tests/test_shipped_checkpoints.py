@@ -34,7 +34,11 @@ def test_shipped_checkpoint_runs_one_episode(name, omniglot_cache):
 def test_checkpoints_command_lists_what_is_shipped():
     out = subprocess.run([sys.executable, "-m", "batmann", "checkpoints", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert sorted(r["name"] for r in json.loads(out.stdout)) == SHIPPED
+    rows = json.loads(out.stdout)
+    assert sorted(r["name"] for r in rows) == SHIPPED
+    # a checkpoint trained for Lake's protocol says that its accuracy is the protocol's
+    protocols = {r["name"]: r["protocol"] for r in rows}
+    assert protocols["20w1s-fp-lake"] == "lake" and protocols["20w5s-fp-lake"] is None
 
 
 def test_reference_numbers_and_demo_table(omniglot_cache):

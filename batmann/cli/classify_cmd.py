@@ -42,6 +42,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def run_checkpoints(args: argparse.Namespace) -> int:
     from batmann.checkpoint import shipped_checkpoints
+    from batmann.config import EpisodeOptions, trained_for_protocol
 
     rows = []
     for name, path in shipped_checkpoints().items():
@@ -54,10 +55,13 @@ def run_checkpoints(args: argparse.Namespace) -> int:
             if results:
                 best = max(results, key=lambda r: r.get("episodes", 0))
                 acc = f"{best['accuracy_pct']:.2f} +- {best['ci95_pct']:.2f} ({best['episodes']} ep)"
+        protocol = trained_for_protocol(EpisodeOptions(**cfg["episodes"])) if "episodes" in cfg else None
+        if acc is not None and protocol is not None:  # its record is the protocol's (scripts/ship_checkpoint.py)
+            acc += f", protocol {protocol}"
         rows.append({"name": name, "controller": cfg.get("model", {}).get("controller"),
                      "ways": cfg.get("episodes", {}).get("class_num"), "shots": cfg.get("episodes", {}).get("num_shot"),
                      "split": cfg.get("episodes", {}).get("split"), "keys": cfg.get("keys"),
-                     "accuracy": acc, "path": str(path)})
+                     "protocol": protocol, "accuracy": acc, "path": str(path)})
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
