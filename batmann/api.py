@@ -9,14 +9,15 @@ from pathlib import Path
 from batmann.checkpoint import Checkpoint, load_checkpoint
 from batmann.config import KEY_MODES, EpisodeOptions
 from batmann.errors import ConfigError
-from batmann.evaluate import EvalResult, evaluate_model, inference_precision
+from batmann.evaluate import EvalResult, check_test_views, evaluate_model, inference_precision
 from batmann.utils.device import resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 1000, seed: int = 0,
                         keys: str | None = None, episode_options: EpisodeOptions | None = None,
                         device: str = "auto", progress: bool = False, cache=None,
-                        precision: str = "fp32", feature_cache: bool | None = None) -> EvalResult:
+                        precision: str = "fp32", feature_cache: bool | None = None,
+                        test_views: int = 0) -> EvalResult:
     """Test-only evaluation of a checkpoint on ``episodes`` test episodes.
 
     ``keys`` and ``episode_options`` default to the checkpoint's own; ``seed`` fixes the
@@ -25,10 +26,14 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
     line's default). With ``feature_cache`` (default: on unless ``$BATMANN_FEATURE_CACHE`` is
     ``0``) the features of a checkpoint file are kept on disk
     (:func:`batmann.feature_store.evaluation_store`): a second evaluation of the same checkpoint
-    on the same images costs seconds and gives the same result bit for bit.
+    on the same images costs seconds and gives the same result bit for bit. ``test_views``:
+    test-time augmentation, each image's feature averaged over it and that many random affine
+    views (the training's ``--augment`` ranges, drawn from ``seed`` and the image; no feature
+    store then).
     """
     if episodes < 1:
         raise ConfigError(f"episodes must be >= 1 (got {episodes})")
+    check_test_views(test_views)
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     config = copy.deepcopy(ckpt.config)  # overrides below must not change the caller's checkpoint
@@ -46,9 +51,9 @@ def evaluate_checkpoint(checkpoint: str | Path | Checkpoint, episodes: int = 100
     store = None
     if feature_cache is None:
         feature_cache = os.environ.get("BATMANN_FEATURE_CACHE", "1") != "0"
-    if feature_cache and Path(ckpt.path).is_file():
+    if feature_cache and Path(ckpt.path).is_file() and not test_views:
         from batmann.feature_store import evaluation_store
 
         store = evaluation_store(ckpt.path, cache, precision, dev)
     return evaluate_model(ckpt.model.to(dev), config, cache, dev, episodes, seed, progress=progress,
-                          precision=precision, store=store)
+                          precision=precision, store=store, test_views=test_views)

@@ -43,10 +43,15 @@ class DigitalSystem:
     """
 
     def __init__(self, model: torch.nn.Module, keys: str = "bipolar", cache_features: bool = True,
-                 autocast: bool = False, store=None) -> None:
+                 autocast: bool = False, store=None, test_views: int = 0, view_seed: int = 0) -> None:
         self.model = model.eval()
         self.keys_mode = keys
         self.autocast = autocast
+        #: test-time augmentation: each image's feature is the mean over the image and this many
+        #: random affine views of it (:func:`batmann.data.augment.image_views`, the training's
+        #: ``--augment`` ranges, drawn from ``view_seed`` and the image's id); 0 = off
+        self.test_views = check_test_views(test_views)
+        self.view_seed = view_seed
         self._cache: dict[int, torch.Tensor] | None = {} if cache_features else None
         self._keys: torch.Tensor | None = None
         #: a :class:`batmann.feature_store.FeatureStore` backing the feature cache on disk
@@ -75,7 +80,25 @@ class DigitalSystem:
         return self.model(images).float()
 
     @torch.no_grad()
+    def _viewed(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The mean feature over ``images`` and their :attr:`test_views` views (B, d)."""
+        from batmann.config import AUGMENT_DEFAULTS
+        from batmann.data.augment import image_views
+
+        cfg, id_list = AUGMENT_DEFAULTS, ids.tolist()
+        total = self._forward(images)
+        for view in range(1, self.test_views + 1):
+            total += self._forward(image_views(images, id_list, cfg, self.view_seed, view))
+        return total / (self.test_views + 1)
+
+    @torch.no_grad()
     def features(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.test_views:
+            if ids is None:
+                raise ConfigError("test-time views need the images' ids (an episode's *_index)")
+            if self._cache is None:
+                return self._viewed(images, ids)
+            return cached_rows(self._cache, images, ids, self._viewed, with_ids=True)
         if ids is None or self._cache is None:
             return self._forward(images)
         return cached_rows(self._cache, images, ids, self._forward)
@@ -83,7 +106,8 @@ class DigitalSystem:
     def with_keys(self, keys: str) -> "DigitalSystem":
         """The same model and feature cache with another key format: features depend on the
         images only, so several key formats are scored without recomputing them."""
-        other = DigitalSystem(self.model, keys=keys, cache_features=False, autocast=self.autocast)
+        other = DigitalSystem(self.model, keys=keys, cache_features=False, autocast=self.autocast,
+                              test_views=self.test_views, view_seed=self.view_seed)
         other._cache = self._cache
         return other
 
@@ -96,11 +120,19 @@ class DigitalSystem:
         return inference_similarity(quantize_keys(queries, self.keys_mode), self._keys, self.keys_mode)
 
 
+def check_test_views(views) -> int:
+    """``views`` if it is a whole number >= 0 (test-time views per image), else a one-line error."""
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise ConfigError(f"test views must be a whole number >= 0 (0 = off), got {views!r}")
+    return views
+
+
 def cached_rows(store: dict[int, torch.Tensor], images: torch.Tensor, ids: torch.Tensor,
-                compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                compute: Callable[..., torch.Tensor], with_ids: bool = False) -> torch.Tensor:
     """``compute(images)`` row by row, memoised in ``store`` by image id: rows whose id is not
     stored yet are computed in one batch (an id that appears twice in ``ids`` only once), the
-    rest are looked up. Images (B, ...) and ids (B,) -> (B, ...)."""
+    rest are looked up. Images (B, ...) and ids (B,) -> (B, ...). ``with_ids``: call
+    ``compute(images, their ids)``."""
     id_list = ids.tolist()
     first: dict[int, int] = {}
     for i, key in enumerate(id_list):
@@ -108,7 +140,8 @@ def cached_rows(store: dict[int, torch.Tensor], images: torch.Tensor, ids: torch
             first.setdefault(key, i)
     if first:
         idx = torch.tensor(list(first.values()), device=images.device)
-        for key, row in zip(first.keys(), compute(images[idx])):
+        rows = compute(images[idx], torch.tensor(list(first.keys()))) if with_ids else compute(images[idx])
+        for key, row in zip(first.keys(), rows):
             store[key] = row
     return torch.stack([store[key] for key in id_list])
 
@@ -222,19 +255,24 @@ def inference_precision(controller: str, precision: str, device: torch.device | 
 
 
 def evaluate_model(model: torch.nn.Module, config, cache, device: torch.device | str, episodes: int,
-                   seed: int, progress: bool = False, precision: str = "fp32", store=None) -> EvalResult:
+                   seed: int, progress: bool = False, precision: str = "fp32", store=None,
+                   test_views: int = 0) -> EvalResult:
     """Digital accuracy of ``model`` on ``episodes`` test episodes (test characters of
     ``config.episodes.split``, test query pool, key mode ``config.keys``; a
     :class:`~batmann.config.TrainConfig`), drawn with ``seed``; features cached per image, and
     with ``store`` (a :class:`~batmann.feature_store.FeatureStore`) read from and saved to disk,
     also when interrupted; ``precision`` ``fp32`` or ``bf16`` (autocast; see
-    :func:`inference_precision`)."""
+    :func:`inference_precision`); ``test_views``: test-time augmentation (:class:`DigitalSystem`,
+    views drawn from ``seed``; no ``store`` then)."""
     from batmann.tasks import make_sampler
 
+    if test_views and store is not None:
+        raise ConfigError("a feature store holds plain features; evaluate test-time views without one")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"evaluation precision must be fp32 or bf16, got {precision!r}")
     sampler = make_sampler(cache, config.episodes, "test", seed, device)
-    system = DigitalSystem(model, keys=config.keys, cache_features=True, autocast=precision == "bf16", store=store)
+    system = DigitalSystem(model, keys=config.keys, cache_features=True, autocast=precision == "bf16", store=store,
+                           test_views=test_views, view_seed=seed)
     try:
         return evaluate_system(system, sampler, episodes, progress=progress, desc="test")
     finally:

@@ -32,14 +32,18 @@ def eval_record_path(checkpoint_path: str | Path) -> Path:
     return path.with_suffix(".eval.json")
 
 
-def eval_settings(opts, keys: str, episodes: int, seed: int, precision: str = "fp32") -> dict[str, Any]:
+def eval_settings(opts, keys: str, episodes: int, seed: int, precision: str = "fp32",
+                  test_views: int = 0) -> dict[str, Any]:
     """The settings an evaluation record is keyed by (``opts``: the
-    :class:`~batmann.config.EpisodeOptions` evaluated; ``precision``: the one it ran in)."""
+    :class:`~batmann.config.EpisodeOptions` evaluated; ``precision``: the one it ran in;
+    ``test_views``: test-time views per image, named only when on)."""
     out = {"ways": opts.class_num, "shots": opts.num_shot, "queries": opts.batch_size_test,
            "split": opts.split, "keys": keys, "episodes": episodes, "seed": seed, "precision": precision}
     for name in ("within_alphabet", "distinct_drawers"):  # named only when on (older records lack them)
         if getattr(opts, name, False):
             out[name] = True
+    if test_views:
+        out["test_views"] = test_views
     return out
 
 

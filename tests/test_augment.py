@@ -107,3 +107,48 @@ def test_augmented_training_changes_the_run_and_resumes_bit_exactly(tmp_path, om
     train(tiny_config(augment=AUGMENT_DEFAULTS), tmp_path / "b", resume=True, progress=False, cache=omniglot_cache)
     b = _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_test_views_average_each_image_over_its_own_fixed_views(omniglot_cache, tmp_path, monkeypatch):
+    """``--test-views N``: an image's feature is the mean of the model over it and N views drawn
+    from the seed and its id alone (the same alone or in any batch); a second evaluation gives
+    the same bits; no feature store is read or written; the record names the views."""
+    from batmann.api import evaluate_checkpoint
+    from batmann.checkpoint import load_checkpoint
+    from batmann.data.augment import image_views
+    from batmann.evaluate import DigitalSystem
+    from batmann.records import eval_settings
+
+    monkeypatch.setenv("BATMANN_HOME", str(tmp_path))
+    model = load_checkpoint("5w1s-fp", "cpu").model.eval()
+    images = torch.as_tensor(omniglot_cache.images[:6]).float().unsqueeze(1) / 255
+    ids = torch.arange(100, 106)
+    system = DigitalSystem(model, keys="real", test_views=2, view_seed=3)
+    got = system.features(images, ids)
+    with torch.no_grad():
+        views = [model(images)] + [model(image_views(images, ids.tolist(), AUGMENT_DEFAULTS, 3, v)) for v in (1, 2)]
+    assert torch.allclose(got, sum(views) / 3, atol=1e-6)
+    assert not torch.allclose(views[1], views[2]) and not torch.allclose(views[0], views[1])
+    alone = DigitalSystem(model, keys="real", test_views=2, view_seed=3).features(images[4:5], ids[4:5])
+    assert torch.allclose(alone[0], got[4], atol=1e-6)
+    other_seed = DigitalSystem(model, keys="real", test_views=2, view_seed=4).features(images[:1], ids[:1])
+    assert not torch.allclose(other_seed[0], got[0])
+
+    ckpt = load_checkpoint("5w1s-fp", "cpu")
+    a = evaluate_checkpoint(ckpt, episodes=3, seed=5, cache=omniglot_cache, test_views=2, feature_cache=True)
+    b = evaluate_checkpoint(ckpt, episodes=3, seed=5, cache=omniglot_cache, test_views=2, feature_cache=True)
+    assert a.per_episode == b.per_episode
+    assert not list(tmp_path.rglob("*.safetensors"))  # no feature store with views
+    assert eval_settings(ckpt.config.episodes, "real", 3, 5, test_views=2)["test_views"] == 2
+    assert "test_views" not in eval_settings(ckpt.config.episodes, "real", 3, 5)
+    with pytest.raises(ConfigError, match="test views must be a whole number >= 0"):
+        evaluate_checkpoint(ckpt, episodes=1, cache=omniglot_cache, test_views=-1)
+
+
+def test_test_views_cli_flag_and_bad_value(capsys):
+    assert main(["evaluate", "--checkpoint", "5w1s-fp", "--episodes", "2", "--test-views", "1", "--no-save",
+                 "--json"]) == 0
+    assert __import__("json").loads(capsys.readouterr().out)["test_views"] == 1
+    assert main(["evaluate", "--checkpoint", "5w1s-fp", "--episodes", "2", "--test-views", "-2", "--no-save"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "got -2" in err

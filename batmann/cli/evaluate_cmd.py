@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute every feature afresh and keep none on disk (default: the features of a checkpoint "
                         "file are kept in $BATMANN_HOME/features, so a second evaluation costs seconds and gives the "
                         "same result; $BATMANN_FEATURE_CACHE=0 turns it off too)")
+    p.add_argument("--test-views", type=int, default=0, metavar="N",
+                   help="test-time augmentation: each image's feature is the mean over the image and N random "
+                        "affine views of it (the training's --augment ranges; the same views for an image in "
+                        "every episode, drawn from --seed); N + 1 forward passes per image, no feature cache "
+                        "(default 0: off)")
     p.add_argument("--verbose", action="store_true",
                    help="say which arithmetic units the controller runs on (e.g. exact int8 binarized layers on AMX)")
     p.set_defaults(func=run_evaluate)
@@ -88,11 +93,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"precision: {precision}", file=sys.stderr)
     result = evaluate_checkpoint(ckpt, episodes=args.episodes, seed=args.seed, keys=keys,
                                  episode_options=opts, device=args.device, progress=not args.json,
-                                 precision=precision, feature_cache=False if args.no_feature_cache else None)
+                                 precision=precision, feature_cache=False if args.no_feature_cache else None,
+                                 test_views=args.test_views)
     command = "batmann " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.no_save:
-        save_eval_result(ckpt.path, result, eval_settings(opts, keys, args.episodes, args.seed, precision), command)
+        save_eval_result(ckpt.path, result, eval_settings(opts, keys, args.episodes, args.seed, precision,
+                                                          args.test_views), command)
     out = {**result.to_dict(), "keys": keys, "split": opts.split, "precision": precision, "checkpoint": str(ckpt.path)}
+    if args.test_views:
+        out["test_views"] = args.test_views
     if args.protocol is not None:
         out = {"protocol": args.protocol, "error_pct": 100.0 - result.accuracy_pct, **out}
     if args.json:

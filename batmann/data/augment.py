@@ -21,6 +21,8 @@ from batmann.config import AugmentConfig
 
 #: a constant word mixed into the augmentation seeds, so that they differ from the samplers'
 _STREAM = 0xA06
+#: the same for the test-time views (:func:`image_views`), so that they differ from training's
+_VIEW_STREAM = 0x7E57
 
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
@@ -56,6 +58,20 @@ def random_affine(images: Tensor, cfg: AugmentConfig, generator: torch.Generator
     theta = affine_matrices(images.shape[0], images.shape[-1], cfg, generator)
     theta = theta.to(device=images.device, dtype=torch.float32)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False).to(images.dtype)
+
+
+def image_views(images: Tensor, ids: list[int], cfg: AugmentConfig, seed: int, view: int) -> Tensor:
+    """Test-time view ``view`` (1, 2, ...) of images (B, C, S, S): each image resampled through its
+    own random affine map of ``cfg``, drawn from ``seed``, its id (``ids``, B) and ``view`` alone,
+    so an image has the same views in every episode and batch."""
+    theta = torch.cat([
+        affine_matrices(1, images.shape[-1], cfg, torch.Generator().manual_seed(int(
+            np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(i) & 0xFFFFFFFFFFFF, int(view), _VIEW_STREAM])
+            .generate_state(1, np.uint64)[0] >> np.uint64(1))))
+        for i in ids])
+    grid = F.affine_grid(theta.to(device=images.device, dtype=torch.float32), list(images.shape), align_corners=False)
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
                          align_corners=False).to(images.dtype)
 
