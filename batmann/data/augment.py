@@ -25,10 +25,15 @@ _STREAM = 0xA06
 _VIEW_STREAM = 0x7E57
 
 
+def _generator(seed: int, *words: int) -> torch.Generator:
+    """A generator seeded from ``seed`` and ``words`` (non-negative ints) through a SeedSequence."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
 def episode_generator(seed: int, episode: int) -> torch.Generator:
     """The augmentation generator of training episode ``episode`` of a run seeded ``seed``."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(episode), _STREAM]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return _generator(seed, int(episode), _STREAM)
 
 
 def affine_matrices(n: int, size: int, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
@@ -55,9 +60,12 @@ def random_affine(images: Tensor, cfg: AugmentConfig, generator: torch.Generator
     ``cfg`` is off); the parameters are drawn on the CPU from ``generator``."""
     if not cfg.enabled or images.shape[0] == 0:
         return images
-    theta = affine_matrices(images.shape[0], images.shape[-1], cfg, generator)
-    theta = theta.to(device=images.device, dtype=torch.float32)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return _resample(images, affine_matrices(images.shape[0], images.shape[-1], cfg, generator))
+
+
+def _resample(images: Tensor, theta: Tensor) -> Tensor:
+    """Images (B, C, S, S) resampled through the sampling maps ``theta`` (B, 2, 3)."""
+    grid = F.affine_grid(theta.to(device=images.device, dtype=torch.float32), list(images.shape), align_corners=False)
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
                          align_corners=False).to(images.dtype)
 
@@ -66,14 +74,9 @@ def image_views(images: Tensor, ids: list[int], cfg: AugmentConfig, seed: int, v
     """Test-time view ``view`` (1, 2, ...) of images (B, C, S, S): each image resampled through its
     own random affine map of ``cfg``, drawn from ``seed``, its id (``ids``, B) and ``view`` alone,
     so an image has the same views in every episode and batch."""
-    theta = torch.cat([
-        affine_matrices(1, images.shape[-1], cfg, torch.Generator().manual_seed(int(
-            np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(i) & 0xFFFFFFFFFFFF, int(view), _VIEW_STREAM])
-            .generate_state(1, np.uint64)[0] >> np.uint64(1))))
-        for i in ids])
-    grid = F.affine_grid(theta.to(device=images.device, dtype=torch.float32), list(images.shape), align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False).to(images.dtype)
+    size = images.shape[-1]
+    return _resample(images, torch.cat([
+        affine_matrices(1, size, cfg, _generator(seed, int(i) & 0xFFFFFFFFFFFF, int(view), _VIEW_STREAM)) for i in ids]))
 
 
 def augment_episode(episode, cfg: AugmentConfig, seed: int, index: int):
