@@ -2,7 +2,9 @@
 
 Uses a randomly initialised plain Sequential shaped like the BATMANN controller (conv 1->128 5x5,
 conv 128->128 5x5, maxpool, conv 128->128 3x3 x2, maxpool, FC 2048->512) and random 32x32 images;
-timings do not depend on the weights. One episode = features of 100 support + 100 query images,
+timings do not depend on the weights. The "binarized" rows use the same shape with centred signs
+before the layers after the first (the plain form of an XNOR controller), against its own
+digital row. One episode = features of 100 support + 100 query images,
 writing the 100 binarised keys, 100 x 100 similarities, class sums and argmax.
 
     .venv/bin/python benchmarks/bench_crossbar.py                    # a few episodes per mode
@@ -43,6 +45,20 @@ def batmann_shaped_controller(seed: int = 0) -> nn.Sequential:
         nn.Conv2d(1, 128, 5), nn.ReLU(), nn.Conv2d(128, 128, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(128, 128, 3), nn.ReLU(), nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(2048, 512),
+    ).eval()
+
+
+def binarized_controller(seed: int = 0) -> nn.Sequential:
+    """The same shape with a centred sign before every layer after the first: the plain form of an
+    XNOR controller (``export_plain``), whose +-1 layers see +-v_read on every row (read by table
+    lookup on kernel-major ADC tiles, ``crossbar/lookup.py``)."""
+    from batmann.models.layers import SignActivation
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 128, 5), nn.ReLU(), SignActivation(), nn.Conv2d(128, 128, 5), nn.ReLU(), nn.MaxPool2d(2),
+        SignActivation(), nn.Conv2d(128, 128, 3), nn.ReLU(), SignActivation(), nn.Conv2d(128, 128, 3), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), SignActivation(), nn.Linear(2048, 512),
     ).eval()
 
 
@@ -136,6 +152,16 @@ def main(argv=None) -> int:
                       wire_resistance=1.0, tile_shape=(128, 128), adc_bits=8, conv_rows="channel", **nonideal)),
     ]
     rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
+    binarized = binarized_controller()  # its rows are compared with its own digital row
+    rows += [time_mode(name, binarized, spec, args.episodes, gen) for name, spec in [
+        ("binarized controller: digital", None),
+        ("binarized: all analog, non-ideal + 8-bit ADC, 128x128 tiles, kernel-major conv rows",
+         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", **nonideal)),
+        ("binarized: the same + programming noise, read noise, drift (1 y, compensated), endurance",
+         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", programming_noise=0.02,
+                      read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02, time="1y", drift_compensation="global",
+                      endurance=1e6, episodes_served=10**5, **nonideal)),
+    ]]
     if args.memtorch_forward:
         rows.append(time_mode("all analog, non-ideal, MemTorch's memtorch.mn forward", plain,
                               HardwareSpec(analog="all", **nonideal), args.episodes, gen, read="memtorch"))
@@ -147,7 +173,10 @@ def main(argv=None) -> int:
                      "program_s": time.perf_counter() - t0, "episode_s": None, "episode_min_s": None,
                      "cached_episode_s": None, "episodes": 0})
 
-    digital = rows[0]["episode_s"]
+    def baseline(mode: str) -> float:  # the digital row of the row's controller
+        ref = "binarized controller: digital" if mode.startswith("binarized") else "digital"
+        return next(r["episode_s"] for r in rows if r["mode"] == ref)
+
     print(f"# 20-way 5-shot episode = {WAYS * (SHOTS + QUERIES)} images; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print("# s/episode: median over the episodes; min in brackets; cached: the same episode again")
@@ -155,7 +184,7 @@ def main(argv=None) -> int:
     for r in rows:
         ep = r["episode_s"]
         print(f"{r['mode']:<72} {r['program_s']:>9.3f} "
-              + (f"{ep:>10.3f} {r['episode_min_s']:>7.3f} {ep / digital:>9.2f} {r['cached_episode_s']:>9.4f}"
+              + (f"{ep:>10.3f} {r['episode_min_s']:>7.3f} {ep / baseline(r['mode']):>9.2f} {r['cached_episode_s']:>9.4f}"
                  if ep is not None else f"{'-':>10} {'-':>7} {'-':>9} {'-':>9}"))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=1))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from crossbar.cpu_features import has_fast_bf16
+from crossbar import lookup
 from crossbar.spec import HardwareSpec
 from device_models.nonidealities import NonIdeality
 from device_models.nonidealities import program_fraction
@@ -525,13 +526,22 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
 
     current = torch.zeros(b, h, w_, array.cols, dtype=v.dtype, device=v.device).permute(0, 3, 1, 2)
     offset = 0.0  # the half steps of the quantised tiles (see ADC.accumulate_)
+    lookup_sum = None
     if noisy:  # the read noise is drawn tile by tile over the whole batch
-        x2, g2 = x * x, g_sq
-        if _low_precision_sums(x2):  # converted once for every tile
-            x2, g2 = x2.bfloat16(), g2.bfloat16()
-        for t, (segs, fs, clip) in enumerate(tiles_):
-            part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
-            offset = offset + _adc_add(spec, array, t, current, part, fs)
+        lookup_sum = _lookup_tile_sum(x, dac.v_read, gd, c_in, kernel_size, stride, h, w_, tiles_)
+        if lookup_sum:  # +-v inputs: each tile's variance sum V^2 (G+^2 + G-^2) is v^2 times a column sum
+            v2 = dac.v_read * dac.v_read
+            for t, ((segs, fs, clip), rs) in enumerate(zip(tiles_, _row_slices(spec, array.rows))):
+                part = lookup_sum(0, b, segs)
+                var = lambda p=part, rs=rs: (g_sq[rs].sum(0) * v2).view(1, -1, 1, 1).expand(p.shape)
+                offset = offset + _adc_add(spec, array, t, current, _currents(noisy, part, var, gen), fs)
+        else:
+            x2, g2 = x * x, g_sq
+            if _low_precision_sums(x2):  # converted once for every tile
+                x2, g2 = x2.bfloat16(), g2.bfloat16()
+            for t, (segs, fs, clip) in enumerate(tiles_):
+                part = _currents(noisy, tile_sum(x, gd, segs), lambda: tile_sum(x2, g2, segs), gen)
+                offset = offset + _adc_add(spec, array, t, current, part, fs)
     elif array.calibration is not None:  # recording each tile's currents as they are
         for t, (segs, fs, clip) in enumerate(tiles_):
             _adc_add(spec, array, t, current, tile_sum(x, gd, segs), fs, clip)
@@ -544,15 +554,43 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
             g_steps[rs] /= st  # a (C,) step divides each column
         steps = [_per_column(st, 4) for st in steps]
         chunk = max(1, TILE_CHUNK_ELEMENTS // (array.cols * h * w_))
+        lookup_sum = _lookup_tile_sum(x, dac.v_read, g_steps, c_in, kernel_size, stride, h, w_, tiles_)
         for i in range(0, b, chunk):
             acc = current[i:i + chunk]
             for (segs, _, clip), st in zip(tiles_, steps):
-                half = adc.accumulate_steps_(acc, tile_sum(x[i:i + chunk], g_steps, segs), st, clip)
+                part = lookup_sum(i, chunk, segs) if lookup_sum else tile_sum(x[i:i + chunk], g_steps, segs)
+                half = adc.accumulate_steps_(acc, part, st, clip)
                 if i == 0:
                     offset = offset + half
     if isinstance(offset, torch.Tensor):
         return current.add_(offset.view(1, -1, 1, 1) if offset.dim() == 1 else offset)
     return current.add_(offset) if offset else current
+
+
+def _lookup_tile_sum(x, v_read, g, c_in, kernel_size, stride, h, w_, tiles_):
+    """Where every voltage of the channels-last image ``x`` (B, Hp, Wp, C_in) is +-``v_read`` and
+    every row segment of every tile covers whole lookup groups: a function ``(first image, images,
+    segments) -> the tile's (n, C_out, H', W') sums`` computing them by table lookup
+    (:mod:`crossbar.lookup`) from the conductances ``g`` (R, C_out) in kernel-major rows; else None."""
+    bits = lookup.GROUP_BITS
+    if c_in % bits or any(c0 % bits or c1 % bits for segs, _, _ in tiles_ for _, _, c0, c1, _ in segs):
+        return None
+    if not lookup.two_level(x, v_read):
+        return None
+    codes = lookup.pattern_codes(x, v_read)  # (B, Hp, Wp, C_in / bits)
+    tables = lookup.pattern_table(g.view(kernel_size * kernel_size, c_in, g.shape[1]), v_read)
+
+    def tile_sum(i, n, segs):
+        out = None
+        for kh, kw, c0, c1, _ in segs:
+            idx = codes[i:i + n, kh:kh + stride * (h - 1) + 1:stride, kw:kw + stride * (w_ - 1) + 1:stride,
+                        c0 // bits:c1 // bits]
+            m = idx.shape[0] * h * w_
+            part = lookup.lookup_currents(idx.reshape(m, -1), tables[kh * kernel_size + kw])
+            out = part if out is None else out.add_(part)
+        return out.view(-1, h, w_, out.shape[1]).permute(0, 3, 1, 2)
+
+    return tile_sum
 
 
 def _may_clip(array: ProgrammedArray, t: int, worst: float, peak: torch.Tensor) -> bool:
