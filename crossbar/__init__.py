@@ -10,8 +10,8 @@ Depends on :mod:`device_models`; knows nothing about episodes or BATMANN.
   ``similarities``, the interface an episodic evaluator needs.
 - Building blocks: :class:`KeyCrossbar` (a key-memory chip), :mod:`crossbar.controller`
   (controller layers patched with ``memtorch.mn``), :mod:`crossbar.conductance` (the vectorised
-  programming/reading pipeline), :mod:`crossbar.memtorch_compat` (importing MemTorch without
-  torchvision).
+  programming/reading pipeline), :mod:`crossbar.lookup` (the currents of +-v inputs by table
+  lookup), :mod:`crossbar.memtorch_compat` (importing MemTorch without torchvision).
 """
 
 from crossbar.key_memory import KeyCrossbar
