@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from crossbar.cpu_features import has_fast_bf16
 from crossbar import lookup
+from crossbar.cpu_features import has_fast_bf16
 from crossbar.spec import HardwareSpec
 from device_models.nonidealities import NonIdeality
 from device_models.nonidealities import program_fraction
@@ -526,7 +526,6 @@ def _tiled_adc_conv_kernel_major(spec, array, v, kernel_size, stride, padding, g
 
     current = torch.zeros(b, h, w_, array.cols, dtype=v.dtype, device=v.device).permute(0, 3, 1, 2)
     offset = 0.0  # the half steps of the quantised tiles (see ADC.accumulate_)
-    lookup_sum = None
     if noisy:  # the read noise is drawn tile by tile over the whole batch
         lookup_sum = _lookup_tile_sum(x, dac.v_read, gd, c_in, kernel_size, stride, h, w_, tiles_)
         if lookup_sum:  # +-v inputs: each tile's variance sum V^2 (G+^2 + G-^2) is v^2 times a column sum
