@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     plain = batmann_shaped_controller()
     gen = torch.Generator().manual_seed(0)
     nonideal = dict(preset="vteam", variability=0.1, states=16, stuck_lrs=0.01, stuck_hrs=0.01)
+    # programming and read noise, drift (1 y, compensated) and endurance, on top of ``nonideal``
+    effects = dict(programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02, time="1y",
+                   drift_compensation="global", endurance=1e6, episodes_served=10**5, **nonideal)
+    adc_tiles = dict(adc_bits=8, tile_shape=(128, 128))
     modes = [
         ("digital", None),
         ("keys analog, ideal", HardwareSpec(analog="keys", preset="ideal")),
@@ -138,29 +142,24 @@ def main(argv=None) -> int:
         ("all analog, ideal", HardwareSpec(analog="all", preset="ideal")),
         ("all analog, non-ideal", HardwareSpec(analog="all", **nonideal)),
         ("all analog, non-ideal + 8-bit ADC, 128x128 tiles, channel-major conv rows",
-         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="channel", **nonideal)),
+         HardwareSpec(analog="all", conv_rows="channel", **adc_tiles, **nonideal)),
         ("all analog, non-ideal + 8-bit ADC, 128x128 tiles, kernel-major conv rows (the default)",
-         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", **nonideal)),
+         HardwareSpec(analog="all", conv_rows="kernel", **adc_tiles, **nonideal)),
         ("all analog, non-ideal + 8-bit ADC/DAC, 256x256 tiles, channel-major conv rows",
          HardwareSpec(analog="all", adc_bits=8, dac_bits=8, tile_shape=(256, 256), conv_rows="channel", **nonideal)),
         ("all analog, non-ideal + programming noise, read noise, drift (1 y, compensated), endurance",
-         HardwareSpec(analog="all", programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02,
-                      time="1y", drift_compensation="global", endurance=1e6, episodes_served=10**5, **nonideal)),
+         HardwareSpec(analog="all", **effects)),
         ("the same + IR drop (1 ohm per segment, 128x128 arrays) + 8-bit ADC",
-         HardwareSpec(analog="all", programming_noise=0.02, read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02,
-                      time="1y", drift_compensation="global", endurance=1e6, episodes_served=10**5,
-                      wire_resistance=1.0, tile_shape=(128, 128), adc_bits=8, conv_rows="channel", **nonideal)),
+         HardwareSpec(analog="all", wire_resistance=1.0, conv_rows="channel", **adc_tiles, **effects)),
     ]
     rows = [time_mode(name, plain, spec, args.episodes, gen) for name, spec in modes]
     binarized = binarized_controller()  # its rows are compared with its own digital row
     rows += [time_mode(name, binarized, spec, args.episodes, gen) for name, spec in [
         ("binarized controller: digital", None),
         ("binarized: all analog, non-ideal + 8-bit ADC, 128x128 tiles, kernel-major conv rows",
-         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", **nonideal)),
+         HardwareSpec(analog="all", conv_rows="kernel", **adc_tiles, **nonideal)),
         ("binarized: the same + programming noise, read noise, drift (1 y, compensated), endurance",
-         HardwareSpec(analog="all", adc_bits=8, tile_shape=(128, 128), conv_rows="kernel", programming_noise=0.02,
-                      read_noise=0.02, drift_nu=0.05, drift_nu_sigma=0.02, time="1y", drift_compensation="global",
-                      endurance=1e6, episodes_served=10**5, **nonideal)),
+         HardwareSpec(analog="all", conv_rows="kernel", **adc_tiles, **effects)),
     ]]
     if args.memtorch_forward:
         rows.append(time_mode("all analog, non-ideal, MemTorch's memtorch.mn forward", plain,
