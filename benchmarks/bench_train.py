@@ -34,7 +34,7 @@ from batmann.train import train_step
 from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.allocator import retain_freed_memory
 from batmann.utils.device import has_fast_bf16
-from crossbar.cpu_features import describe_cpu_path, has_fast_int8
+from crossbar.cpu_features import describe_cpu_path
 
 SEED_TRAIN_EPS, SEED_TEST_EPS = 0.71, 1.5
 
@@ -64,9 +64,10 @@ def train_rate(cfg: TrainConfig, cache, steps: int) -> float:
     return 1.0 / statistics.median(times)
 
 
-def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int = 0, int8: bool = False) -> float:
-    """Test episodes/s; ``int8``: binarized layers on the exact int8 kernels (else fp32)."""
-    binary_kernels.ENABLED = int8
+def test_rate(cfg: TrainConfig, cache, episodes: int, cached: bool, warmup: int = 0, exact: bool = False) -> float:
+    """Test episodes/s; ``exact``: binarized layers on this CPU's exact kernel (int8 or popcount),
+    else on fp32."""
+    binary_kernels.KERNEL = "auto" if exact else "fp32"
     model = build_model(cfg).eval()
     system = DigitalSystem(model, keys="bipolar", cache_features=cached,
                            autocast=cfg.autocast_bf16)
@@ -99,27 +100,30 @@ def main() -> None:
     retain_freed_memory()  # as the command line does (benchmarks/bench_allocator.py)
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(cpu)}; {describe_cpu_path()}")
-    print("test: fp32 kernels; with int8: the XNOR layers' +-1 products on the exact int8 kernels (same features)")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {has_fast_bf16(cpu)}; "
+          f"{describe_cpu_path(binary_kernels.describe_kernel(cpu))}")
+    exact_kernel = binary_kernels.kernel_for(cpu)
+    print(f"test: fp32 kernels; with the exact kernel ({exact_kernel or 'none here'}): the XNOR layers' +-1 "
+          "products on it (same features)")
     print("train: bf16 is autocast for fp, and for xnor an exact fp32 forward with bf16 gradient products")
     print("| task | controller | precision | deterministic | compiled | train ep/s | x seed | test ep/s | x seed | "
-          "test ep/s, int8 | x seed | test ep/s, feature cache | x seed | feature cache, int8 | x seed |")
+          "test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel | x seed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
                 cfg = TrainConfig(model=ModelConfig(controller=kind), episodes=task(tag), precision=prec, device="cpu")
                 steps = args.steps if tag.startswith("20") else max(2, args.steps // 2)
-                int8 = kind == "xnor" and has_fast_int8(cpu)
+                exact = kind == "xnor" and exact_kernel is not None
                 nan = float("nan")
                 te = test_rate(cfg, cache, args.test_episodes, cached=False) if args.test_episodes else nan
-                te8 = test_rate(cfg, cache, args.test_episodes, cached=False, int8=True) \
-                    if args.test_episodes and int8 else nan
+                te8 = test_rate(cfg, cache, args.test_episodes, cached=False, exact=True) \
+                    if args.test_episodes and exact else nan
                 tc = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup) \
                     if args.cached else nan
-                tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, int8=True) \
-                    if args.cached and int8 else nan
-                binary_kernels.ENABLED = True
+                tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, exact=True) \
+                    if args.cached and exact else nan
+                binary_kernels.KERNEL = "auto"
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
                 for det, comp in itertools.product(args.deterministic.split(","), compiles):
                     with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):

@@ -33,17 +33,21 @@ def _cpu_int8() -> bool:
 
 def has_fast_int8(device: torch.device) -> bool:
     """Whether int8 matrix products with int32 sums (``torch._int_mm``) run on native units of
-    ``device``: a CPU with AMX or AVX512-VNNI. Elsewhere the binarized layers stay in fp32."""
+    ``device``: a CPU with AMX or AVX512-VNNI. Elsewhere the binarized layers use XOR / popcount
+    kernels on AVX2 (:mod:`batmann.models.popcount_kernels`), or fp32."""
     return device.type == "cpu" and _cpu_int8()
 
 
-def describe_cpu_path(int8_enabled: bool = True) -> str:
+def describe_cpu_path(binarized: str | None = None) -> str:
     """One line naming the arithmetic units the fast paths use on this CPU (for ``--verbose``);
-    ``int8_enabled=False``: the int8 kernels are switched off (BATMANN_INT8=0)."""
+    ``binarized``: how the binarized layers run (the caller's words, e.g.
+    :func:`batmann.models.binary_kernels.describe_kernel`); default: int8 where the CPU has
+    int8 units, else fp32."""
     units = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"),
                                       ("AVX512-VNNI", "_is_vnni_supported"), ("AVX-512", "_is_avx512_supported"),
                                       ("AVX2", "_is_avx2_supported"))
              if _flag(check)]
-    int8 = "int8 (exact)" if _cpu_int8() and int8_enabled else "fp32"
+    if binarized is None:
+        binarized = "int8 (exact)" if _cpu_int8() else "fp32"
     bf16 = "native" if _cpu_bf16() else "emulated (not used)"
-    return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {int8}; bf16: {bf16}"
+    return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {binarized}; bf16: {bf16}"

@@ -1,4 +1,4 @@
-"""Exact int8 kernels for +-1 x +-1 layers: the same bits as fp32, on the shipped checkpoints too."""
+"""Exact int8 kernels for +-1 x +-1 layers, and how the kernel is chosen: the same bits as fp32."""
 
 from __future__ import annotations
 
@@ -44,28 +44,59 @@ def test_shipped_binary_checkpoints_give_bit_identical_features_on_int8(name, om
 
     model = load_checkpoint(name).model.eval()
     assert any(isinstance(m, layers.XnorConv2d) for m in model.modules())
-    images = torch.as_tensor(omniglot_cache.images[::97][:48]).float().unsqueeze(1) / 255
+    # 16 images: torch._int_mm is 25-35x slower than fp32 on a CPU without int8 units
+    images = torch.as_tensor(omniglot_cache.images[::97][:16]).float().unsqueeze(1) / 255
     calls = []
     real = bk.pm1_conv2d
     monkeypatch.setattr(bk, "pm1_conv2d", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)  # whatever this CPU has
     with torch.no_grad():
-        monkeypatch.setattr(bk, "ENABLED", False)
+        monkeypatch.setattr(bk, "KERNEL", "fp32")
         fp32 = model(images)
         assert not calls
-        monkeypatch.setattr(bk, "ENABLED", True)
+        monkeypatch.setattr(bk, "KERNEL", "int8")  # whatever this CPU has
         int8 = model(images)
     assert len(calls) == 3  # conv2..conv4
     assert torch.equal(int8, fp32)
 
 
 def test_training_keeps_the_fp32_straight_through_path(monkeypatch):
-    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)
+    monkeypatch.setattr(bk, "KERNEL", "int8")
     monkeypatch.setattr(bk, "pm1_conv2d", lambda *a: pytest.fail("int8 kernel used under autograd"))
     conv = layers.XnorConv2d(4, 6, 3)
     x = torch.randn(2, 4, 7, 7, requires_grad=True)
     conv(x).sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_the_kernel_setting_comes_from_the_environment_and_is_checked():
+    from batmann.errors import ConfigError
+
+    assert bk.kernel_setting({}) == "auto"
+    assert bk.kernel_setting({"BATMANN_INT8": "0"}) == "fp32"
+    assert bk.kernel_setting({"BATMANN_BINARY_KERNEL": "Popcount", "BATMANN_INT8": "0"}) == "popcount"
+    with pytest.raises(ConfigError, match="BATMANN_BINARY_KERNEL='int4' is not one of auto, int8, popcount, fp32"):
+        bk.kernel_setting({"BATMANN_BINARY_KERNEL": "int4"})
+
+
+def test_auto_prefers_int8_units_then_popcount_then_fp32(monkeypatch):
+    from batmann.models import popcount_kernels
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bk, "KERNEL", "auto")
+    monkeypatch.setattr(bk, "has_fast_int8", lambda device: True)
+    assert bk.kernel_for(cpu) == "int8" and bk.kernel_for(cpu, padding=1) == "int8"
+    assert bk.describe_kernel(cpu) == "int8 (exact)"
+    monkeypatch.setattr(bk, "has_fast_int8", lambda device: False)
+    monkeypatch.setattr(popcount_kernels, "available", lambda: True)
+    assert bk.kernel_for(cpu) == "popcount" and bk.kernel_for(cpu, padding=1) is None
+    assert bk.describe_kernel(cpu) == "popcount (exact, AVX2)"
+    monkeypatch.setattr(popcount_kernels, "available", lambda: False)
+    monkeypatch.setattr(popcount_kernels, "unavailable_reason", lambda: "the CPU has no AVX2")
+    assert bk.kernel_for(cpu) is None and bk.describe_kernel(cpu) == "fp32 (the CPU has no AVX2)"
+    assert bk.kernel_for(torch.device("meta")) is None
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    monkeypatch.setattr(bk, "has_fast_int8", lambda device: True)
+    assert bk.kernel_for(cpu) is None and bk.describe_kernel(cpu) == "fp32"
 
 
 def test_the_cpu_path_is_described():
@@ -75,12 +106,16 @@ def test_the_cpu_path_is_described():
     assert line.startswith("CPU units: ") and "binarized layers: " in line
 
 
-def test_evaluate_verbose_says_when_the_int8_kernels_are_off(monkeypatch):
+def test_evaluate_verbose_names_the_binarized_path(omniglot_cache, monkeypatch, capsys):
+    from batmann.cli import main
     from crossbar.cpu_features import describe_cpu_path
 
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
     assert "binarized layers: int8 (exact)" in describe_cpu_path()
-    assert "binarized layers: fp32" in describe_cpu_path(int8_enabled=False)
+    assert "binarized layers: fp32;" in describe_cpu_path("fp32")
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    assert main(["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "1", "--no-save", "--verbose"]) == 0
+    assert "binarized layers: fp32;" in capsys.readouterr().err
 
 
 def test_inference_max_pooling_gives_the_same_values_and_training_keeps_max_pool2d():
@@ -98,8 +133,9 @@ def test_inference_max_pooling_gives_the_same_values_and_training_keeps_max_pool
     assert xg.grad.sum().item() == want.numel()
 
 
-def test_xnor_inference_weights_follow_weight_updates(monkeypatch):
-    monkeypatch.setattr(layers, "has_fast_int8", lambda device: True)
+@pytest.mark.parametrize("kernel", ["int8", "popcount"])
+def test_xnor_inference_weights_follow_weight_updates(kernel, monkeypatch):
+    monkeypatch.setattr(bk, "KERNEL", kernel)
     conv = layers.XnorConv2d(4, 6, 3).eval()
     x = torch.randn(2, 4, 7, 7)
     with torch.no_grad():

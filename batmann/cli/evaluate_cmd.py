@@ -65,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from batmann.models import binary_kernels
         from crossbar.cpu_features import describe_cpu_path
 
-        print(describe_cpu_path(binary_kernels.ENABLED) if device.type == "cpu" else f"device: {device}",
+        print(describe_cpu_path(binary_kernels.describe_kernel(device)) if device.type == "cpu" else f"device: {device}",
               file=sys.stderr)
     ckpt = load_checkpoint(args.checkpoint, device)
     opts = ckpt.config.episodes

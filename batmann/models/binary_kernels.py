@@ -2,11 +2,18 @@
 
 A convolution or linear layer of +-1 inputs with +-1 weights sums integers: each output is an
 integer of magnitude at most K (C_in * k * k, or the input width). In fp32 it is exact (K <
-2^24), and so are these kernels: the patches and weights as int8, one matrix product with int32
-sums (``torch._int_mm``, AMX or AVX512-VNNI), the result converted to fp32. Outputs are
-bit-identical to the fp32 convolution; ``tests/test_binary_kernels.py`` checks it on the shipped
-binary checkpoints. Used only where :func:`crossbar.cpu_features.has_fast_int8` says the CPU
-runs int8 natively, and only without autograd (training keeps the fp32 STE path).
+2^24), and so are the two kernels used instead of it, chosen at run time by :func:`kernel_for`:
+
+* ``int8`` (this module): the patches and weights as int8, one matrix product with int32 sums
+  (``torch._int_mm``), the result converted to fp32. Fast where the CPU has AMX or
+  AVX512-VNNI (:func:`crossbar.cpu_features.has_fast_int8`); elsewhere 25-35x slower than fp32.
+* ``popcount`` (:mod:`batmann.models.popcount_kernels`): one bit per value, XOR and population
+  count on AVX2, compiled with the system's C compiler on first use. Used where the CPU has no
+  int8 units; no zero padding.
+
+Outputs are bit-identical to the fp32 convolution; ``tests/test_binary_kernels.py`` checks it on
+the shipped binary checkpoints. Used only without autograd, and in the forward of XNOR layers
+trained with bf16 gradients (:class:`batmann.models.layers._Pm1Product`).
 """
 
 from __future__ import annotations
@@ -17,12 +24,78 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-#: the XNOR layers use these kernels at inference where the CPU runs int8 natively; the
-#: environment variable BATMANN_INT8=0 (or setting this to False) keeps them in fp32, to compare
-ENABLED = os.environ.get("BATMANN_INT8", "1") != "0"
+from batmann.errors import ConfigError
+from crossbar.cpu_features import has_fast_int8
+
+#: the kernel settings: ``auto`` (int8 on AMX / AVX512-VNNI, else popcount where it builds, else
+#: fp32), or one of them forced (``int8`` runs anywhere, slowly without int8 units; ``popcount``
+#: needs AVX2 and a C compiler, else fp32)
+KERNELS = ("auto", "int8", "popcount", "fp32")
+
+
+def kernel_setting(env: dict | None = None) -> str:
+    """The setting from the environment: ``BATMANN_BINARY_KERNEL`` (one of :data:`KERNELS`,
+    default ``auto``); ``BATMANN_INT8=0`` (older name) means ``fp32``."""
+    env = os.environ if env is None else env
+    value = env.get("BATMANN_BINARY_KERNEL", "").strip().lower() or (
+        "fp32" if env.get("BATMANN_INT8", "1") == "0" else "auto")
+    if value not in KERNELS:
+        raise ConfigError(f"BATMANN_BINARY_KERNEL={value!r} is not one of {', '.join(KERNELS)}")
+    return value
+
+
+#: which kernel the XNOR layers use at inference (set from the environment at import; tests and
+#: benchmarks assign it): one of :data:`KERNELS`
+KERNEL = kernel_setting()
 
 #: int8 patch-matrix bytes per image chunk (keeps the unfolded patches in the last-level cache)
 PATCH_CHUNK_BYTES = 1 << 25
+
+
+def kernel_for(device: torch.device, padding: int = 0) -> str | None:
+    """The exact kernel for a +-1 x +-1 product on ``device`` under :data:`KERNEL`: ``"int8"``,
+    ``"popcount"`` or None (fp32). ``padding``: the convolution's zero padding (popcount has none)."""
+    if device.type != "cpu" or KERNEL == "fp32":
+        return None
+    if KERNEL == "int8" or (KERNEL == "auto" and has_fast_int8(device)):
+        return "int8"
+    from batmann.models import popcount_kernels
+
+    return "popcount" if padding == 0 and popcount_kernels.available() else None
+
+
+def describe_kernel(device: torch.device) -> str:
+    """How the binarized layers run on ``device``, for ``--verbose``: e.g. ``popcount (exact, AVX2)``."""
+    kernel = kernel_for(device)
+    if kernel == "int8":
+        return "int8 (exact)"
+    if kernel == "popcount":
+        return "popcount (exact, AVX2)"
+    if device.type == "cpu" and KERNEL in ("auto", "popcount"):
+        from batmann.models import popcount_kernels
+
+        return f"fp32 ({popcount_kernels.unavailable_reason()})"
+    return "fp32"
+
+
+def pm1_conv2d_exact(x: Tensor, w: Tensor, kernel: str, stride: int = 1, padding: int = 0) -> Tensor:
+    """:func:`pm1_conv2d` on ``kernel`` (``int8`` or ``popcount``, see :func:`kernel_for`)."""
+    if kernel == "popcount":
+        from batmann.models import popcount_kernels
+
+        if padding:
+            raise ValueError("the popcount kernels have no zero padding")
+        return popcount_kernels.pm1_conv2d(x, w, stride)
+    return pm1_conv2d(x, w, stride, padding)
+
+
+def pm1_linear_exact(x: Tensor, w: Tensor, kernel: str) -> Tensor:
+    """:func:`pm1_linear` on ``kernel`` (``int8`` or ``popcount``)."""
+    if kernel == "popcount":
+        from batmann.models import popcount_kernels
+
+        return popcount_kernels.pm1_linear(x, w)
+    return pm1_linear(x, w)
 
 
 def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tensor:

@@ -36,9 +36,9 @@ are clamped below at 1e-12 (the seed divides by zero on a constant input); the
 standardise / rotate / binarise path runs in float32 with autocast disabled (the tensors are
 small) so that bf16 autocast training binarises exactly as the float32 export does; the random
 rotations come from a ``torch.Generator`` (the seed uses scipy's global NumPy state); nothing
-hard-codes a CUDA device. At inference (no autograd) on a CPU with AMX or AVX512-VNNI, the
-+-1 x +-1 products of the XNOR layers run on exact int8 kernels
-(:mod:`batmann.models.binary_kernels`): the same numbers, several times faster.
+hard-codes a CUDA device. At inference (no autograd) on a CPU, the +-1 x +-1 products of the XNOR
+layers run on exact kernels (:mod:`batmann.models.binary_kernels`: int8 on AMX or AVX512-VNNI,
+XOR and popcount on AVX2): the same numbers, several times faster.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from torch import Tensor, nn
 
 from batmann.models import binary_kernels, fused
 from batmann.models import quantizers as q
-from crossbar.cpu_features import has_fast_int8
 
 STD_EPS = fused.STD_EPS
 
@@ -118,11 +117,16 @@ def standardize_activations(x: Tensor) -> Tensor:
     return _Standardize.apply(x)
 
 
+def _row_mean(x: Tensor) -> Tensor:
+    """The mean of each row (sample) of ``x`` in float32, shape (B, 1, ...): the centered sign's threshold."""
+    return x.mean(_row_dims(x), keepdim=True, dtype=torch.float32)
+
+
 def _sign_about_mean(x: Tensor, dtype: torch.dtype) -> Tensor:
     """+1 where ``x > mean(x)`` per row, -1 elsewhere, in ``dtype``: two passes over ``x``.
     ``x > mean`` is ``x - mean > 0`` exactly (the difference of two distinct floats is never
     rounded to zero)."""
-    mu = x.mean(_row_dims(x), keepdim=True, dtype=torch.float32)
+    mu = _row_mean(x)
     one = torch.ones((), dtype=dtype, device=x.device)
     return torch.where(x > mu, one, -one)
 
@@ -234,18 +238,27 @@ def _plain_like(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Mod
     return plain
 
 
-def _integer_path(layer: nn.Module, x: Tensor) -> bool:
-    """Whether a +-1 x +-1 layer can run on the exact int8 kernels: no autograd, a CPU with
-    native int8 units, an ordinary convolution."""
+def _padding(layer: nn.Module) -> int:
+    return layer.padding[0] if isinstance(layer, nn.Conv2d) else 0
+
+
+def _inference_kernel(layer: nn.Module, x: Tensor) -> str | None:
+    """The exact kernel a +-1 x +-1 layer runs on (``"int8"`` or ``"popcount"``, see
+    :func:`batmann.models.binary_kernels.kernel_for`), or None: autograd, another device, no fast
+    kernel here, or a convolution the kernels do not cover."""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
-        return False
-    if not binary_kernels.ENABLED or not has_fast_int8(x.device):
-        return False
-    return _plain_geometry(layer)
+        return None
+    return _exact_kernel(layer, x)
+
+
+def _exact_kernel(layer: nn.Module, x: Tensor) -> str | None:
+    if not _plain_geometry(layer):
+        return None
+    return binary_kernels.kernel_for(x.device, _padding(layer))
 
 
 def _plain_geometry(layer: nn.Module) -> bool:
-    """Whether the int8 kernels cover ``layer``: a linear layer or an ordinary square convolution."""
+    """Whether the exact kernels cover ``layer``: a linear layer or an ordinary square convolution."""
     if isinstance(layer, nn.Conv2d):
         return (layer.groups == 1 and tuple(layer.dilation) == (1, 1) and layer.padding_mode == "zeros"
                 and not isinstance(layer.padding, str) and len(set(layer.kernel_size)) == 1
@@ -253,16 +266,31 @@ def _plain_geometry(layer: nn.Module) -> bool:
     return True
 
 
-def _pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
+def _pm1_op(layer: nn.Module, x: Tensor, w: Tensor, kernel: str) -> Tensor:
     if isinstance(layer, nn.Conv2d):
-        return binary_kernels.pm1_conv2d(x, w, layer.stride[0], layer.padding[0])
-    return binary_kernels.pm1_linear(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
+        return binary_kernels.pm1_conv2d_exact(x, w, kernel, layer.stride[0], layer.padding[0])
+    flat = binary_kernels.pm1_linear_exact(x.reshape(-1, x.shape[-1]), w, kernel)
+    return flat.reshape(*x.shape[:-1], -1)
+
+
+def _centered_sign_op(layer: nn.Module, x: Tensor, w: Tensor, kernel: str) -> Tensor:
+    """``_pm1_op(layer, centered_sign(x), w)``: on the popcount kernels the signs of a float32
+    ``x`` are packed straight from ``x`` and its row means (one pass, no +-1 tensor)."""
+    if kernel == "popcount" and x.dtype == torch.float32 and (isinstance(layer, nn.Conv2d) or x.dim() == 2):
+        from batmann.models import popcount_kernels
+
+        mu = _row_mean(x)
+        if isinstance(layer, nn.Conv2d):
+            return popcount_kernels.pm1_conv2d(x, w, layer.stride[0], threshold=mu)
+        return popcount_kernels.pm1_linear(x, w, threshold=mu)
+    return _pm1_op(layer, centered_sign_int8(x), w, kernel)
 
 
 def _exact_pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
-    """The +-1 x +-1 product of ``layer`` in float32, exact: on the int8 kernels where they apply."""
-    if binary_kernels.ENABLED and has_fast_int8(x.device) and _plain_geometry(layer):
-        return _pm1_op(layer, x, w)
+    """The +-1 x +-1 product of ``layer`` in float32, exact: on the int8 / popcount kernels where they apply."""
+    kernel = _exact_kernel(layer, x)
+    if kernel is not None:
+        return _pm1_op(layer, x, w, kernel)
     return _op(layer, x.float(), w.float(), None)
 
 
@@ -363,15 +391,16 @@ class _XnorMixin:
     grad_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        fast = _integer_path(self, x)  # inference: the same numbers from int8 units
+        kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
+        fast = kernel is not None
         mixed = not fast and self.grad_dtype is not None and torch.is_grad_enabled()
         with _fp32(x):
             bw = self._inference_weight() if fast else q.xnor_weight_sign(standardize_rows(self.weight))
             # == xnor_act_sign(standardize_rows(x))
-            ba = centered_sign_int8(x) if fast else \
-                centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype if mixed else None)
+            ba = None if fast else centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype if mixed else None)
+            if fast:
+                out = _centered_sign_op(self, x, bw, kernel)
         if fast:
-            out = _pm1_op(self, ba, bw)
             out = (out if self.bias is None else out + _bias_view(self)).to(x.dtype)
         elif mixed:
             out = _Pm1Product.apply(ba, bw, self, self.grad_dtype)

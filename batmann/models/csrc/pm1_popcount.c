@@ -1,0 +1,143 @@
+/* Exact +-1 x +-1 convolutions by XOR and population count (AVX2).
+ *
+ * A +-1 value is one bit (1 for +1, 0 for -1). For K such products, sum = K - 2 * popcount(a ^ w):
+ * an integer, computed exactly and converted to float once. Loaded by
+ * batmann/models/popcount_kernels.py (ctypes); built with -O3 -mavx2 -mpopcnt.
+ *
+ * Layouts: activations packed channels-last, (n, H, W, cw) 64-bit words per pixel (channel c in
+ * bit c % 64 of word c / 64, unused bits 0); weights (O, kwp) words in (kh, kw, word) order,
+ * zero-padded to kwp, a multiple of 4 words (256 bits).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* bits of the +-1 int8 values x[b, p, c] (strides in elements) into out[(b * P + p) * cw + c / 64] */
+void pm1_pack(const int8_t *x, int64_t n, int64_t P, int64_t C, int64_t sb, int64_t sp, int64_t sc,
+              int64_t cw, uint64_t *out) {
+    memset(out, 0, (size_t)(n * P * cw) * sizeof(uint64_t));
+    for (int64_t b = 0; b < n; b++) {
+        const int8_t *xb = x + b * sb;
+        uint64_t *ob = out + b * P * cw;
+        if (sc <= sp) { /* channels contiguous (or nearly): one pixel at a time */
+            for (int64_t p = 0; p < P; p++) {
+                const int8_t *xp = xb + p * sp;
+                uint64_t *op = ob + p * cw;
+                for (int64_t c = 0; c < C; c++)
+                    op[c >> 6] |= (uint64_t)(xp[c * sc] > 0) << (c & 63);
+            }
+        } else { /* pixels contiguous: one channel plane at a time */
+            for (int64_t c = 0; c < C; c++) {
+                const int8_t *xc = xb + c * sc;
+                const int s = (int)(c & 63);
+                uint64_t *oc = ob + (c >> 6);
+                for (int64_t p = 0; p < P; p++)
+                    oc[p * cw] |= (uint64_t)(xc[p * sp] > 0) << s;
+            }
+        }
+    }
+}
+
+/* bits of x[b, p, c] > mu[b] (float32; the centered sign) into out[(b * P + p) * cw + c / 64] */
+void pm1_pack_above(const float *x, const float *mu, int64_t n, int64_t P, int64_t C, int64_t sb, int64_t sp,
+                    int64_t sc, int64_t cw, uint64_t *out) {
+    memset(out, 0, (size_t)(n * P * cw) * sizeof(uint64_t));
+    for (int64_t b = 0; b < n; b++) {
+        const float *xb = x + b * sb;
+        const float m = mu[b];
+        uint64_t *ob = out + b * P * cw;
+        if (sc <= sp) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *xp = xb + p * sp;
+                uint64_t *op = ob + p * cw;
+                for (int64_t c = 0; c < C; c++)
+                    op[c >> 6] |= (uint64_t)(xp[c * sc] > m) << (c & 63);
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *xc = xb + c * sc;
+                const int s = (int)(c & 63);
+                uint64_t *oc = ob + (c >> 6);
+                for (int64_t p = 0; p < P; p++)
+                    oc[p * cw] |= (uint64_t)(xc[p * sp] > m) << s;
+            }
+        }
+    }
+}
+
+/* per-byte popcount of a ^ b (Mula's nibble lookup) */
+static inline __m256i xor_count(__m256i a, __m256i b, __m256i lut, __m256i low) {
+    const __m256i v = _mm256_xor_si256(a, b);
+    const __m256i lo = _mm256_and_si256(v, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+static inline int64_t byte_sum(__m256i acc) {
+    const __m256i s = _mm256_sad_epu8(acc, _mm256_setzero_si256());
+    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
+}
+
+/* counts[j] = popcount(a ^ w_j) over nb 256-bit blocks, for one patch a and eight weight rows
+ * w_j = w + j * nb. Byte counters gain at most 8 per block: flushed every 31 blocks. */
+static inline void count_1x8(const __m256i *a, const __m256i *w, int64_t nb, int64_t counts[8]) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int j = 0; j < 8; j++) counts[j] = 0;
+    for (int64_t i0 = 0; i0 < nb; i0 += 31) {
+        const int64_t i1 = i0 + 31 < nb ? i0 + 31 : nb;
+        __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+        for (int64_t i = i0; i < i1; i++) {
+            const __m256i x = _mm256_load_si256(a + i);
+            c0 = _mm256_add_epi8(c0, xor_count(x, _mm256_loadu_si256(w + i), lut, low));
+            c1 = _mm256_add_epi8(c1, xor_count(x, _mm256_loadu_si256(w + nb + i), lut, low));
+            c2 = _mm256_add_epi8(c2, xor_count(x, _mm256_loadu_si256(w + 2 * nb + i), lut, low));
+            c3 = _mm256_add_epi8(c3, xor_count(x, _mm256_loadu_si256(w + 3 * nb + i), lut, low));
+            c4 = _mm256_add_epi8(c4, xor_count(x, _mm256_loadu_si256(w + 4 * nb + i), lut, low));
+            c5 = _mm256_add_epi8(c5, xor_count(x, _mm256_loadu_si256(w + 5 * nb + i), lut, low));
+            c6 = _mm256_add_epi8(c6, xor_count(x, _mm256_loadu_si256(w + 6 * nb + i), lut, low));
+            c7 = _mm256_add_epi8(c7, xor_count(x, _mm256_loadu_si256(w + 7 * nb + i), lut, low));
+        }
+        counts[0] += byte_sum(c0); counts[1] += byte_sum(c1); counts[2] += byte_sum(c2); counts[3] += byte_sum(c3);
+        counts[4] += byte_sum(c4); counts[5] += byte_sum(c5); counts[6] += byte_sum(c6); counts[7] += byte_sum(c7);
+    }
+}
+
+/* the patch of output pixel (y, x) of image xa (H, W, cw words): k rows of k * cw words each,
+ * then zeros up to kwp words */
+static void gather_patch(const uint64_t *xa, int64_t W, int64_t cw, int64_t k, int64_t stride,
+                         int64_t y, int64_t x, int64_t kwp, uint64_t *patch) {
+    const int64_t run = k * cw;
+    for (int64_t kh = 0; kh < k; kh++)
+        memcpy(patch + kh * run, xa + ((y * stride + kh) * W + x * stride) * cw, (size_t)run * sizeof(uint64_t));
+    memset(patch + k * run, 0, (size_t)(kwp - k * run) * sizeof(uint64_t));
+}
+
+/* out[b * sob + o * soc + p * sop] = K - 2 * popcount(patch(b, p) ^ wb[o]) for the n images of xa
+ * (n, H, W, cw), O output channels, output pixels p = y * Wo + x. wb holds O rounded up to a
+ * multiple of 8 rows (the extra rows are computed and dropped). Returns 0, or -1 without memory. */
+int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, int64_t k, int64_t stride,
+             const uint64_t *wb, int64_t O, int64_t kwp, int64_t K,
+             float *out, int64_t sob, int64_t soc, int64_t sop) {
+    const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, nb = kwp / 4;
+    uint64_t *patch = aligned_alloc(32, (size_t)kwp * sizeof(uint64_t));
+    if (patch == NULL) return -1;
+    for (int64_t b = 0; b < n; b++) {
+        const uint64_t *xb = xa + b * H * W * cw;
+        float *ob = out + b * sob;
+        for (int64_t p = 0; p < P; p++) {
+            gather_patch(xb, W, cw, k, stride, p / Wo, p % Wo, kwp, patch);
+            for (int64_t o = 0; o < O; o += 8) {
+                int64_t counts[8];
+                count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), nb, counts);
+                const int64_t m = O - o < 8 ? O - o : 8;
+                for (int j = 0; j < m; j++) ob[(o + j) * soc + p * sop] = (float)(K - 2 * counts[j]);
+            }
+        }
+    }
+    free(patch);
+    return 0;
+}

@@ -1,0 +1,210 @@
+"""Exact +-1 x +-1 products by XOR and population count (AVX2), for CPUs without int8 matrix units.
+
+A +-1 value is one bit, so K products of +-1 activations with +-1 weights sum to
+``K - 2 * popcount(a XOR w)``: an integer, exact, converted to float32 once. 128 channels of a
+pixel are two 64-bit words, and a 5x5 patch of them 50 words, where fp32 needs 3200
+multiply-adds. The kernels (``csrc/pm1_popcount.c``: bit packing, patch gathering and the
+XOR/popcount product, 1 pixel x 8 output channels per block) are compiled with the system's C
+compiler (``$CC``, else ``cc``) on first use and kept in ``$BATMANN_HOME/kernels``, named by a
+hash of the source and flags; they run on ``torch.get_num_threads()`` threads, each on its own
+images. Outputs are bit-identical to the fp32 convolution whatever the threads
+(``tests/test_popcount_kernels.py``). Where the CPU lacks AVX2 or no compiler builds the
+library, :func:`available` is False and :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "pm1_popcount.c"
+CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mpopcnt", "-fPIC", "-shared")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_reason: str | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+_I64 = ctypes.c_int64
+_P = ctypes.c_void_p
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def library_path(compiler: str) -> Path:
+    """Where the compiled kernels for this source, these flags and ``compiler`` are kept."""
+    from batmann.utils.paths import batmann_home
+
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *CFLAGS)).encode()).hexdigest()[:16]
+    return batmann_home() / "kernels" / f"pm1_popcount-{digest}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile :data:`SOURCE` to ``target`` (temporary file, then rename: never half-written)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise OSError(f"{compiler} failed: {lines[0] if lines else f'exit status {proc.returncode}'}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _reason
+    with _lock:
+        if _lib is not None or _reason is not None:
+            return _lib
+        if not getattr(torch.cpu, "_is_avx2_supported", lambda: False)():
+            _reason = "the CPU has no AVX2"
+            return None
+        compiler = _compiler()
+        if compiler is None:
+            _reason = f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
+            return None
+        try:
+            path = library_path(compiler)
+            if not path.exists():
+                _build(compiler, path)
+            lib = ctypes.CDLL(str(path))
+        except (OSError, subprocess.SubprocessError) as err:
+            _reason = f"could not build the popcount kernels: {err}"
+            return None
+        lib.pm1_pack.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
+        lib.pm1_pack.restype = None
+        lib.pm1_pack_above.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
+        lib.pm1_pack_above.restype = None
+        lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64]
+        lib.pm1_conv.restype = ctypes.c_int
+        _lib = lib
+        return _lib
+
+
+def available() -> bool:
+    """Whether the kernels run here (an AVX2 CPU, the library built or buildable)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (one line), or None."""
+    _load()
+    return _reason
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    n = max(1, torch.get_num_threads())
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="pm1-popcount"), n
+        return _pool
+
+
+def _pm1_int8(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.int8 else x.to(torch.int8)
+
+
+def _pack_weights(w: Tensor, kwp: int) -> Tensor:
+    """+-1 weights (O, C, k, k) -> bits (O rounded up to a multiple of 8, kwp) int64 in (kh, kw,
+    word) order, zero-padded."""
+    lib = _load()
+    o, c, k, _ = w.shape
+    wi = _pm1_int8(w).contiguous()
+    cw = (c + 63) // 64
+    packed = torch.zeros((o + 7) // 8 * 8, kwp, dtype=torch.int64)
+    bits = torch.empty(o, k * k, cw, dtype=torch.int64)
+    lib.pm1_pack(wi.data_ptr(), o, k * k, c, c * k * k, 1, k * k, cw, bits.data_ptr())
+    packed[:o, :k * k * cw] = bits.view(o, -1)
+    return packed
+
+
+def _run(x: Tensor, w: Tensor, stride: int, out: Tensor, threshold: Tensor | None) -> Tensor:
+    """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``w`` (O, C, k, k) into ``out``."""
+    lib = _load()
+    b, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    cw = (c + 63) // 64
+    kwp = (k * k * cw + 3) // 4 * 4
+    wb = _pack_weights(w, kwp)
+    if threshold is None:
+        xi = _pm1_int8(x)
+    else:
+        xi = x
+        thr = threshold.reshape(b).to(torch.float32).contiguous()
+    if xi.stride(2) != wd * xi.stride(3):  # pixels must form one stride
+        xi = xi.contiguous()
+    packed = torch.empty(b, h, wd, cw, dtype=torch.int64)
+    sob, soc, sop = out.stride(0), out.stride(1), out.stride(3)
+    xsize, osize = xi.element_size(), out.element_size()
+
+    def chunk(lo: int, hi: int) -> int:
+        src, dst = xi.data_ptr() + lo * xi.stride(0) * xsize, packed.data_ptr() + lo * h * wd * cw * 8
+        if threshold is None:
+            lib.pm1_pack(src, hi - lo, h * wd, c, xi.stride(0), xi.stride(3), xi.stride(1), cw, dst)
+        else:
+            lib.pm1_pack_above(src, thr.data_ptr() + lo * 4, hi - lo, h * wd, c, xi.stride(0), xi.stride(3),
+                               xi.stride(1), cw, dst)
+        return lib.pm1_conv(dst, hi - lo, h, wd, cw, k, stride, wb.data_ptr(), o, kwp, c * k * k,
+                            out.data_ptr() + lo * sob * osize, sob, soc, sop)
+
+    n = min(b, max(1, torch.get_num_threads()))
+    bounds = [b * i // n for i in range(n + 1)]
+    if n == 1:
+        codes = [chunk(0, b)]
+    else:
+        codes = list(_threads().map(chunk, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise MemoryError("the popcount kernels could not allocate their patch buffer")
+    return out
+
+
+def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, threshold: Tensor | None = None) -> Tensor:
+    """``F.conv2d(x, w, stride=stride)`` for CPU tensors ``x`` (B, C, H, W) and ``w`` (O, C, k, k)
+    whose entries are all +-1 (int8 or float), no padding: float32 (B, O, H', W') in ``x``'s
+    memory format, bit-identical to fp32. Square kernels, equal strides; needs :func:`available`.
+    ``threshold`` (B elements, float32): ``x`` is real (float32) and stands for +1 where it is
+    above its image's threshold, -1 elsewhere (the centered sign, packed in one pass)."""
+    if _load() is None:
+        raise RuntimeError(f"popcount kernels unavailable: {_reason}")
+    if threshold is not None and x.dtype != torch.float32:
+        raise TypeError(f"a thresholded input must be float32, got {x.dtype}")
+    b, _, h, wd = x.shape
+    o, _, k, _ = w.shape
+    ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.empty(b, o, ho, wo, dtype=torch.float32,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if b == 0 or o == 0:
+        return out
+    return _run(x, w, stride, out, threshold)
+
+
+def pm1_linear(x: Tensor, w: Tensor, threshold: Tensor | None = None) -> Tensor:
+    """``F.linear(x, w)`` for +-1 entries ``x`` (B, K) and ``w`` (N, K): float32 (B, N), exact;
+    ``threshold`` as in :func:`pm1_conv2d`."""
+    b, kdim = x.shape
+    out = torch.empty(b, w.shape[0], 1, 1, dtype=torch.float32)
+    if b == 0 or w.shape[0] == 0:
+        return out.view(b, -1)
+    return pm1_conv2d(x.reshape(b, kdim, 1, 1), w.reshape(w.shape[0], kdim, 1, 1), threshold=threshold).view(b, -1)

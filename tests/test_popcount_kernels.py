@@ -1,0 +1,135 @@
+"""XOR / popcount kernels for +-1 x +-1 layers (AVX2): the same bits as fp32, built on first use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from batmann.models import binary_kernels as bk
+from batmann.models import layers
+from batmann.models import popcount_kernels as pk
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def kernels():
+    if not pk.available():
+        pytest.skip(f"popcount kernels unavailable here: {pk.unavailable_reason()}")
+    return pk
+
+
+def pm1(*shape, seed=0):
+    return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
+
+
+@pytest.mark.parametrize("b,c,o,k,h,stride", [(3, 5, 7, 3, 9, 1), (3, 5, 7, 3, 9, 2), (2, 16, 8, 5, 11, 2),
+                                              (33, 128, 16, 5, 12, 1), (1, 1, 4, 3, 5, 1), (4, 130, 9, 3, 7, 1),
+                                              (7, 64, 5, 1, 4, 1), (2, 200, 3, 5, 6, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stride, threads, kernels):
+    """Channel counts below, at and across 64-bit words; odd pixel and channel counts (block tails)."""
+    torch.set_num_threads(threads)
+    x, w = pm1(b, c, h, h, seed=1), pm1(o, c, k, k, seed=2)
+    want = F.conv2d(x, w, stride=stride)
+    got = kernels.pm1_conv2d(x, w, stride)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, want)
+    got_cl = kernels.pm1_conv2d(x.to(torch.int8).contiguous(memory_format=torch.channels_last), w.to(torch.int8), stride)
+    assert torch.equal(got_cl, want)
+    assert got_cl.is_contiguous(memory_format=torch.channels_last) == (c > 1)  # C = 1: both formats at once
+
+
+def test_pm1_kernels_reach_the_largest_sums_and_take_empty_batches(kernels):
+    x, w = torch.ones(2, 128, 5, 5), torch.ones(3, 128, 5, 5)
+    w[1] = -1
+    assert kernels.pm1_conv2d(x, w).flatten().tolist() == [3200.0, -3200.0, 3200.0] * 2
+    assert kernels.pm1_conv2d(-x, w).flatten().tolist() == [-3200.0, 3200.0, -3200.0] * 2
+    assert kernels.pm1_conv2d(torch.ones(0, 128, 5, 5), w).shape == (0, 3, 1, 1)
+    xl, wl = pm1(5, 2048, seed=3), pm1(513, 2048, seed=4)
+    assert torch.equal(kernels.pm1_linear(xl, wl), F.linear(xl, wl))
+    assert kernels.pm1_linear(torch.ones(1, 2048), -torch.ones(1, 2048)).item() == -2048.0
+
+
+@pytest.mark.parametrize("name", ["20w5s-binary", "100w5s-binary", "20w5s-binary-lake", "20w1s-binary-lake"])
+def test_shipped_binary_checkpoints_give_bit_identical_features_on_popcount(name, omniglot_cache, kernels,
+                                                                            monkeypatch):
+    from batmann.checkpoint import load_checkpoint
+
+    model = load_checkpoint(name).model.eval()
+    images = torch.as_tensor(omniglot_cache.images[::97][:48]).float().unsqueeze(1) / 255
+    calls = []
+    real = kernels.pm1_conv2d
+    monkeypatch.setattr(kernels, "pm1_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        monkeypatch.setattr(bk, "KERNEL", "fp32")
+        fp32 = model(images)
+        assert not calls
+        monkeypatch.setattr(bk, "KERNEL", "popcount")
+        got = model(images)
+        torch.set_num_threads(2)
+        got2 = model(images)
+    assert len(calls) == 6  # conv2..conv4, twice
+    assert torch.equal(got, fp32) and torch.equal(got2, fp32)
+
+
+def test_padded_convolutions_and_autograd_stay_off_the_popcount_kernels(kernels, monkeypatch):
+    monkeypatch.setattr(bk, "KERNEL", "popcount")
+    monkeypatch.setattr(kernels, "pm1_conv2d", lambda *a, **k: pytest.fail("popcount kernel used"))
+    padded = layers.XnorConv2d(4, 6, 3, padding=1).eval()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        assert padded(x).shape == (2, 6, 7, 7)  # fp32 there
+    conv = layers.XnorConv2d(4, 6, 3)
+    xg = x.clone().requires_grad_()
+    conv(xg).sum().backward()
+    assert xg.grad is not None and conv.weight.grad is not None
+
+
+def test_bf16_gradient_training_runs_its_forward_on_popcount_with_the_fp32_values(kernels, monkeypatch):
+    conv = layers.XnorConv2d(8, 6, 3)
+    x = torch.randn(3, 8, 7, 7)
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    want = conv(x)
+    layers.set_gradient_dtype(conv, torch.bfloat16)
+    calls = []
+    real = kernels.pm1_conv2d
+    monkeypatch.setattr(kernels, "pm1_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(bk, "KERNEL", "popcount")
+    xg = x.clone().requires_grad_()
+    got = conv(xg)
+    got.sum().backward()
+    assert calls and torch.equal(got, want) and xg.grad is not None
+
+
+def test_the_library_is_built_once_by_hash_and_failures_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATMANN_HOME", str(tmp_path))
+    path = pk.library_path("/usr/bin/cc")
+    assert path.parent == tmp_path / "kernels" and path.name.startswith("pm1_popcount-")
+    assert pk.library_path("/usr/bin/cc") == path != pk.library_path("/usr/bin/clang")
+    with pytest.raises(OSError, match="failed"):
+        pk._build("false", tmp_path / "kernels" / "x.so")  # a "compiler" that always fails
+    assert list((tmp_path / "kernels").iterdir()) == []  # nothing half-written is left
+    monkeypatch.setattr(pk, "_lib", None)
+    monkeypatch.setattr(pk, "_reason", None)
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    assert not pk.available()
+    assert pk.unavailable_reason() == "no C compiler (no-such-compiler-here) on PATH"
+    with pytest.raises(RuntimeError, match="popcount kernels unavailable: no C compiler"):
+        pk.pm1_conv2d(torch.ones(1, 4, 3, 3), torch.ones(2, 4, 3, 3))
+    monkeypatch.setattr(bk, "KERNEL", "popcount")
+    assert bk.kernel_for(torch.device("cpu")) is None  # falls back to fp32
+
+
+def test_a_fresh_home_builds_the_library(tmp_path, monkeypatch):
+    if pk._compiler() is None or not torch.cpu._is_avx2_supported():
+        pytest.skip("no C compiler or no AVX2 here")
+    monkeypatch.setenv("BATMANN_HOME", str(tmp_path))
+    monkeypatch.setattr(pk, "_lib", None)
+    monkeypatch.setattr(pk, "_reason", None)
+    assert pk.available(), pk.unavailable_reason()
+    built = list((tmp_path / "kernels").iterdir())
+    assert [p.name for p in built] == [pk.library_path(pk._compiler()).name]
+    x, w = pm1(2, 70, 6, 6, seed=5), pm1(3, 70, 3, 3, seed=6)
+    assert torch.equal(pk.pm1_conv2d(x, w), F.conv2d(x, w))
