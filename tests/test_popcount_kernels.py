@@ -133,3 +133,14 @@ def test_a_fresh_home_builds_the_library(tmp_path, monkeypatch):
     assert [p.name for p in built] == [pk.library_path(pk._compiler()).name]
     x, w = pm1(2, 70, 6, 6, seed=5), pm1(3, 70, 3, 3, seed=6)
     assert torch.equal(pk.pm1_conv2d(x, w), F.conv2d(x, w))
+
+
+def test_weights_packed_once_give_the_same_products_and_are_checked(kernels):
+    x, w = pm1(3, 70, 7, 7, seed=7), pm1(9, 70, 3, 3, seed=8)
+    packed = kernels.pack_weights(w)
+    assert packed.bits.shape == (16, 20) and packed.words == 20  # 9 rows -> 16; 3*3*2 words -> 20
+    assert torch.equal(kernels.pm1_conv2d(x, packed), F.conv2d(x, w))
+    xl, wl = pm1(4, 300, seed=9), pm1(5, 300, seed=10)
+    assert torch.equal(kernels.pm1_linear(xl, kernels.pack_weights(wl)), F.linear(xl, wl))
+    with pytest.raises(ValueError, match="weights for 70 input channels, input has 71"):
+        kernels.pm1_conv2d(pm1(1, 71, 7, 7), packed)

@@ -273,17 +273,18 @@ def _pm1_op(layer: nn.Module, x: Tensor, w: Tensor, kernel: str) -> Tensor:
     return flat.reshape(*x.shape[:-1], -1)
 
 
-def _centered_sign_op(layer: nn.Module, x: Tensor, w: Tensor, kernel: str) -> Tensor:
-    """``_pm1_op(layer, centered_sign(x), w)``: on the popcount kernels the signs of a float32
-    ``x`` are packed straight from ``x`` and its row means (one pass, no +-1 tensor)."""
+def _centered_sign_op(layer: "_XnorMixin", x: Tensor, kernel: str) -> Tensor:
+    """``_pm1_op(layer, centered_sign(x), +-1 weights)`` at inference. On the popcount kernels the
+    signs of a float32 ``x`` are packed straight from ``x`` and its row means (one pass, no +-1
+    tensor), against weights packed once."""
     if kernel == "popcount" and x.dtype == torch.float32 and (isinstance(layer, nn.Conv2d) or x.dim() == 2):
         from batmann.models import popcount_kernels
 
-        mu = _row_mean(x)
+        mu, pw = _row_mean(x), layer._inference_weight(packed=True)
         if isinstance(layer, nn.Conv2d):
-            return popcount_kernels.pm1_conv2d(x, w, layer.stride[0], threshold=mu)
-        return popcount_kernels.pm1_linear(x, w, threshold=mu)
-    return _pm1_op(layer, centered_sign_int8(x), w, kernel)
+            return popcount_kernels.pm1_conv2d(x, pw, layer.stride[0], threshold=mu)
+        return popcount_kernels.pm1_linear(x, pw, threshold=mu)
+    return _pm1_op(layer, centered_sign_int8(x), layer._inference_weight(), kernel)
 
 
 def _exact_pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
@@ -378,14 +379,22 @@ class _XnorMixin:
         with torch.no_grad(), _fp32(self.weight):
             return q.sign_pm1(standardize_rows(self.weight))
 
-    def _inference_weight(self) -> Tensor:
-        """The +-1 weights, kept between inference calls while the weights are unchanged."""
+    def _inference_weight(self, packed: bool = False):
+        """The +-1 weights, kept between inference calls while the weights are unchanged;
+        ``packed``: as bits for the popcount kernels (:func:`batmann.models.popcount_kernels.pack_weights`)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         cached = getattr(self, "_bw_cache", None)
         if cached is None or cached[0] != key:
-            cached = (key, self.binary_weight())
+            cached = (key, self.binary_weight(), None)
             self._bw_cache = cached
-        return cached[1]
+        if not packed:
+            return cached[1]
+        if cached[2] is None:
+            from batmann.models import popcount_kernels
+
+            cached = (key, cached[1], popcount_kernels.pack_weights(cached[1]))
+            self._bw_cache = cached
+        return cached[2]
 
     #: dtype of the gradient products in training (``None``: float32 autograd); see :func:`set_gradient_dtype`
     grad_dtype: torch.dtype | None = None
@@ -395,11 +404,12 @@ class _XnorMixin:
         fast = kernel is not None
         mixed = not fast and self.grad_dtype is not None and torch.is_grad_enabled()
         with _fp32(x):
-            bw = self._inference_weight() if fast else q.xnor_weight_sign(standardize_rows(self.weight))
-            # == xnor_act_sign(standardize_rows(x))
-            ba = None if fast else centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype if mixed else None)
             if fast:
-                out = _centered_sign_op(self, x, bw, kernel)
+                out = _centered_sign_op(self, x, kernel)
+            else:
+                bw = q.xnor_weight_sign(standardize_rows(self.weight))
+                # == xnor_act_sign(standardize_rows(x))
+                ba = centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype if mixed else None)
         if fast:
             out = (out if self.bias is None else out + _bias_view(self)).to(x.dtype)
         elif mixed:

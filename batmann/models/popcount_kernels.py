@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -125,28 +126,45 @@ def _pm1_int8(x: Tensor) -> Tensor:
     return x if x.dtype == torch.int8 else x.to(torch.int8)
 
 
-def _pack_weights(w: Tensor, kwp: int) -> Tensor:
-    """+-1 weights (O, C, k, k) -> bits (O rounded up to a multiple of 8, kwp) int64 in (kh, kw,
-    word) order, zero-padded."""
+@dataclass(frozen=True)
+class PackedWeights:
+    """+-1 weights (O, C, k, k) as bits, ready for :func:`pm1_conv2d` (pack once, use many times)."""
+
+    bits: Tensor  #: (O rounded up to a multiple of 8, kwp) int64, (kh, kw, word) order, zero-padded
+    out_channels: int
+    in_channels: int
+    kernel_size: int
+
+    @property
+    def words(self) -> int:
+        """Words per row (kwp): k * k * ceil(C / 64), rounded up to a multiple of 4 (256 bits)."""
+        return self.bits.shape[1]
+
+
+def pack_weights(w: Tensor) -> PackedWeights:
+    """+-1 weights (O, C, k, k) (or (N, K) of a linear layer) -> :class:`PackedWeights`."""
     lib = _load()
+    if lib is None:
+        raise RuntimeError(f"popcount kernels unavailable: {_reason}")
+    if w.dim() == 2:
+        w = w.reshape(*w.shape, 1, 1)
     o, c, k, _ = w.shape
     wi = _pm1_int8(w).contiguous()
     cw = (c + 63) // 64
+    kwp = (k * k * cw + 3) // 4 * 4
     packed = torch.zeros((o + 7) // 8 * 8, kwp, dtype=torch.int64)
     bits = torch.empty(o, k * k, cw, dtype=torch.int64)
     lib.pm1_pack(wi.data_ptr(), o, k * k, c, c * k * k, 1, k * k, cw, bits.data_ptr())
     packed[:o, :k * k * cw] = bits.view(o, -1)
-    return packed
+    return PackedWeights(packed, o, c, k)
 
 
-def _run(x: Tensor, w: Tensor, stride: int, out: Tensor, threshold: Tensor | None) -> Tensor:
-    """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``w`` (O, C, k, k) into ``out``."""
+def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tensor | None) -> Tensor:
+    """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``pw`` into ``out``."""
     lib = _load()
     b, c, h, wd = x.shape
-    o, _, k, _ = w.shape
+    o, k, kwp, wb = pw.out_channels, pw.kernel_size, pw.words, pw.bits
     cw = (c + 63) // 64
-    kwp = (k * k * cw + 3) // 4 * 4
-    wb = _pack_weights(w, kwp)
     if threshold is None:
         xi = _pm1_int8(x)
     else:
@@ -179,32 +197,36 @@ def _run(x: Tensor, w: Tensor, stride: int, out: Tensor, threshold: Tensor | Non
     return out
 
 
-def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, threshold: Tensor | None = None) -> Tensor:
+def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold: Tensor | None = None) -> Tensor:
     """``F.conv2d(x, w, stride=stride)`` for CPU tensors ``x`` (B, C, H, W) and ``w`` (O, C, k, k)
-    whose entries are all +-1 (int8 or float), no padding: float32 (B, O, H', W') in ``x``'s
-    memory format, bit-identical to fp32. Square kernels, equal strides; needs :func:`available`.
-    ``threshold`` (B elements, float32): ``x`` is real (float32) and stands for +1 where it is
-    above its image's threshold, -1 elsewhere (the centered sign, packed in one pass)."""
+    whose entries are all +-1 (int8 or float; or packed by :func:`pack_weights`), no padding:
+    float32 (B, O, H', W') in ``x``'s memory format, bit-identical to fp32. Square kernels, equal
+    strides; needs :func:`available`. ``threshold`` (B elements, float32): ``x`` is real (float32)
+    and stands for +1 where it is above its image's threshold, -1 elsewhere (the centered sign,
+    packed in one pass)."""
     if _load() is None:
         raise RuntimeError(f"popcount kernels unavailable: {_reason}")
     if threshold is not None and x.dtype != torch.float32:
         raise TypeError(f"a thresholded input must be float32, got {x.dtype}")
+    pw = w if isinstance(w, PackedWeights) else pack_weights(w)
+    if pw.in_channels != x.shape[1]:
+        raise ValueError(f"weights for {pw.in_channels} input channels, input has {x.shape[1]}")
     b, _, h, wd = x.shape
-    o, _, k, _ = w.shape
+    o, k = pw.out_channels, pw.kernel_size
     ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     out = torch.empty(b, o, ho, wo, dtype=torch.float32,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if b == 0 or o == 0:
         return out
-    return _run(x, w, stride, out, threshold)
+    return _run(x, pw, stride, out, threshold)
 
 
-def pm1_linear(x: Tensor, w: Tensor, threshold: Tensor | None = None) -> Tensor:
-    """``F.linear(x, w)`` for +-1 entries ``x`` (B, K) and ``w`` (N, K): float32 (B, N), exact;
-    ``threshold`` as in :func:`pm1_conv2d`."""
+def pm1_linear(x: Tensor, w: Tensor | PackedWeights, threshold: Tensor | None = None) -> Tensor:
+    """``F.linear(x, w)`` for +-1 entries ``x`` (B, K) and ``w`` (N, K) (or packed by
+    :func:`pack_weights`): float32 (B, N), exact; ``threshold`` as in :func:`pm1_conv2d`."""
     b, kdim = x.shape
-    out = torch.empty(b, w.shape[0], 1, 1, dtype=torch.float32)
-    if b == 0 or w.shape[0] == 0:
-        return out.view(b, -1)
-    return pm1_conv2d(x.reshape(b, kdim, 1, 1), w.reshape(w.shape[0], kdim, 1, 1), threshold=threshold).view(b, -1)
+    pw = w if isinstance(w, PackedWeights) else pack_weights(w)
+    if b == 0 or pw.out_channels == 0:
+        return torch.empty(b, pw.out_channels, dtype=torch.float32)
+    return pm1_conv2d(x.reshape(b, kdim, 1, 1), pw, threshold=threshold).view(b, -1)

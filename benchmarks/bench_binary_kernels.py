@@ -1,0 +1,115 @@
+"""Exact kernels for the +-1 x +-1 layers against fp32, side by side on this CPU.
+
+For the three +-1 convolutions of the controller (conv2 5x5 on 28x28, conv3 and conv4 3x3, 128
+channels) and for a whole binarized controller (`20w5s-binary`) on Omniglot images: the fp32
+path and each exact kernel this CPU can run (``int8``: ``torch._int_mm``, fast on AMX /
+AVX512-VNNI only; ``popcount``: XOR and population count, AVX2), medians of `--repeats` timings
+after one warm-up, on every thread and on one. Every exact result is checked bit-identical to
+fp32 first. Ratios are fp32 time / kernel time (higher is better).
+
+    .venv/bin/python benchmarks/bench_binary_kernels.py [--images 64] [--repeats 5] [--kernels int8,popcount]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from batmann.models import binary_kernels
+from batmann.models import popcount_kernels
+from crossbar.cpu_features import describe_cpu_path, has_fast_int8
+
+LAYERS = (("conv2 5x5, 28x28 in", 28, 5), ("conv3 3x3, 12x12 in", 12, 3), ("conv4 3x3, 10x10 in", 10, 3))
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def layer_op(kernel: str, x: torch.Tensor, w: torch.Tensor):
+    """The +-1 product of ``x`` (real, signed about each image's mean) with ``w`` as the XNOR layer
+    computes it at inference on ``kernel``."""
+    from batmann.models.layers import _row_mean, centered_sign
+
+    if kernel == "fp32":
+        return lambda: F.conv2d(centered_sign(x), w)
+    if kernel == "popcount":
+        packed = popcount_kernels.pack_weights(w)  # once per layer, as the XNOR layers keep it
+        return lambda: popcount_kernels.pm1_conv2d(x, packed, threshold=_row_mean(x))
+    return lambda: binary_kernels.pm1_conv2d(centered_sign(x).to(torch.int8), w)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--kernels", default="int8,popcount" if has_fast_int8(torch.device("cpu")) else "popcount",
+                    help="exact kernels to time (int8 is 25-35x slower than fp32 without AMX / AVX512-VNNI)")
+    args = ap.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k != "popcount" or popcount_kernels.available()]
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads; {describe_cpu_path(binary_kernels.describe_kernel(cpu))}")
+    if "popcount" not in kernels and "popcount" in args.kernels:
+        print(f"popcount: {popcount_kernels.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(0)
+    print(f"| what | threads | fp32 (ms) | " + " | ".join(f"{k} (ms) | x fp32" for k in kernels) + " |")
+    print("|---|---|---|" + "---|---|" * len(kernels))
+    for name, size, k in LAYERS:
+        x = torch.randn(args.images, 128, size, size, generator=gen).relu()
+        w = torch.randint(0, 2, (128, 128, k, k), generator=gen).float() * 2 - 1
+        want = layer_op("fp32", x, w)()
+        for kern in kernels:
+            assert torch.equal(layer_op(kern, x, w)(), want), f"{kern} differs from fp32 on {name}"
+        for t in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(t)
+            base = median_time(layer_op("fp32", x, w), args.repeats)
+            cells = []
+            for kern in kernels:
+                tk = median_time(layer_op(kern, x, w), args.repeats)
+                cells.append(f"{1e3 * tk:.1f} | {base / tk:.2f}x")
+            print(f"| {name}, {args.images} images | {t} | {1e3 * base:.1f} | " + " | ".join(cells) + " |", flush=True)
+        torch.set_num_threads(threads)
+
+    from batmann.checkpoint import load_checkpoint
+    from batmann.data import load_image_cache
+
+    model = load_checkpoint("20w5s-binary").model.eval()
+    cache = load_image_cache(32)
+    images = torch.as_tensor(cache.images[::97][:args.images]).float().unsqueeze(1) / 255
+
+    def forward(kern: str):
+        def run():
+            binary_kernels.KERNEL = kern
+            with torch.no_grad():
+                return model(images)
+        return run
+
+    want = forward("fp32")()
+    for kern in kernels:
+        assert torch.equal(forward(kern)(), want), f"{kern} features differ from fp32"
+    for t in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(t)
+        base = median_time(forward("fp32"), args.repeats)
+        cells = []
+        for kern in kernels:
+            tk = median_time(forward(kern), args.repeats)
+            cells.append(f"{1e3 * tk:.1f} | {base / tk:.2f}x")
+        print(f"| `20w5s-binary` forward, {args.images} images | {t} | {1e3 * base:.1f} | " + " | ".join(cells) + " |",
+              flush=True)
+    binary_kernels.KERNEL = "auto"
+    print("every exact result above is bit-identical to fp32")
+
+
+if __name__ == "__main__":
+    main()
