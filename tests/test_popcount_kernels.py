@@ -144,3 +144,20 @@ def test_weights_packed_once_give_the_same_products_and_are_checked(kernels):
     assert torch.equal(kernels.pm1_linear(xl, kernels.pack_weights(wl)), F.linear(xl, wl))
     with pytest.raises(ValueError, match="weights for 70 input channels, input has 71"):
         kernels.pm1_conv2d(pm1(1, 71, 7, 7), packed)
+
+
+def test_a_forked_child_computes_on_its_own_threads(kernels):
+    import multiprocessing as mp
+
+    torch.set_num_threads(2)
+    x, w = pm1(4, 64, 6, 6, seed=11), pm1(8, 64, 3, 3, seed=12)
+    want = kernels.pm1_conv2d(x, w)  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_conv_in_child, (x, w)).get(timeout=60)
+    assert torch.equal(got, want)
+
+
+def _conv_in_child(x, w):
+    torch.set_num_threads(2)
+    return pk.pm1_conv2d(x, w)

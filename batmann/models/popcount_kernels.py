@@ -111,6 +111,15 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
+def _forget_threads_in_child() -> None:
+    """After ``fork`` the pool's threads do not exist in the child: start afresh there."""
+    global _lock, _pool, _pool_size
+    _lock, _pool, _pool_size = threading.Lock(), None, 0
+
+
+os.register_at_fork(after_in_child=_forget_threads_in_child)
+
+
 def _threads() -> ThreadPoolExecutor:
     global _pool, _pool_size
     n = max(1, torch.get_num_threads())
