@@ -11,7 +11,7 @@ Reference: the seed's own code made CPU-only ran 0.71 training and 1.5 test
 episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
-        [--precisions fp32,bf16] [--deterministic off,on] [--compile off,on]
+        [--precisions fp32,bf16] [--deterministic off,on] [--compile off,on] [--train-kernels fp32,auto]
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def main() -> None:
     ap.add_argument("--compile", default="off,on",
                     help="training element-wise kernels of binarized controllers: off (eager) and/or on "
                          "(compiled, train --compile); the fp controller has none and is timed once")
+    ap.add_argument("--train-kernels", default="auto",
+                    help="kernels for the XNOR convolutions' training forward (comma list of "
+                         f"{', '.join(binary_kernels.KERNELS)}; fp32 is plain autograd, the others the "
+                         "exact kernel with autograd's gradients: the same bits)")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -105,10 +109,12 @@ def main() -> None:
     exact_kernel = binary_kernels.kernel_for(cpu)
     print(f"test: fp32 kernels; with the exact kernel ({exact_kernel or 'none here'}): the XNOR layers' +-1 "
           "products on it (same features)")
-    print("train: bf16 is autocast for fp, and for xnor an exact fp32 forward with bf16 gradient products")
-    print("| task | controller | precision | deterministic | compiled | train ep/s | x seed | test ep/s | x seed | "
-          "test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel | x seed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("train: bf16 is autocast for fp, and for xnor an exact forward with bf16 gradient products; "
+          "train kernel: the XNOR convolutions' forward")
+    print("| task | controller | precision | deterministic | compiled | train kernel | train ep/s | x seed | test ep/s | "
+          "x seed | test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel "
+          "| x seed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
@@ -123,14 +129,15 @@ def main() -> None:
                     if args.cached else nan
                 tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, exact=True) \
                     if args.cached and exact else nan
-                binary_kernels.KERNEL = "auto"
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
-                for det, comp in itertools.product(args.deterministic.split(","), compiles):
+                kernels = args.train_kernels.split(",") if kind.startswith("xnor") else ["-"]
+                for det, comp, tk in itertools.product(args.deterministic.split(","), compiles, kernels):
+                    binary_kernels.KERNEL = "auto" if tk == "-" else tk
                     with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
+                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
                           f"{te:.2f} | {r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
                           f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)
 

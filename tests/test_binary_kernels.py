@@ -59,13 +59,34 @@ def test_shipped_binary_checkpoints_give_bit_identical_features_on_int8(name, om
     assert torch.equal(int8, fp32)
 
 
-def test_training_keeps_the_fp32_straight_through_path(monkeypatch):
-    monkeypatch.setattr(bk, "KERNEL", "int8")
-    monkeypatch.setattr(bk, "pm1_conv2d", lambda *a: pytest.fail("int8 kernel used under autograd"))
-    conv = layers.XnorConv2d(4, 6, 3)
-    x = torch.randn(2, 4, 7, 7, requires_grad=True)
-    conv(x).sum().backward()
-    assert x.grad is not None and conv.weight.grad is not None
+@pytest.mark.parametrize("kernel", ["int8", "popcount"])
+def test_fp32_training_runs_the_forward_on_the_exact_kernel_with_autograds_gradients(kernel, monkeypatch):
+    """Bias-free XNOR convolutions: the same forward values and bit-identical gradients; a
+    layer with a bias (BinaryLinear) keeps plain autograd."""
+    from batmann.models import popcount_kernels
+
+    if kernel == "popcount" and not popcount_kernels.available():
+        pytest.skip(popcount_kernels.unavailable_reason())
+    conv, fc = layers.XnorConv2d(16, 6, 3), layers.BinaryLinear(6 * 5 * 5, 4)
+    x = torch.randn(3, 16, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def step():
+        conv.zero_grad(), fc.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = fc(torch.relu(conv(xg)).flatten(1))
+        out.square().sum().backward()
+        return out.detach(), xg.grad, conv.weight.grad.clone(), conv.alpha.grad.clone(), fc.weight.grad.clone()
+
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    want = step()
+    calls = []
+    real_int8, real_pop = bk.pm1_conv2d, popcount_kernels.pm1_conv2d
+    monkeypatch.setattr(bk, "pm1_conv2d", lambda *a, **k: calls.append("int8") or real_int8(*a, **k))
+    monkeypatch.setattr(popcount_kernels, "pm1_conv2d", lambda *a, **k: calls.append("popcount") or real_pop(*a, **k))
+    monkeypatch.setattr(bk, "KERNEL", kernel)
+    got = step()
+    assert calls == [kernel]  # the convolution only
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 def test_the_kernel_setting_comes_from_the_environment_and_is_checked():

@@ -12,8 +12,9 @@ integer of magnitude at most K (C_in * k * k, or the input width). In fp32 it is
   int8 units; no zero padding.
 
 Outputs are bit-identical to the fp32 convolution; ``tests/test_binary_kernels.py`` checks it on
-the shipped binary checkpoints. Used only without autograd, and in the forward of XNOR layers
-trained with bf16 gradients (:class:`batmann.models.layers._Pm1Product`).
+the shipped binary checkpoints. Used without autograd, and in training for the forward of XNOR
+convolutions (:class:`batmann.models.layers._Pm1Product`; the gradients stay autograd's in
+float32, or bf16 products with ``--precision bf16``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def pm1_conv2d_exact(x: Tensor, w: Tensor, kernel: str, stride: int = 1, padding
 
         if padding:
             raise ValueError("the popcount kernels have no zero padding")
+        if x.dtype == torch.float32:  # +-1 floats: packed as x > 0 in one pass, no int8 copy
+            return popcount_kernels.pm1_conv2d(x, w, stride, threshold=x.new_zeros(x.shape[0]))
         return popcount_kernels.pm1_conv2d(x, w, stride)
     return pm1_conv2d(x, w, stride, padding)
 

@@ -297,9 +297,10 @@ def _exact_pm1_op(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
 
 class _Pm1Product(torch.autograd.Function):
     """A +-1 x +-1 convolution / linear product whose forward is exact (float32 values, the int8
-    kernels where the CPU has them) and whose two gradient products run in ``grad_dtype``
-    (bf16: AMX / AVX512-BF16 units). The forward, and so the trained function, is the float32
-    one bit for bit; only the gradients are rounded, as under bf16 autocast."""
+    or popcount kernels where the CPU has them) and whose two gradient products run in
+    ``grad_dtype`` (bf16: AMX / AVX512-BF16 units). The forward, and so the trained function, is
+    the float32 one bit for bit; only the gradients are rounded, as under bf16 autocast. With
+    ``grad_dtype`` float32 (a bias-free convolution) the gradients are autograd's, bit for bit."""
 
     @staticmethod
     def forward(ctx, a: Tensor, w: Tensor, layer: nn.Module, grad_dtype: torch.dtype) -> Tensor:  # noqa: D102
@@ -312,6 +313,11 @@ class _Pm1Product(torch.autograd.Function):
         a, w = ctx.saved_tensors
         layer, dt = ctx.layer, ctx.grad_dtype
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if isinstance(layer, nn.Conv2d) and dt == torch.float32:  # autograd's own call, the same bits
+            ga, gw, _ = torch.ops.aten.convolution_backward(
+                g, a, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0],
+                layer.groups, [need_a, need_w, False])
+            return ga, gw, None, None
         if isinstance(layer, nn.Conv2d):
             cl = torch.channels_last
             ga, gw, _ = torch.ops.aten.convolution_backward(
@@ -399,10 +405,18 @@ class _XnorMixin:
     #: dtype of the gradient products in training (``None``: float32 autograd); see :func:`set_gradient_dtype`
     grad_dtype: torch.dtype | None = None
 
+    def _exact_fp32_training(self, x: Tensor) -> bool:
+        """Whether float32 training runs this layer's forward product on an exact kernel: a
+        convolution without bias (its sum is then the same integer, and the gradient products
+        the same ``convolution_backward`` call autograd makes, so the bits are autograd's), not
+        under autocast (which runs the plain path's product in its own dtype)."""
+        return (isinstance(self, nn.Conv2d) and self.bias is None and not torch.is_autocast_enabled(x.device.type)
+                and _exact_kernel(self, x) is not None)
+
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         fast = kernel is not None
-        mixed = not fast and self.grad_dtype is not None and torch.is_grad_enabled()
+        mixed = not fast and torch.is_grad_enabled() and (self.grad_dtype is not None or self._exact_fp32_training(x))
         with _fp32(x):
             if fast:
                 out = _centered_sign_op(self, x, kernel)
@@ -413,7 +427,7 @@ class _XnorMixin:
         if fast:
             out = (out if self.bias is None else out + _bias_view(self)).to(x.dtype)
         elif mixed:
-            out = _Pm1Product.apply(ba, bw, self, self.grad_dtype)
+            out = _Pm1Product.apply(ba, bw, self, self.grad_dtype or torch.float32)
             out = out if self.bias is None else out + _bias_view(self)
         else:
             out = _op(self, ba, bw, self.bias)
