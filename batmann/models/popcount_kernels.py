@@ -72,6 +72,8 @@ def _build(compiler: str, target: Path) -> None:
 
 def _load() -> ctypes.CDLL | None:
     global _lib, _reason
+    if _lib is not None or _reason is not None:  # settled (every layer call asks)
+        return _lib
     with _lock:
         if _lib is not None or _reason is not None:
             return _lib
