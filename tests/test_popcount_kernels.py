@@ -160,3 +160,20 @@ def test_a_forked_child_computes_on_its_own_threads(kernels):
 def _conv_in_child(x, w):
     torch.set_num_threads(2)
     return pk.pm1_conv2d(x, w)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_real_inputs_are_signed_about_each_images_threshold(channels_last, kernels):
+    """x > threshold[b] is +1, else -1 (equal to the threshold: -1), in either memory format."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(5, 70, 8, 8, generator=gen)
+    thr = torch.randn(5, generator=gen)
+    x[0, 0, 0, 0] = thr[0]  # exactly at the threshold
+    signs = torch.where(x > thr.view(-1, 1, 1, 1), 1.0, -1.0)
+    w = pm1(6, 70, 3, 3, seed=14)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = kernels.pm1_conv2d(x, w, threshold=thr.view(-1, 1, 1, 1))
+    assert torch.equal(got, F.conv2d(signs, w))
+    with pytest.raises(TypeError, match="a thresholded input must be float32, got torch.float64"):
+        kernels.pm1_conv2d(x.double(), w, threshold=thr)
