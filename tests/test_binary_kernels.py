@@ -208,3 +208,19 @@ def test_bf16_evaluation_runs_under_autocast_and_is_recorded_as_such(omniglot_ca
     record = Path(os.environ["BATMANN_HOME"]) / "evaluations" / "5w1s-fp.eval.json"
     entries = json.loads(record.read_text())["results"]
     assert any(e["settings"]["seed"] == 13 and e["settings"]["precision"] == "bf16" for e in entries)
+
+
+def test_8bit_layers_keep_their_inference_weights_until_the_weights_change():
+    from batmann.models import quantizers as q
+
+    conv = layers.Int8Conv2d(1, 6, 3).eval()
+    x = torch.randn(2, 1, 7, 7)
+    with torch.no_grad():
+        first = conv(x)
+        assert conv._inference_weight() is conv._inference_weight()  # computed once
+        assert torch.equal(first, F.conv2d(x, q.int8_quantize_ste(conv.weight, conv.scale_mode)))
+        conv.weight.mul_(-2)  # in place: refreshed
+        assert torch.equal(conv(x), F.conv2d(x, q.int8_quantize_ste(conv.weight, conv.scale_mode)))
+    xg = x.clone().requires_grad_()
+    conv(xg).sum().backward()  # training: the straight-through path
+    assert conv.weight.grad is not None and xg.grad is not None

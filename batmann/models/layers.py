@@ -242,11 +242,16 @@ def _padding(layer: nn.Module) -> int:
     return layer.padding[0] if isinstance(layer, nn.Conv2d) else 0
 
 
+def _records_autograd(layer: nn.Module, x: Tensor) -> bool:
+    """Whether a forward of ``layer`` on ``x`` records autograd (else it is inference)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+
+
 def _inference_kernel(layer: nn.Module, x: Tensor) -> str | None:
     """The exact kernel a +-1 x +-1 layer runs on (``"int8"`` or ``"popcount"``, see
     :func:`batmann.models.binary_kernels.kernel_for`), or None: autograd, another device, no fast
     kernel here, or a convolution the kernels do not cover."""
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
+    if _records_autograd(layer, x):
         return None
     return _exact_kernel(layer, x)
 
@@ -643,7 +648,19 @@ class _Int8Mixin:
     scale_mode: str
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return _op(self, x, q.int8_quantize_ste(self.weight, self.scale_mode), self.bias)
+        if _records_autograd(self, x):
+            return _op(self, x, q.int8_quantize_ste(self.weight, self.scale_mode), self.bias)
+        return _op(self, x, self._inference_weight(), self.bias)
+
+    def _inference_weight(self) -> Tensor:
+        """The 8-bit weights (dequantised), kept between inference calls while the weights are unchanged."""
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device, self.scale_mode)
+        cached = getattr(self, "_w8_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, q.int8_dequantize(self.weight, self.scale_mode))
+            self._w8_cache = cached
+        return cached[1]
 
     def int8_levels(self) -> tuple[Tensor, Tensor]:
         """``(levels, scale)``: integer-valued levels in [-127, 127] (``absmax``) and the scale."""
