@@ -224,3 +224,16 @@ def test_8bit_layers_keep_their_inference_weights_until_the_weights_change():
     xg = x.clone().requires_grad_()
     conv(xg).sum().backward()  # training: the straight-through path
     assert conv.weight.grad is not None and xg.grad is not None
+
+
+def test_a_bad_kernel_setting_is_one_line_and_exit_status_2():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BATMANN_BINARY_KERNEL="int4")
+    proc = subprocess.run([sys.executable, "-m", "batmann", "evaluate", "--checkpoint", "5w1s-binary", "--episodes", "1",
+                           "--no-save"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "batmann evaluate: error: BATMANN_BINARY_KERNEL='int4' is not one of auto, int8, popcount, fp32"]
