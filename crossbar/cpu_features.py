@@ -38,16 +38,13 @@ def has_fast_int8(device: torch.device) -> bool:
     return device.type == "cpu" and _cpu_int8()
 
 
-def describe_cpu_path(binarized: str | None = None) -> str:
+def describe_cpu_path(binarized: str) -> str:
     """One line naming the arithmetic units the fast paths use on this CPU (for ``--verbose``);
-    ``binarized``: how the binarized layers run (the caller's words, e.g.
-    :func:`batmann.models.binary_kernels.describe_kernel`); default: int8 where the CPU has
-    int8 units, else fp32."""
+    ``binarized``: how the binarized layers run (the caller's words:
+    :func:`batmann.models.binary_kernels.describe_kernel`)."""
     units = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"),
                                       ("AVX512-VNNI", "_is_vnni_supported"), ("AVX-512", "_is_avx512_supported"),
                                       ("AVX2", "_is_avx2_supported"))
              if _flag(check)]
-    if binarized is None:
-        binarized = "int8 (exact)" if _cpu_int8() else "fp32"
     bf16 = "native" if _cpu_bf16() else "emulated (not used)"
     return f"CPU units: {', '.join(units) or 'none detected'}; binarized layers: {binarized}; bf16: {bf16}"

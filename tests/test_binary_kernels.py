@@ -123,7 +123,7 @@ def test_auto_prefers_int8_units_then_popcount_then_fp32(monkeypatch):
 def test_the_cpu_path_is_described():
     from crossbar.cpu_features import describe_cpu_path
 
-    line = describe_cpu_path()
+    line = describe_cpu_path(bk.describe_kernel(torch.device("cpu")))
     assert line.startswith("CPU units: ") and "binarized layers: " in line
 
 
@@ -132,7 +132,9 @@ def test_evaluate_verbose_names_the_binarized_path(omniglot_cache, monkeypatch, 
     from crossbar.cpu_features import describe_cpu_path
 
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
-    assert "binarized layers: int8 (exact)" in describe_cpu_path()
+    monkeypatch.setattr(bk, "KERNEL", "auto")
+    line = describe_cpu_path(bk.describe_kernel(torch.device("cpu")))
+    assert "AVX512-VNNI" in line and "binarized layers: int8 (exact);" in line
     assert "binarized layers: fp32;" in describe_cpu_path("fp32")
     monkeypatch.setattr(bk, "KERNEL", "fp32")
     assert main(["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "1", "--no-save", "--verbose"]) == 0
