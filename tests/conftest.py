@@ -22,6 +22,10 @@ os.environ.setdefault("BATMANN_COMPILE", "0")
 # evaluations compute their features (the on-disk feature cache would carry them from one test,
 # and one run, to the next); tests/test_feature_cache.py switches it on explicitly
 os.environ.setdefault("BATMANN_FEATURE_CACHE", "0")
+# two pytest-xdist workers share the machine's cores: each runs torch on one thread (and so do the
+# processes its tests start), instead of two workers x all cores fighting over the same cores
+if os.environ.get("PYTEST_XDIST_WORKER") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 if not os.environ.get("BATMANN_OMNIGLOT_SOURCE"):
     os.environ["BATMANN_OMNIGLOT_SOURCE"] = str((REPO.parent / "shared" / "data" / "omniglot").resolve())
 
@@ -61,13 +65,7 @@ def omniglot_home(omniglot_cache) -> Path:
     return Path(os.environ["BATMANN_HOME"])
 
 
-@pytest.fixture(scope="session")
-def trained_run(omniglot_cache, tmp_path_factory):
-    """A small fp controller trained for 60 5-way 1-shot episodes (about 15 s), shared by tests.
-
-    Returns ``(TrainResult, losses)``: the run (folder with best.safetensors, tested on 100
-    episodes) and the training loss of every episode.
-    """
+def _train_small_run(omniglot_cache, run_dir: Path):
     import batmann.train as T
     from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 
@@ -88,10 +86,39 @@ def trained_run(omniglot_cache, tmp_path_factory):
 
     T.train_step = spy
     try:
-        result = T.train(cfg, tmp_path_factory.mktemp("trained_run"), progress=False, cache=omniglot_cache)
+        result = T.train(cfg, run_dir, progress=False, cache=omniglot_cache)
     finally:
         T.train_step = orig
     return result, losses
+
+
+@pytest.fixture(scope="session")
+def trained_run(omniglot_cache, tmp_path_factory):
+    """A small fp controller trained for 60 5-way 1-shot episodes (about 25 s), shared by tests.
+
+    Returns ``(TrainResult, losses)``: the run (folder with best.safetensors, tested on 100
+    episodes) and the training loss of every episode. Under pytest-xdist the first worker to ask
+    trains it (the others wait on a file lock) and each worker gets its own copy of the folder.
+    """
+    import dataclasses
+    import pickle
+    import shutil
+
+    from filelock import FileLock
+
+    mine = tmp_path_factory.mktemp("trained_run")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _train_small_run(omniglot_cache, mine)
+    shared = tmp_path_factory.getbasetemp().parent / "trained_run"
+    record = shared.with_suffix(".pickle")
+    with FileLock(str(shared) + ".lock"):
+        if not record.is_file():
+            shared.mkdir(exist_ok=True)
+            result, losses = _train_small_run(omniglot_cache, shared)
+            record.write_bytes(pickle.dumps((result, losses)))
+        result, losses = pickle.loads(record.read_bytes())
+    shutil.copytree(shared, mine, dirs_exist_ok=True)
+    return dataclasses.replace(result, run_dir=mine), losses
 
 
 @pytest.fixture

@@ -40,9 +40,9 @@ def test_whole_system_on_ideal_crossbars_matches_digital(trained_run, omniglot_c
 def test_non_idealities_degrade_agreement_and_are_seeded(trained_run, omniglot_cache):
     ckpt = trained_run[0].run_dir / "best.safetensors"
     spec = dict(analog="keys", preset="vteam", variability=0.3, stuck_lrs=0.1, stuck_hrs=0.1, adc_bits=3)
-    a = compare(ckpt, hardware_spec(**spec, seed=1), episodes=6, episode_options=TWENTY_FIVE, cache=omniglot_cache)
-    b = compare(ckpt, hardware_spec(**spec, seed=1), episodes=6, episode_options=TWENTY_FIVE, cache=omniglot_cache)
-    c = compare(ckpt, hardware_spec(**spec, seed=2), episodes=6, episode_options=TWENTY_FIVE, cache=omniglot_cache)
+    a = compare(ckpt, hardware_spec(**spec, seed=1), episodes=3, episode_options=TWENTY_FIVE, cache=omniglot_cache)
+    b = compare(ckpt, hardware_spec(**spec, seed=1), episodes=3, episode_options=TWENTY_FIVE, cache=omniglot_cache)
+    c = compare(ckpt, hardware_spec(**spec, seed=2), episodes=3, episode_options=TWENTY_FIVE, cache=omniglot_cache)
     assert a.score_correlation < 0.99 and a.top1_agreement < 0.99
     strip = lambda r: {k: v for k, v in r.to_json().items() if k != "seconds"}  # noqa: E731
     assert strip(a) == strip(b)

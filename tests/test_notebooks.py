@@ -14,7 +14,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebook_runs(path, tmp_path, monkeypatch, omniglot_cache):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("BATMANN_NOTEBOOK_EPISODES", "3")  # the kernel inherits the environment
+    monkeypatch.setenv("BATMANN_NOTEBOOK_EPISODES", "2")  # the kernel inherits the environment
     monkeypatch.setenv("BATMANN_NOTEBOOK_CHIPS", "1")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
