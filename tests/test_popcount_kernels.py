@@ -177,3 +177,56 @@ def test_real_inputs_are_signed_about_each_images_threshold(channels_last, kerne
     assert torch.equal(got, F.conv2d(signs, w))
     with pytest.raises(TypeError, match="a thresholded input must be float32, got torch.float64"):
         kernels.pm1_conv2d(x.double(), w, threshold=thr)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_scale_and_relu_epilogue_gives_the_separate_ops_bits(channels_last, kernels):
+    """``scale`` per output channel and ``relu`` in the kernel's stores: the values of
+    ``torch.relu(out * scale)`` bit for bit (positive and negative scales, zero sums), for
+    convolutions and linear layers; a scale of the wrong size is refused."""
+    x, w = pm1(5, 70, 9, 9, seed=3), pm1(11, 70, 3, 3, seed=4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scale = torch.randn(11, generator=torch.Generator().manual_seed(5))
+    plain = kernels.pm1_conv2d(x, w)
+    assert (plain == 0).any() and (scale < 0).any()
+    scaled = kernels.pm1_conv2d(x, w, scale=scale)
+    assert torch.equal(scaled, plain * scale.view(1, -1, 1, 1))
+    fused = kernels.pm1_conv2d(x, w, scale=scale, relu=True)
+    want = torch.relu(plain * scale.view(1, -1, 1, 1))
+    assert torch.equal(fused, want) and not torch.signbit(fused).any()
+    assert fused.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(kernels.pm1_conv2d(x, w, relu=True), torch.relu(plain))
+    flat, wl = x.reshape(5, -1)[:, :130], pm1(6, 130, seed=6)
+    assert torch.equal(kernels.pm1_linear(flat, wl, scale=torch.tensor(0.25), relu=True),
+                       torch.relu(F.linear(flat, wl) * 0.25))
+    with pytest.raises(ValueError, match="one per output channel"):
+        kernels.pm1_conv2d(x, w, scale=scale[:5])
+
+
+def test_the_controller_runs_each_xnor_conv_and_its_relu_as_one_call(kernels, monkeypatch):
+    """Without autograd the XNOR controller hands each conv's ReLU to the conv (the same
+    features as the layers one by one); with autograd, or a hook on a layer, each layer runs alone."""
+    from batmann.models import build_controller
+
+    model = build_controller("xnor", feature_dim=32).eval()
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(7))
+    calls = []
+    real = layers.XnorConv2d.forward
+
+    def spy(self, inp, relu=False):
+        calls.append(relu)
+        return real(self, inp, relu=relu)
+
+    monkeypatch.setattr(layers.XnorConv2d, "forward", spy)
+    with torch.no_grad():
+        one_by_one = model.fc1(model.flatten(model.features(x)))
+        calls.clear()
+        assert torch.equal(model(x), one_by_one) and calls == [True, True, True]
+        calls.clear()
+        handle = model.features.relu3.register_forward_hook(lambda *a: None)
+        assert torch.equal(model(x), one_by_one) and calls == [True, False, True]
+        handle.remove()
+    calls.clear()
+    model(x).sum().backward()
+    assert calls == [False, False, False]

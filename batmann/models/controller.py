@@ -73,6 +73,10 @@ _FEATURE_LAYOUT = (
 )
 
 
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
 def controller_layer_names() -> tuple[str, ...]:
     """Qualified names of the weight layers in forward order (the same for every kind)."""
     return ("features.conv1", "features.conv2", "features.conv3", "features.conv4", "fc1")
@@ -192,7 +196,24 @@ class Controller(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         if x.dim() != 4 or x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"controller expects (B, C, {INPUT_SIZE}, {INPUT_SIZE}) input, got {tuple(x.shape)}")
-        return self.fc1(self.flatten(self.features(x)))
+        return self.fc1(self.flatten(self._trunk(x)))
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        """``self.features(x)``; without autograd an XNOR convolution and the ReLU after it are one
+        call (``XnorConv2d.forward(x, relu=True)``: the same values, in the kernel's epilogue on
+        the popcount kernels). Layers with hooks keep their own calls."""
+        if torch.is_grad_enabled():
+            return self.features(x)
+        mods = list(self.features.children())
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if isinstance(m, XnorConv2d) and type(nxt) is nn.ReLU and not _hooked(m) and not _hooked(nxt):
+                x, i = m(x, relu=True), i + 2
+            else:
+                x, i = m(x), i + 1
+        return x
 
     # --- RBNN training schedule --------------------------------------------------------------
 

@@ -278,17 +278,26 @@ def _pm1_op(layer: nn.Module, x: Tensor, w: Tensor, kernel: str) -> Tensor:
     return flat.reshape(*x.shape[:-1], -1)
 
 
-def _centered_sign_op(layer: "_XnorMixin", x: Tensor, kernel: str) -> Tensor:
+def _packs_from_real(x: Tensor, layer: nn.Module, kernel: str) -> bool:
+    """Whether the popcount kernels pack ``x``'s centered signs straight from ``x`` (see :func:`_centered_sign_op`)."""
+    return kernel == "popcount" and x.dtype == torch.float32 and (isinstance(layer, nn.Conv2d) or x.dim() == 2)
+
+
+def _centered_sign_op(layer: "_XnorMixin", x: Tensor, kernel: str, scale: Tensor | None = None,
+                      relu: bool = False) -> Tensor:
     """``_pm1_op(layer, centered_sign(x), +-1 weights)`` at inference. On the popcount kernels the
     signs of a float32 ``x`` are packed straight from ``x`` and its row means (one pass, no +-1
-    tensor), against weights packed once."""
-    if kernel == "popcount" and x.dtype == torch.float32 and (isinstance(layer, nn.Conv2d) or x.dim() == 2):
+    tensor), against weights packed once; there (only) ``scale`` (per output channel) and
+    ``relu`` are applied in the kernel's epilogue, the same bits as the separate ops."""
+    if _packs_from_real(x, layer, kernel):
         from batmann.models import popcount_kernels
 
         mu, pw = _row_mean(x), layer._inference_weight(packed=True)
         if isinstance(layer, nn.Conv2d):
-            return popcount_kernels.pm1_conv2d(x, pw, layer.stride[0], threshold=mu)
-        return popcount_kernels.pm1_linear(x, pw, threshold=mu)
+            return popcount_kernels.pm1_conv2d(x, pw, layer.stride[0], threshold=mu, scale=scale, relu=relu)
+        return popcount_kernels.pm1_linear(x, pw, threshold=mu, scale=scale, relu=relu)
+    if scale is not None or relu:
+        raise ValueError("an epilogue (scale, relu) needs the popcount kernels on a float32 input")
     return _pm1_op(layer, centered_sign_int8(x), layer._inference_weight(), kernel)
 
 
@@ -418,8 +427,17 @@ class _XnorMixin:
         return (isinstance(self, nn.Conv2d) and self.bias is None and not torch.is_autocast_enabled(x.device.type)
                 and _exact_kernel(self, x) is not None)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """The layer's output; ``relu``: ``torch.relu`` of it (at inference on the popcount
+        kernels, in the same pass as the product and ``alpha``: the same values, two passes over
+        the output saved)."""
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
+        if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
+            return _centered_sign_op(self, x, kernel, scale=self.alpha.detach(), relu=relu)
+        out = self._forward(x, kernel)
+        return torch.relu(out) if relu else out
+
+    def _forward(self, x: Tensor, kernel: str | None) -> Tensor:
         fast = kernel is not None
         mixed = not fast and torch.is_grad_enabled() and (self.grad_dtype is not None or self._exact_fp32_training(x))
         with _fp32(x):

@@ -96,7 +96,8 @@ def _load() -> ctypes.CDLL | None:
         lib.pm1_pack.restype = None
         lib.pm1_pack_above.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
         lib.pm1_pack_above.restype = None
-        lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64]
+        lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64,
+                                 _P, ctypes.c_int]
         lib.pm1_conv.restype = ctypes.c_int
         _lib = lib
         return _lib
@@ -170,8 +171,20 @@ def pack_weights(w: Tensor) -> PackedWeights:
     return PackedWeights(packed, o, c, k)
 
 
-def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tensor | None) -> Tensor:
-    """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``pw`` into ``out``."""
+def _epilogue_scale(scale: Tensor | None, out_channels: int) -> Tensor | None:
+    if scale is None:
+        return None
+    if scale.numel() == 1:
+        scale = scale.reshape(1).expand(out_channels)
+    if scale.numel() != out_channels:
+        raise ValueError(f"scale has {scale.numel()} elements, expected one per output channel ({out_channels})")
+    return scale.detach().reshape(-1).to("cpu", torch.float32).contiguous()
+
+
+def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tensor | None,
+         scale: Tensor | None = None, relu: bool = False) -> Tensor:
+    """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``pw`` into ``out`` (times
+    ``scale`` per output channel, then ReLU, if asked)."""
     lib = _load()
     b, c, h, wd = x.shape
     o, k, kwp, wb = pw.out_channels, pw.kernel_size, pw.words, pw.bits
@@ -186,6 +199,8 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
     packed = torch.empty(b, h, wd, cw, dtype=torch.int64)
     sob, soc, sop = out.stride(0), out.stride(1), out.stride(3)
     xsize, osize = xi.element_size(), out.element_size()
+    scale = _epilogue_scale(scale, o)
+    sp = None if scale is None else scale.data_ptr()
 
     def chunk(lo: int, hi: int) -> int:
         src, dst = xi.data_ptr() + lo * xi.stride(0) * xsize, packed.data_ptr() + lo * h * wd * cw * 8
@@ -195,7 +210,7 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
             lib.pm1_pack_above(src, thr.data_ptr() + lo * 4, hi - lo, h * wd, c, xi.stride(0), xi.stride(3),
                                xi.stride(1), cw, dst)
         return lib.pm1_conv(dst, hi - lo, h, wd, cw, k, stride, wb.data_ptr(), o, kwp, c * k * k,
-                            out.data_ptr() + lo * sob * osize, sob, soc, sop)
+                            out.data_ptr() + lo * sob * osize, sob, soc, sop, sp, int(relu))
 
     n = min(b, max(1, torch.get_num_threads()))
     bounds = [b * i // n for i in range(n + 1)]
@@ -208,13 +223,16 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
     return out
 
 
-def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold: Tensor | None = None) -> Tensor:
+def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold: Tensor | None = None,
+               scale: Tensor | None = None, relu: bool = False) -> Tensor:
     """``F.conv2d(x, w, stride=stride)`` for CPU tensors ``x`` (B, C, H, W) and ``w`` (O, C, k, k)
     whose entries are all +-1 (int8 or float; or packed by :func:`pack_weights`), no padding:
     float32 (B, O, H', W') in ``x``'s memory format, bit-identical to fp32. Square kernels, equal
     strides; needs :func:`available`. ``threshold`` (B elements, float32): ``x`` is real (float32)
     and stands for +1 where it is above its image's threshold, -1 elsewhere (the centered sign,
-    packed in one pass)."""
+    packed in one pass). ``scale`` (O elements) and ``relu``: the output times ``scale`` per
+    channel, then ``relu``, in the same pass, the same bits as ``torch.relu(out * scale.view(1, -1,
+    1, 1))``."""
     if _load() is None:
         raise RuntimeError(f"popcount kernels unavailable: {_reason}")
     if threshold is not None and x.dtype != torch.float32:
@@ -230,14 +248,16 @@ def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold:
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if b == 0 or o == 0:
         return out
-    return _run(x, pw, stride, out, threshold)
+    return _run(x, pw, stride, out, threshold, scale, relu)
 
 
-def pm1_linear(x: Tensor, w: Tensor | PackedWeights, threshold: Tensor | None = None) -> Tensor:
+def pm1_linear(x: Tensor, w: Tensor | PackedWeights, threshold: Tensor | None = None,
+               scale: Tensor | None = None, relu: bool = False) -> Tensor:
     """``F.linear(x, w)`` for +-1 entries ``x`` (B, K) and ``w`` (N, K) (or packed by
-    :func:`pack_weights`): float32 (B, N), exact; ``threshold`` as in :func:`pm1_conv2d`."""
+    :func:`pack_weights`): float32 (B, N), exact; ``threshold``, ``scale`` and ``relu`` as in
+    :func:`pm1_conv2d`."""
     b, kdim = x.shape
     pw = w if isinstance(w, PackedWeights) else pack_weights(w)
     if b == 0 or pw.out_channels == 0:
         return torch.empty(b, pw.out_channels, dtype=torch.float32)
-    return pm1_conv2d(x.reshape(b, kdim, 1, 1), pw, threshold=threshold).view(b, -1)
+    return pm1_conv2d(x.reshape(b, kdim, 1, 1), pw, threshold=threshold, scale=scale, relu=relu).view(b, -1)

@@ -118,10 +118,12 @@ static void gather_patch(const uint64_t *xa, int64_t W, int64_t cw, int64_t k, i
 
 /* out[b * sob + o * soc + p * sop] = K - 2 * popcount(patch(b, p) ^ wb[o]) for the n images of xa
  * (n, H, W, cw), O output channels, output pixels p = y * Wo + x. wb holds O rounded up to a
- * multiple of 8 rows (the extra rows are computed and dropped). Returns 0, or -1 without memory. */
+ * multiple of 8 rows (the extra rows are computed and dropped). Epilogue, in float32 as the
+ * separate element-wise ops would do it: times scale[o] unless scale is NULL (one rounded
+ * product), then max(v, 0) if relu (+0 for v <= 0). Returns 0, or -1 without memory. */
 int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, int64_t k, int64_t stride,
              const uint64_t *wb, int64_t O, int64_t kwp, int64_t K,
-             float *out, int64_t sob, int64_t soc, int64_t sop) {
+             float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu) {
     const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, nb = kwp / 4;
     uint64_t *patch = aligned_alloc(32, (size_t)kwp * sizeof(uint64_t));
     if (patch == NULL) return -1;
@@ -134,7 +136,12 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
                 int64_t counts[8];
                 count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), nb, counts);
                 const int64_t m = O - o < 8 ? O - o : 8;
-                for (int j = 0; j < m; j++) ob[(o + j) * soc + p * sop] = (float)(K - 2 * counts[j]);
+                for (int j = 0; j < m; j++) {
+                    float v = (float)(K - 2 * counts[j]);
+                    if (scale != NULL) v *= scale[o + j];
+                    if (relu) v = v > 0.0f ? v : 0.0f;
+                    ob[(o + j) * soc + p * sop] = v;
+                }
             }
         }
     }
