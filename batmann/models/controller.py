@@ -199,9 +199,10 @@ class Controller(nn.Module):
         return self.fc1(self.flatten(self._trunk(x)))
 
     def _trunk(self, x: Tensor) -> Tensor:
-        """``self.features(x)``; without autograd an XNOR convolution and the ReLU after it are one
-        call (``XnorConv2d.forward(x, relu=True)``: the same values, in the kernel's epilogue on
-        the popcount kernels). Layers with hooks keep their own calls."""
+        """``self.features(x)``; without autograd, with the same values: an XNOR convolution and
+        the ReLU after it are one call (``XnorConv2d.forward(x, relu=True)``, in the kernel's
+        epilogue on the popcount kernels), and any other ReLU after a convolution runs in place on
+        that convolution's fresh output. Layers with hooks keep their own calls."""
         if torch.is_grad_enabled():
             return self.features(x)
         mods = list(self.features.children())
@@ -209,10 +210,14 @@ class Controller(nn.Module):
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if isinstance(m, XnorConv2d) and type(nxt) is nn.ReLU and not _hooked(m) and not _hooked(nxt):
-                x, i = m(x, relu=True), i + 2
+            fuse = type(nxt) is nn.ReLU and isinstance(m, nn.Conv2d) and not _hooked(m) and not _hooked(nxt)
+            if fuse and isinstance(m, XnorConv2d):
+                x = m(x, relu=True)
+            elif fuse:
+                x = m(x).relu_()
             else:
-                x, i = m(x), i + 1
+                x = m(x)
+            i += 2 if fuse else 1
         return x
 
     # --- RBNN training schedule --------------------------------------------------------------

@@ -434,8 +434,8 @@ class _XnorMixin:
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             return _centered_sign_op(self, x, kernel, scale=self.alpha.detach(), relu=relu)
-        out = self._forward(x, kernel)
-        return torch.relu(out) if relu else out
+        out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
+        return (torch.relu(out) if _records_autograd(self, x) else out.relu_()) if relu else out
 
     def _forward(self, x: Tensor, kernel: str | None) -> Tensor:
         fast = kernel is not None
