@@ -180,10 +180,11 @@ def test_real_inputs_are_signed_about_each_images_threshold(channels_last, kerne
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_the_scale_and_relu_epilogue_gives_the_separate_ops_bits(channels_last, kernels):
-    """``scale`` per output channel and ``relu`` in the kernel's stores: the values of
-    ``torch.relu(out * scale)`` bit for bit (positive and negative scales, zero sums), for
-    convolutions and linear layers; a scale of the wrong size is refused."""
+def test_the_scale_relu_and_pool_epilogue_gives_the_separate_ops_bits(channels_last, kernels):
+    """``scale`` per output channel, ``relu`` and a 2x2 max pool in the kernel's stores: the values
+    of ``max_pool2d(relu(out * scale), 2)`` bit for bit (positive and negative scales, zero sums),
+    for convolutions and linear layers; a scale of the wrong size, or a pool without relu or on odd
+    sizes, is refused."""
     x, w = pm1(5, 70, 9, 9, seed=3), pm1(11, 70, 3, 3, seed=4)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -202,11 +203,23 @@ def test_the_scale_and_relu_epilogue_gives_the_separate_ops_bits(channels_last, 
                        torch.relu(F.linear(flat, wl) * 0.25))
     with pytest.raises(ValueError, match="one per output channel"):
         kernels.pm1_conv2d(x, w, scale=scale[:5])
+    # then the 2x2 max pool (7x7 outputs are odd: refused; 10x10 inputs give 8x8 -> 4x4)
+    x10 = pm1(5, 70, 10, 10, seed=8)
+    if channels_last:
+        x10 = x10.contiguous(memory_format=torch.channels_last)
+    pooled = kernels.pm1_conv2d(x10, w, scale=scale, relu=True, pool=True)
+    want = F.max_pool2d(torch.relu(kernels.pm1_conv2d(x10, w) * scale.view(1, -1, 1, 1)), 2)
+    assert pooled.shape == (5, 11, 4, 4) and torch.equal(pooled, want) and not torch.signbit(pooled).any()
+    assert pooled.is_contiguous(memory_format=torch.channels_last) == channels_last
+    for bad in (dict(x=x, relu=True), dict(x=x10, relu=False)):
+        with pytest.raises(ValueError, match="pooled output"):
+            kernels.pm1_conv2d(bad["x"], w, relu=bad["relu"], pool=True)
 
 
-def test_the_controller_runs_each_xnor_conv_and_its_relu_as_one_call(kernels, monkeypatch):
-    """Without autograd the XNOR controller hands each conv's ReLU to the conv (the same
-    features as the layers one by one); with autograd, or a hook on a layer, each layer runs alone."""
+def test_the_controller_runs_each_xnor_conv_its_relu_and_pool_as_one_call(kernels, monkeypatch):
+    """Without autograd the XNOR controller hands each conv's ReLU (and the max pool after it) to
+    the conv (the same features as the layers one by one); with autograd, or a hook on a layer,
+    each layer runs alone."""
     from batmann.models import build_controller
 
     model = build_controller("xnor", feature_dim=32).eval()
@@ -214,19 +227,19 @@ def test_the_controller_runs_each_xnor_conv_and_its_relu_as_one_call(kernels, mo
     calls = []
     real = layers.XnorConv2d.forward
 
-    def spy(self, inp, relu=False):
-        calls.append(relu)
-        return real(self, inp, relu=relu)
+    def spy(self, inp, relu=False, pool=None):
+        calls.append((relu, pool is not None))
+        return real(self, inp, relu=relu, pool=pool)
 
     monkeypatch.setattr(layers.XnorConv2d, "forward", spy)
     with torch.no_grad():
         one_by_one = model.fc1(model.flatten(model.features(x)))
         calls.clear()
-        assert torch.equal(model(x), one_by_one) and calls == [True, True, True]
+        assert torch.equal(model(x), one_by_one) and calls == [(True, True), (True, False), (True, True)]
         calls.clear()
         handle = model.features.relu3.register_forward_hook(lambda *a: None)
-        assert torch.equal(model(x), one_by_one) and calls == [True, False, True]
+        assert torch.equal(model(x), one_by_one) and calls == [(True, True), (False, False), (True, True)]
         handle.remove()
     calls.clear()
     model(x).sum().backward()
-    assert calls == [False, False, False]
+    assert calls == [(False, False)] * 3

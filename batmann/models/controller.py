@@ -199,25 +199,26 @@ class Controller(nn.Module):
         return self.fc1(self.flatten(self._trunk(x)))
 
     def _trunk(self, x: Tensor) -> Tensor:
-        """``self.features(x)``; without autograd, with the same values: an XNOR convolution and
-        the ReLU after it are one call (``XnorConv2d.forward(x, relu=True)``, in the kernel's
-        epilogue on the popcount kernels), and any other ReLU after a convolution runs in place on
-        that convolution's fresh output. Layers with hooks keep their own calls."""
+        """``self.features(x)``; without autograd, with the same values: an XNOR convolution with
+        the ReLU (and max pool) after it is one call (``XnorConv2d.forward(x, relu=True,
+        pool=...)``, in the kernel's epilogue on the popcount kernels), and any other ReLU after a
+        convolution runs in place on that convolution's fresh output. Layers with hooks keep
+        their own calls."""
         if torch.is_grad_enabled():
             return self.features(x)
         mods = list(self.features.children())
         i = 0
         while i < len(mods):
-            m = mods[i]
-            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            m, nxt, after = (mods + [None, None])[i:i + 3]
             fuse = type(nxt) is nn.ReLU and isinstance(m, nn.Conv2d) and not _hooked(m) and not _hooked(nxt)
             if fuse and isinstance(m, XnorConv2d):
-                x = m(x, relu=True)
+                pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
+                x = m(x, relu=True, pool=pool)
+                i += 2 if pool is None else 3
             elif fuse:
-                x = m(x).relu_()
+                x, i = m(x).relu_(), i + 2
             else:
-                x = m(x)
-            i += 2 if fuse else 1
+                x, i = m(x), i + 1
         return x
 
     # --- RBNN training schedule --------------------------------------------------------------

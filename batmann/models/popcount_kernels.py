@@ -97,7 +97,7 @@ def _load() -> ctypes.CDLL | None:
         lib.pm1_pack_above.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
         lib.pm1_pack_above.restype = None
         lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64,
-                                 _P, ctypes.c_int]
+                                 _P, ctypes.c_int, ctypes.c_int]
         lib.pm1_conv.restype = ctypes.c_int
         _lib = lib
         return _lib
@@ -182,9 +182,9 @@ def _epilogue_scale(scale: Tensor | None, out_channels: int) -> Tensor | None:
 
 
 def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tensor | None,
-         scale: Tensor | None = None, relu: bool = False) -> Tensor:
+         scale: Tensor | None = None, relu: bool = False, pool: bool = False) -> Tensor:
     """Pack ``x`` (B, C, H, W) and write the +-1 convolution with ``pw`` into ``out`` (times
-    ``scale`` per output channel, then ReLU, if asked)."""
+    ``scale`` per output channel, then ReLU, then the 2x2 max pool, if asked)."""
     lib = _load()
     b, c, h, wd = x.shape
     o, k, kwp, wb = pw.out_channels, pw.kernel_size, pw.words, pw.bits
@@ -210,7 +210,7 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
             lib.pm1_pack_above(src, thr.data_ptr() + lo * 4, hi - lo, h * wd, c, xi.stride(0), xi.stride(3),
                                xi.stride(1), cw, dst)
         return lib.pm1_conv(dst, hi - lo, h, wd, cw, k, stride, wb.data_ptr(), o, kwp, c * k * k,
-                            out.data_ptr() + lo * sob * osize, sob, soc, sop, sp, int(relu))
+                            out.data_ptr() + lo * sob * osize, sob, soc, sop, sp, int(relu), int(pool))
 
     n = min(b, max(1, torch.get_num_threads()))
     bounds = [b * i // n for i in range(n + 1)]
@@ -224,7 +224,7 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
 
 
 def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold: Tensor | None = None,
-               scale: Tensor | None = None, relu: bool = False) -> Tensor:
+               scale: Tensor | None = None, relu: bool = False, pool: bool = False) -> Tensor:
     """``F.conv2d(x, w, stride=stride)`` for CPU tensors ``x`` (B, C, H, W) and ``w`` (O, C, k, k)
     whose entries are all +-1 (int8 or float; or packed by :func:`pack_weights`), no padding:
     float32 (B, O, H', W') in ``x``'s memory format, bit-identical to fp32. Square kernels, equal
@@ -232,7 +232,8 @@ def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold:
     and stands for +1 where it is above its image's threshold, -1 elsewhere (the centered sign,
     packed in one pass). ``scale`` (O elements) and ``relu``: the output times ``scale`` per
     channel, then ``relu``, in the same pass, the same bits as ``torch.relu(out * scale.view(1, -1,
-    1, 1))``."""
+    1, 1))``. ``pool`` (with ``relu``, even output sizes): then the 2x2, stride-2 max pool, in the
+    same pass (B, O, H' / 2, W' / 2)."""
     if _load() is None:
         raise RuntimeError(f"popcount kernels unavailable: {_reason}")
     if threshold is not None and x.dtype != torch.float32:
@@ -243,12 +244,17 @@ def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold:
     b, _, h, wd = x.shape
     o, k = pw.out_channels, pw.kernel_size
     ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+    if pool and (not relu or ho % 2 or wo % 2):
+        raise ValueError(f"a pooled output needs relu and even output sizes, got relu={relu}, {ho}x{wo}")
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    out = torch.empty(b, o, ho, wo, dtype=torch.float32,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if pool:
+        out = torch.empty(b, o, ho // 2, wo // 2, dtype=torch.float32, memory_format=fmt).zero_()
+    else:
+        out = torch.empty(b, o, ho, wo, dtype=torch.float32, memory_format=fmt)
     if b == 0 or o == 0:
         return out
-    return _run(x, pw, stride, out, threshold, scale, relu)
+    return _run(x, pw, stride, out, threshold, scale, relu, pool)
 
 
 def pm1_linear(x: Tensor, w: Tensor | PackedWeights, threshold: Tensor | None = None,

@@ -120,10 +120,12 @@ static void gather_patch(const uint64_t *xa, int64_t W, int64_t cw, int64_t k, i
  * (n, H, W, cw), O output channels, output pixels p = y * Wo + x. wb holds O rounded up to a
  * multiple of 8 rows (the extra rows are computed and dropped). Epilogue, in float32 as the
  * separate element-wise ops would do it: times scale[o] unless scale is NULL (one rounded
- * product), then max(v, 0) if relu (+0 for v <= 0). Returns 0, or -1 without memory. */
+ * product), then max(v, 0) if relu (+0 for v <= 0). pool (with relu, even Ho and Wo): out is the
+ * 2x2, stride-2 max pool of that, (Ho / 2) x (Wo / 2) pixels, zeroed by the caller (the values
+ * are >= 0, so max(0, ...) is the max of the four). Returns 0, or -1 without memory. */
 int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, int64_t k, int64_t stride,
              const uint64_t *wb, int64_t O, int64_t kwp, int64_t K,
-             float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu) {
+             float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu, int pool) {
     const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, nb = kwp / 4;
     uint64_t *patch = aligned_alloc(32, (size_t)kwp * sizeof(uint64_t));
     if (patch == NULL) return -1;
@@ -131,7 +133,8 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
         const uint64_t *xb = xa + b * H * W * cw;
         float *ob = out + b * sob;
         for (int64_t p = 0; p < P; p++) {
-            gather_patch(xb, W, cw, k, stride, p / Wo, p % Wo, kwp, patch);
+            const int64_t y = p / Wo, x = p % Wo, q = pool ? (y / 2) * (Wo / 2) + x / 2 : p;
+            gather_patch(xb, W, cw, k, stride, y, x, kwp, patch);
             for (int64_t o = 0; o < O; o += 8) {
                 int64_t counts[8];
                 count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), nb, counts);
@@ -140,7 +143,12 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
                     float v = (float)(K - 2 * counts[j]);
                     if (scale != NULL) v *= scale[o + j];
                     if (relu) v = v > 0.0f ? v : 0.0f;
-                    ob[(o + j) * soc + p * sop] = v;
+                    float *dst = ob + (o + j) * soc + q * sop;
+                    if (pool) {
+                        if (v > *dst) *dst = v;
+                    } else {
+                        *dst = v;
+                    }
                 }
             }
         }
