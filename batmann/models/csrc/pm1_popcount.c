@@ -144,11 +144,11 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
                     if (scale != NULL) v *= scale[o + j];
                     if (relu) v = v > 0.0f ? v : 0.0f;
                     float *dst = ob + (o + j) * soc + q * sop;
-                    if (pool) {
-                        if (v > *dst) *dst = v;
-                    } else {
-                        *dst = v;
+                    if (pool) { /* an unconditional store (a max instruction): no branch to mispredict */
+                        const float cur = *dst;
+                        v = v > cur ? v : cur;
                     }
+                    *dst = v;
                 }
             }
         }
