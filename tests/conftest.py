@@ -94,7 +94,7 @@ def _train_small_run(omniglot_cache, run_dir: Path):
 
 @pytest.fixture(scope="session")
 def trained_run(omniglot_cache, tmp_path_factory):
-    """A small fp controller trained for 60 5-way 1-shot episodes (about 25 s), shared by tests.
+    """A small fp controller trained for 60 5-way 1-shot episodes (about 50 s on 2 AVX2 cores), shared by tests.
 
     Returns ``(TrainResult, losses)``: the run (folder with best.safetensors, tested on 100
     episodes) and the training loss of every episode. Under pytest-xdist the first worker to ask
