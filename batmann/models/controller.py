@@ -199,13 +199,12 @@ class Controller(nn.Module):
         return self.fc1(self.flatten(self._trunk(x)))
 
     def _trunk(self, x: Tensor) -> Tensor:
-        """``self.features(x)``; without autograd, with the same values: an XNOR convolution with
-        the ReLU (and max pool) after it is one call (``XnorConv2d.forward(x, relu=True,
-        pool=...)``, in the kernel's epilogue on the popcount kernels), and any other ReLU after a
-        convolution runs in place on that convolution's fresh output. Layers with hooks keep
-        their own calls."""
-        if torch.is_grad_enabled():
-            return self.features(x)
+        """``self.features(x)``, with the same values: an XNOR convolution with the ReLU (and max
+        pool) after it is one call (``XnorConv2d.forward(x, relu=True, pool=...)``: in the
+        kernel's epilogue on the popcount kernels; in float32 training, one backward from the
+        pooled gradient), and without autograd any other ReLU after a convolution runs in place
+        on that convolution's fresh output. Layers with hooks keep their own calls."""
+        grad = torch.is_grad_enabled()
         mods = list(self.features.children())
         i = 0
         while i < len(mods):
@@ -215,7 +214,7 @@ class Controller(nn.Module):
                 pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = m(x, relu=True, pool=pool)
                 i += 2 if pool is None else 3
-            elif fuse:
+            elif fuse and not grad:
                 x, i = m(x).relu_(), i + 2
             else:
                 x, i = m(x), i + 1

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batmann.models import binary_kernels, fused
+from batmann.models import binary_kernels, fused, pooled_grad
 from batmann.models import quantizers as q
 
 STD_EPS = fused.STD_EPS
@@ -354,6 +354,32 @@ class _Pm1Product(torch.autograd.Function):
         return ga, gw, None, None
 
 
+class _Pm1ConvReluPool(torch.autograd.Function):
+    """``max_pool2d(relu(conv2d(a, w) * alpha), 2)`` of a +-1 x +-1 convolution in float32
+    training. The forward is :class:`_Pm1Product`'s then the same ops: the same bits. The
+    backward starts from the pooled gradient and each window's argmax
+    (:func:`batmann.models.pooled_grad.conv_backward`: a quarter of the dense products' work); it
+    equals autograd's through the separate ops to float32 rounding (another summation order)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor, alpha: Tensor, layer: nn.Module) -> Tensor:  # noqa: D102
+        y = _exact_pm1_op(layer, a, w)  # float32
+        z = (y * alpha.view(1, -1, 1, 1).to(y.dtype)).relu_()
+        out, idx = F.max_pool2d_with_indices(z, 2, 2)
+        y_at = y.flatten(2).gather(2, idx.flatten(2)).view_as(out)  # d out / d alpha where out > 0
+        ctx.save_for_backward(a, w, alpha, out > 0, y_at, pooled_grad.argmax_offsets(idx, z.shape[-1]))
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        a, w, alpha, kept, y_at, offsets = ctx.saved_tensors
+        gz = torch.where(kept, g, 0.0)  # the ReLU's gradient at the argmax
+        g_alpha = (gz * y_at).sum((0, 2, 3)).to(alpha.dtype) if ctx.needs_input_grad[2] else None
+        ga, gw = pooled_grad.conv_backward(gz * alpha.view(1, -1, 1, 1).to(gz.dtype), offsets, a, w,
+                                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return ga, gw, g_alpha, None
+
+
 def set_gradient_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """Run the gradient products of ``model``'s XNOR layers in ``dtype`` (``torch.bfloat16``), their
     forward exactly as in float32; ``None`` restores plain float32 autograd. Returns ``model``."""
@@ -434,16 +460,34 @@ class _XnorMixin:
         return (isinstance(self, nn.Conv2d) and self.bias is None and not torch.is_autocast_enabled(x.device.type)
                 and _exact_kernel(self, x) is not None)
 
+    def _pooled_training(self, x: Tensor, pool: nn.Module) -> bool:
+        """Whether float32 training runs this convolution, its ReLU and the 2x2 max ``pool`` as
+        :class:`_Pm1ConvReluPool` (its backward from the pooled gradient): an exact forward kernel
+        (:meth:`_exact_fp32_training`), float32 gradients, stride 1, no padding, an even output,
+        and the pooled-gradient kernels here (:func:`batmann.models.pooled_grad.supports`)."""
+        if not (_records_autograd(self, x) and self.grad_dtype is None and is_2x2_pool(pool)
+                and isinstance(self, nn.Conv2d) and self.stride == (1, 1) and self.padding in (0, (0, 0))
+                and self._exact_fp32_training(x)):
+            return False
+        return pooled_grad.supports(x, self.weight) and pooled_grad.available()
+
     def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
         """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it.
         At inference on the popcount kernels the product, ``alpha``, the ReLU and a 2x2 max pool
-        are one pass (the same values; the passes over the full-size output saved)."""
+        are one pass (the same values; the passes over the full-size output saved). In float32
+        training with a 2x2 max pool, the backward of all three starts from the pooled gradient
+        (:class:`_Pm1ConvReluPool`; the same forward values)."""
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             fuse_pool = relu and pool is not None and is_2x2_pool(pool) and isinstance(self, nn.Conv2d) \
                 and all(((n - k) // s + 1) % 2 == 0 for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride))
             out = _centered_sign_op(self, x, kernel, scale=self.alpha.detach(), relu=relu, pool=fuse_pool)
             return out if fuse_pool or pool is None else pool(out)
+        if relu and pool is not None and self._pooled_training(x, pool):
+            with _fp32(x):
+                bw = q.xnor_weight_sign(standardize_rows(self.weight))
+                ba = centered_sign_ste(x, "hardtanh")
+            return _Pm1ConvReluPool.apply(ba, bw, self.alpha, self)
         out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
         if relu:
             out = torch.relu(out) if _records_autograd(self, x) else out.relu_()

@@ -15,92 +15,35 @@ library, :func:`available` is False and :func:`unavailable_reason` says why.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "pm1_popcount.c"
-CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mpopcnt", "-fPIC", "-shared")
+from batmann.models import native
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_reason: str | None = None
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mpopcnt", "-fPIC", "-shared")
 
 _I64 = ctypes.c_int64
 _P = ctypes.c_void_p
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc"))
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.pm1_pack.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
+    lib.pm1_pack.restype = None
+    lib.pm1_pack_above.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
+    lib.pm1_pack_above.restype = None
+    lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64,
+                             _P, ctypes.c_int, ctypes.c_int]
+    lib.pm1_conv.restype = ctypes.c_int
 
 
-def library_path(compiler: str) -> Path:
-    """Where the compiled kernels for this source, these flags and ``compiler`` are kept."""
-    from batmann.utils.paths import batmann_home
-
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *CFLAGS)).encode()).hexdigest()[:16]
-    return batmann_home() / "kernels" / f"pm1_popcount-{digest}.so"
-
-
-def _build(compiler: str, target: Path) -> None:
-    """Compile :data:`SOURCE` to ``target`` (temporary file, then rename: never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=300)
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise OSError(f"{compiler} failed: {lines[0] if lines else f'exit status {proc.returncode}'}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+LIBRARY = native.NativeLibrary("pm1_popcount.c", CFLAGS, _declare,
+                               lambda: None if native.has_avx2() else "the CPU has no AVX2")
 
 
 def _load() -> ctypes.CDLL | None:
-    global _lib, _reason
-    if _lib is not None or _reason is not None:  # settled (every layer call asks)
-        return _lib
-    with _lock:
-        if _lib is not None or _reason is not None:
-            return _lib
-        if not getattr(torch.cpu, "_is_avx2_supported", lambda: False)():
-            _reason = "the CPU has no AVX2"
-            return None
-        compiler = _compiler()
-        if compiler is None:
-            _reason = f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
-            return None
-        try:
-            path = library_path(compiler)
-            if not path.exists():
-                _build(compiler, path)
-            lib = ctypes.CDLL(str(path))
-        except (OSError, subprocess.SubprocessError) as err:
-            _reason = f"could not build the popcount kernels: {err}"
-            return None
-        lib.pm1_pack.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
-        lib.pm1_pack.restype = None
-        lib.pm1_pack_above.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
-        lib.pm1_pack_above.restype = None
-        lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64,
-                                 _P, ctypes.c_int, ctypes.c_int]
-        lib.pm1_conv.restype = ctypes.c_int
-        _lib = lib
-        return _lib
+    return LIBRARY.load()
 
 
 def available() -> bool:
@@ -111,27 +54,7 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why :func:`available` is False (one line), or None."""
     _load()
-    return _reason
-
-
-def _forget_threads_in_child() -> None:
-    """After ``fork`` the pool's threads do not exist in the child: start afresh there."""
-    global _lock, _pool, _pool_size
-    _lock, _pool, _pool_size = threading.Lock(), None, 0
-
-
-os.register_at_fork(after_in_child=_forget_threads_in_child)
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    n = max(1, torch.get_num_threads())
-    with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="pm1-popcount"), n
-        return _pool
+    return LIBRARY.reason
 
 
 def _pm1_int8(x: Tensor) -> Tensor:
@@ -157,7 +80,7 @@ def pack_weights(w: Tensor) -> PackedWeights:
     """+-1 weights (O, C, k, k) (or (N, K) of a linear layer) -> :class:`PackedWeights`."""
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"popcount kernels unavailable: {_reason}")
+        raise RuntimeError(f"popcount kernels unavailable: {LIBRARY.reason}")
     if w.dim() == 2:
         w = w.reshape(*w.shape, 1, 1)
     o, c, k, _ = w.shape
@@ -212,13 +135,7 @@ def _run(x: Tensor, pw: PackedWeights, stride: int, out: Tensor, threshold: Tens
         return lib.pm1_conv(dst, hi - lo, h, wd, cw, k, stride, wb.data_ptr(), o, kwp, c * k * k,
                             out.data_ptr() + lo * sob * osize, sob, soc, sop, sp, int(relu), int(pool))
 
-    n = min(b, max(1, torch.get_num_threads()))
-    bounds = [b * i // n for i in range(n + 1)]
-    if n == 1:
-        codes = [chunk(0, b)]
-    else:
-        codes = list(_threads().map(chunk, bounds[:-1], bounds[1:]))
-    if any(codes):
+    if any(native.parallel(chunk, b)):
         raise MemoryError("the popcount kernels could not allocate their patch buffer")
     return out
 
@@ -235,7 +152,7 @@ def pm1_conv2d(x: Tensor, w: Tensor | PackedWeights, stride: int = 1, threshold:
     1, 1))``. ``pool`` (with ``relu``, even output sizes): then the 2x2, stride-2 max pool, in the
     same pass (B, O, H' / 2, W' / 2)."""
     if _load() is None:
-        raise RuntimeError(f"popcount kernels unavailable: {_reason}")
+        raise RuntimeError(f"popcount kernels unavailable: {LIBRARY.reason}")
     if threshold is not None and x.dtype != torch.float32:
         raise TypeError(f"a thresholded input must be float32, got {x.dtype}")
     pw = w if isinstance(w, PackedWeights) else pack_weights(w)

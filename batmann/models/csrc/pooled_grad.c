@@ -1,0 +1,152 @@
+/* Gradients of a convolution followed by ReLU and a 2x2 stride-2 max pool (AVX2 + FMA).
+ *
+ * Behind a 2x2 max pool, each pooled output passes its gradient to one convolution output of its
+ * window (the argmax), and the ReLU drops it where the output was clipped: at most a quarter of
+ * the convolution's output gradient is non-zero, and where it is non-zero is known. The two
+ * gradient products of the convolution are computed from the pooled gradient and the argmax
+ * alone, a quarter of the multiply-adds of the dense products.
+ *
+ * Layouts (float32): g (n, O, P) the pooled gradient already times dReLU and alpha, P = Hp * Wp
+ * pooled positions; d (n, O, P) uint8 argmax offsets dy * 2 + dx in the 2x2 window; the input a
+ * (n, H, W, C) channels-last; weights wt (k, k, C / 64 blocks, O, 64)
+ * (the last block as wide as the channels left); weight gradient gw (O, k, k, C). C is a
+ * multiple of 8. Each output element is summed in one fixed order, whatever the image or channel
+ * ranges the caller splits the work into (so any thread count gives the same bits).
+ *
+ * Loaded by batmann/models/pooled_grad.py (ctypes); built with -O3 -mavx2 -mfma.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NV 8 /* vectors of 8 floats per tile: 64 channels */
+
+/* ga (hi - lo, H, W, C) channels-last, overwritten: the input gradient of images [lo, hi) */
+int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
+                      const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
+    const int64_t P = Hp * Wp;
+    float *gv = malloc((size_t)(P * O) * sizeof(float));
+    int32_t *co = malloc((size_t)(P * O) * sizeof(int32_t));
+    int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
+    if (!gv || !co || !start) {
+        free(gv); free(co); free(start);
+        return 1;
+    }
+    for (int64_t b = lo; b < hi; b++) {
+        const float *gb = g + b * O * P;
+        const uint8_t *db = d + b * O * P;
+        float *out = ga + (b - lo) * H * W * C;
+        memset(out, 0, (size_t)(H * W * C) * sizeof(float));
+        /* per pooled position, its non-zero gradients grouped by argmax offset (a counting sort) */
+        for (int64_t p = 0; p < P; p++) {
+            int32_t cnt[4] = {0, 0, 0, 0};
+            for (int64_t o = 0; o < O; o++)
+                if (gb[o * P + p] != 0.0f) cnt[db[o * P + p] & 3]++;
+            int32_t *s = start + p * 5;
+            s[0] = (int32_t)(p * O);
+            for (int q = 0; q < 4; q++) s[q + 1] = s[q] + cnt[q];
+            int32_t pos[4] = {s[0], s[1], s[2], s[3]};
+            for (int64_t o = 0; o < O; o++) {
+                const float v = gb[o * P + p];
+                if (v != 0.0f) {
+                    const int q = db[o * P + p] & 3;
+                    gv[pos[q]] = v;
+                    co[pos[q]++] = (int32_t)o;
+                }
+            }
+        }
+        for (int64_t kh = 0; kh < k; kh++)
+            for (int64_t kw = 0; kw < k; kw++)
+                for (int64_t cb = 0; cb < C; cb += NV * 8) {
+                    const int64_t nv = (C - cb) / 8 < NV ? (C - cb) / 8 : NV;
+                    const float *wtile = wt + (kh * k + kw) * O * C + cb * O; /* (O, 8 nv) rows */
+                    for (int64_t p = 0; p < P; p++) {
+                        const int64_t i = p / Wp, j = p % Wp;
+                        const int32_t *s = start + p * 5;
+                        for (int q = 0; q < 4; q++) {
+                            if (s[q] == s[q + 1]) continue;
+                            float *dst = out + ((2 * i + (q >> 1) + kh) * W + (2 * j + (q & 1) + kw)) * C + cb;
+                            if (nv == NV) {
+                                __m256 acc[NV];
+                                for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();
+                                for (int32_t t = s[q]; t < s[q + 1]; t++) {
+                                    const __m256 x = _mm256_broadcast_ss(gv + t);
+                                    const float *w = wtile + (int64_t)co[t] * NV * 8;
+                                    for (int v = 0; v < NV; v++)
+                                        acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8 * v), acc[v]);
+                                }
+                                for (int v = 0; v < NV; v++)
+                                    _mm256_storeu_ps(dst + 8 * v, _mm256_add_ps(_mm256_loadu_ps(dst + 8 * v), acc[v]));
+                            } else {
+                                for (int64_t v = 0; v < nv; v++) {
+                                    __m256 acc = _mm256_setzero_ps();
+                                    for (int32_t t = s[q]; t < s[q + 1]; t++)
+                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(gv + t),
+                                                              _mm256_loadu_ps(wtile + (int64_t)co[t] * nv * 8 + 8 * v), acc);
+                                    _mm256_storeu_ps(dst + 8 * v, _mm256_add_ps(_mm256_loadu_ps(dst + 8 * v), acc));
+                                }
+                            }
+                        }
+                    }
+                }
+    }
+    free(gv); free(co); free(start);
+    return 0;
+}
+
+/* gw rows [olo, ohi) of (O, k, k, C), overwritten: the weight gradient over all n images, summed
+ * image by image; within an image, chunk by chunk of `chunk` pooled positions */
+int pooled_grad_weight(const float *g, const uint8_t *d, int64_t n, int64_t O, int64_t Hp, int64_t Wp,
+                       const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
+                       int64_t chunk, float *gw) {
+    const int64_t P = Hp * Wp, K = k * k * C;
+    int64_t *base = malloc((size_t)(chunk * 4) * sizeof(int64_t));
+    if (!base) return 1;
+    memset(gw + olo * K, 0, (size_t)((ohi - olo) * K) * sizeof(float));
+    for (int64_t b = 0; b < n; b++) {
+        const float *ab = a + b * H * W * C;
+        for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+            const int64_t np = P - p0 < chunk ? P - p0 : chunk;
+            /* base[(p, q)]: where the patches under offset q of position p start in the image */
+            for (int64_t p = 0; p < np; p++) {
+                const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp;
+                for (int q = 0; q < 4; q++) base[p * 4 + q] = ((2 * i + (q >> 1)) * W + (2 * j + (q & 1))) * C;
+            }
+            for (int64_t kh = 0; kh < k; kh++)
+                for (int64_t kw = 0; kw < k; kw++)
+                    for (int64_t cb = 0; cb < C; cb += NV * 8) {
+                        const int64_t nv = (C - cb) / 8 < NV ? (C - cb) / 8 : NV;
+                        const float *at = ab + (kh * W + kw) * C + cb;
+                        const int64_t off = (kh * k + kw) * C + cb;
+                        for (int64_t o = olo; o < ohi; o++) {
+                            const float *go = g + (b * O + o) * P + p0;
+                            const uint8_t *dq = d + (b * O + o) * P + p0;
+                            float *dst = gw + o * K + off;
+                            if (nv == NV) {
+                                __m256 acc[NV];
+                                for (int v = 0; v < NV; v++) acc[v] = _mm256_loadu_ps(dst + 8 * v);
+                                for (int64_t p = 0; p < np; p++) { /* zeros add nothing: no branch */
+                                    const __m256 x = _mm256_broadcast_ss(go + p);
+                                    const float *r = at + base[p * 4 + (dq[p] & 3)];
+                                    for (int v = 0; v < NV; v++)
+                                        acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(r + 8 * v), acc[v]);
+                                }
+                                for (int v = 0; v < NV; v++) _mm256_storeu_ps(dst + 8 * v, acc[v]);
+                            } else {
+                                for (int64_t v = 0; v < nv; v++) {
+                                    __m256 acc = _mm256_loadu_ps(dst + 8 * v);
+                                    for (int64_t p = 0; p < np; p++) {
+                                        const float *r = at + base[p * 4 + (dq[p] & 3)];
+                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(go + p), _mm256_loadu_ps(r + 8 * v), acc);
+                                    }
+                                    _mm256_storeu_ps(dst + 8 * v, acc);
+                                }
+                            }
+                        }
+                    }
+        }
+    }
+    free(base);
+    return 0;
+}

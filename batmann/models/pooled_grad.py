@@ -1,0 +1,130 @@
+"""The backward of a convolution followed by ReLU and a 2x2 stride-2 max pool, from the pooled gradient.
+
+Behind a 2x2 max pool each pooled output passes its gradient to one convolution output of its
+window (the argmax), and the ReLU drops it where the output was clipped: at most a quarter of
+the convolution's output gradient is non-zero, at known places. :func:`conv_backward` computes
+the convolution's input and weight gradients from the pooled gradient and the argmax offsets
+alone (``csrc/pooled_grad.c``, AVX2 + FMA): a quarter of the multiply-adds of the dense
+``convolution_backward``. They equal it to float32 rounding (another summation order), and are
+the same bits whatever the thread count: images are split between threads for the input
+gradient, output channels for the weight gradient, and each element is summed in one order.
+Built like the popcount kernels (:mod:`batmann.models.native`); where it does not build,
+:func:`available` is False and the callers keep autograd.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from batmann.models import native
+
+CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-fPIC", "-shared")
+
+#: pooled positions per pass of the weight gradient (their 4 x 16 patch rows of 64 floats, 64 KB, stay in L1 / L2)
+CHUNK = 16
+#: channels per tile in the kernels (the weights' block layout for the input gradient)
+BLOCK = 64
+
+_I64 = ctypes.c_int64
+_P = ctypes.c_void_p
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P]
+    lib.pooled_grad_input.restype = ctypes.c_int
+    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
+                                       _P]
+    lib.pooled_grad_weight.restype = ctypes.c_int
+
+
+LIBRARY = native.NativeLibrary("pooled_grad.c", CFLAGS, _declare,
+                               lambda: None if native.has_avx2() else "the CPU has no AVX2")
+
+
+def available() -> bool:
+    """Whether the kernels run here (an AVX2 CPU, the library built or buildable)."""
+    return LIBRARY.load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (one line), or None."""
+    LIBRARY.load()
+    return LIBRARY.reason
+
+
+def supports(a: Tensor, w: Tensor) -> bool:
+    """Whether :func:`conv_backward` covers a stride-1 unpadded convolution of ``a`` (B, C, H, W)
+    with ``w`` (O, C, k, k): CPU float32, C a multiple of 8, square kernel, an even output."""
+    if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
+        return False
+    c, h, wd = a.shape[1:]
+    k = w.shape[-1]
+    return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % 2 == 0 and h >= k
+
+
+def argmax_offsets(indices: Tensor, width: int) -> Tensor:
+    """``max_pool2d``'s flat argmax ``indices`` (into a map ``width`` wide) of a 2x2 stride-2 pool ->
+    the offset in each window, ``dy * 2 + dx``, as uint8 of the same shape."""
+    return ((torch.div(indices, width, rounding_mode="floor") % 2) * 2 + indices % 2).to(torch.uint8)
+
+
+def _weight_blocks(w: Tensor) -> Tensor:
+    """(O, C, k, k) -> (k, k, C) blocks of :data:`BLOCK` channels, each (O, width) row-major (flat per (kh, kw))."""
+    o, c, k, _ = w.shape
+    wt = w.permute(2, 3, 0, 1)
+    parts = [wt[..., cb:cb + BLOCK].reshape(k, k, -1) for cb in range(0, c, BLOCK)]
+    return torch.cat(parts, dim=2).contiguous()
+
+
+def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_input: bool = True,
+                  need_weight: bool = True) -> tuple[Tensor | None, Tensor | None]:
+    """Input and weight gradients of ``conv2d(a, w)`` (stride 1, no padding) whose output gradient
+    is zero except at one place per 2x2 window of each channel.
+
+    ``grad`` (B, O, Hp, Wp) float32: the gradient at that place; ``offsets`` (B, O, Hp, Wp) uint8:
+    the place, ``dy * 2 + dx`` in the window (:func:`argmax_offsets`); ``a`` (B, C, H, W), ``w``
+    (O, C, k, k) with H - k + 1 = 2 Hp (see :func:`supports`). Returns ``(grad_a, grad_w)``,
+    contiguous, each None unless asked for."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
+    if not supports(a, w):
+        raise ValueError(f"conv_backward covers float32 inputs with channels a multiple of 8 and an even output, "
+                         f"got input {tuple(a.shape)} {a.dtype}, weights {tuple(w.shape)}")
+    b, c, h, wd = a.shape
+    o, k = w.shape[0], w.shape[-1]
+    hp, wp = (h - k + 1) // 2, (wd - k + 1) // 2
+    if tuple(grad.shape) != (b, o, hp, wp) or tuple(offsets.shape) != (b, o, hp, wp):
+        raise ValueError(f"grad and offsets must be {(b, o, hp, wp)}, got {tuple(grad.shape)}, {tuple(offsets.shape)}")
+    g = grad.to(torch.float32).contiguous()
+    d = offsets.to(torch.uint8).contiguous()
+    ga = gw = None
+    if need_input:
+        wt = _weight_blocks(w.detach())
+        out = torch.empty(b, h, wd, c, dtype=torch.float32)
+        row = h * wd * c * 4
+
+        def input_part(lo: int, hi: int) -> int:
+            return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, wt.data_ptr(), c, k, h, wd,
+                                         out.data_ptr() + lo * row)
+
+        codes = native.parallel(input_part, b)
+        if any(codes):
+            raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
+        ga = out.permute(0, 3, 1, 2).contiguous()
+    if need_weight:
+        acl = a.detach().permute(0, 2, 3, 1).contiguous()
+        out = torch.empty(o, k, k, c, dtype=torch.float32)
+
+        def weight_part(lo: int, hi: int) -> int:
+            return lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), b, o, hp, wp, acl.data_ptr(), c, k, h, wd, lo,
+                                          hi, CHUNK, out.data_ptr())
+
+        codes = native.parallel(weight_part, o)
+        if any(codes):
+            raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
+        gw = out.permute(0, 3, 1, 2).contiguous()
+    return ga, gw

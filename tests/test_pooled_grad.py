@@ -1,0 +1,140 @@
+"""The backward of XNOR convolution + ReLU + 2x2 max pool from the pooled gradient (AVX2 + FMA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from batmann.models import binary_kernels as bk
+from batmann.models import layers
+from batmann.models import pooled_grad as pg
+from batmann.models.controller import build_controller
+
+
+@pytest.fixture
+def kernels():
+    if not pg.available():
+        pytest.skip(f"pooled-gradient kernels unavailable here: {pg.unavailable_reason()}")
+    return pg
+
+
+def _problem(b, c, h, k, o, seed, zeros=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 2, (b, c, h, h), generator=gen).float() * 2 - 1
+    w = torch.randn(o, c, k, k, generator=gen)
+    hp = (h - k + 1) // 2
+    g = torch.randn(b, o, hp, hp, generator=gen) * (torch.rand(b, o, hp, hp, generator=gen) > zeros)
+    d = torch.randint(0, 4, (b, o, hp, hp), generator=gen, dtype=torch.uint8)
+    return a, w, g, d
+
+
+def _dense_grad(g, d):
+    """The convolution's output gradient: ``g`` at offset ``d`` of each 2x2 window, zero elsewhere."""
+    b, o, hp, wp = g.shape
+    full = torch.zeros(b, o, hp, 2, wp, 2)
+    dy, dx = (d // 2).long(), (d % 2).long()
+    for y in range(2):
+        for x in range(2):
+            full[:, :, :, y, :, x] = torch.where((dy == y) & (dx == x), g, 0.0)
+    return full.reshape(b, o, 2 * hp, 2 * wp)
+
+
+@pytest.mark.parametrize("b, c, h, k, o", [(3, 16, 12, 3, 8), (2, 72, 10, 3, 5), (2, 128, 12, 5, 9), (1, 8, 6, 5, 3)])
+def test_gradients_match_the_dense_convolution_backward(kernels, b, c, h, k, o):
+    a, w, g, d = _problem(b, c, h, k, o, seed=c + k)
+    ga, gw = kernels.conv_backward(g, d, a, w)
+    want_a, want_w, _ = torch.ops.aten.convolution_backward(
+        _dense_grad(g, d), a, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+    assert ga.is_contiguous() and gw.is_contiguous()
+    torch.testing.assert_close(ga, want_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, want_w, rtol=1e-5, atol=1e-5)
+    only_w = kernels.conv_backward(g, d, a, w, need_input=False)
+    assert only_w[0] is None and torch.equal(only_w[1], gw)
+
+
+def test_the_same_bits_on_one_or_two_threads(kernels):
+    a, w, g, d = _problem(5, 24, 10, 3, 7, seed=3)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.conv_backward(g, d, a, w)
+        torch.set_num_threads(2)
+        two = kernels.conv_backward(g, d, a, w)
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(x, y) for x, y in zip(one, two))
+
+
+def test_argmax_offsets_follow_max_pool2d_indices():
+    z = torch.randn(2, 3, 6, 8)
+    _, idx = F.max_pool2d_with_indices(z, 2, 2)
+    d = pg.argmax_offsets(idx, 8)
+    windows = z.view(2, 3, 3, 2, 4, 2).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 3, 4, 4)
+    assert d.dtype == torch.uint8 and torch.equal(d.long(), windows.argmax(-1))
+
+
+def test_what_is_not_covered_is_refused_in_one_line(kernels):
+    a, w, g, d = _problem(1, 16, 8, 3, 4, seed=1)
+    assert kernels.supports(a, w)
+    assert not kernels.supports(a[:, :12], w[:, :12])  # channels not a multiple of 8
+    assert not kernels.supports(a[..., :7, :7], w)  # odd output (5 x 5)
+    assert not kernels.supports(a.double(), w.double())
+    with pytest.raises(ValueError, match=r"grad and offsets must be \(1, 4, 3, 3\)"):
+        kernels.conv_backward(g[..., :2], d[..., :2], a, w)
+    with pytest.raises(ValueError, match="channels a multiple of 8"):
+        kernels.conv_backward(g, d, a[:, :12], w[:, :12])
+
+
+def _controller_grads(model, x, kernel, monkeypatch):
+    monkeypatch.setattr(bk, "KERNEL", kernel)
+    model.zero_grad()
+    xg = x.clone().requires_grad_()
+    out = model(xg)
+    (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+    return out.detach(), xg.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["xnor", "xnor-binary-fc"])
+def test_xnor_controller_training_uses_it_with_the_same_forward_and_close_gradients(kind, kernels, monkeypatch):
+    if bk.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("no exact forward kernel here")
+    model = build_controller(kind)
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    want = _controller_grads(model, x, "fp32", monkeypatch)  # plain autograd
+    calls = []
+    real = layers._Pm1ConvReluPool.apply
+    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    got = _controller_grads(model, x, "auto", monkeypatch)
+    assert calls == [model.features.conv2, model.features.conv4]  # the pooled layers; conv3 keeps autograd
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+    for name, g in want[2].items():
+        torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
+
+
+def test_other_settings_keep_autograd(kernels, monkeypatch):
+    model = build_controller("xnor")
+    x = torch.randn(2, 1, 32, 32)
+    calls = []
+    real = layers._Pm1ConvReluPool.apply
+    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(bk, "KERNEL", "fp32")  # plain autograd asked for
+    model(x).sum().backward()
+    monkeypatch.setattr(bk, "KERNEL", "auto")
+    layers.set_gradient_dtype(model, torch.bfloat16)  # bf16 gradient products
+    model(x).sum().backward()
+    layers.set_gradient_dtype(model, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast
+        model(x).sum().backward()
+    monkeypatch.setattr(pg, "available", lambda: False)  # the library did not build
+    model(x).sum().backward()
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    if bk.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("no exact forward kernel here")
+    handle = model.features.relu2.register_forward_hook(lambda *a: None)  # a hooked ReLU keeps its own call
+    model(x).sum().backward()
+    handle.remove()
+    assert calls == [model.features.conv4]
