@@ -74,6 +74,22 @@ def test_argmax_offsets_follow_max_pool2d_indices():
     assert d.dtype == torch.uint8 and torch.equal(d.long(), windows.argmax(-1))
 
 
+def test_relu_pool_is_max_pool2d_of_relu_with_its_first_argmax(kernels):
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randint(-3, 4, (3, 5, 6, 8), generator=gen).float()  # integers: many ties, many clipped
+    y[0, 0, 0, 0] = float("nan")
+    alpha = torch.rand(5, generator=gen) + 0.1
+    alpha[1] = -0.5  # a negative scale flips which values survive the ReLU
+    out, d, y_at = kernels.relu_pool(y, alpha)
+    want, idx = F.max_pool2d_with_indices(torch.relu(y * alpha.view(1, -1, 1, 1)), 2, 2)
+    torch.testing.assert_close(out, want, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(d, pg.argmax_offsets(idx, 8))
+    torch.testing.assert_close(y_at, y.flatten(2).gather(2, idx.flatten(2)).view_as(out), equal_nan=True, rtol=0,
+                               atol=0)
+    with pytest.raises(ValueError, match=r"relu_pool needs float32 \(B, O, even, even\)"):
+        kernels.relu_pool(y[..., :5], alpha)
+
+
 def test_what_is_not_covered_is_refused_in_one_line(kernels):
     a, w, g, d = _problem(1, 16, 8, 3, 4, seed=1)
     assert kernels.supports(a, w)

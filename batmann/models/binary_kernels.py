@@ -14,7 +14,9 @@ integer of magnitude at most K (C_in * k * k, or the input width). In fp32 it is
 Outputs are bit-identical to the fp32 convolution; ``tests/test_binary_kernels.py`` checks it on
 the shipped binary checkpoints. Used without autograd, and in training for the forward of XNOR
 convolutions (:class:`batmann.models.layers._Pm1Product`; the gradients stay autograd's in
-float32, or bf16 products with ``--precision bf16``).
+float32, or bf16 products with ``--precision bf16``; a convolution followed by its ReLU and a 2x2
+max pool takes its float32 gradients from the pooled gradient,
+:mod:`batmann.models.pooled_grad`). ``KERNEL = "fp32"`` keeps plain autograd throughout.
 """
 
 from __future__ import annotations

@@ -364,10 +364,8 @@ class _Pm1ConvReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, w: Tensor, alpha: Tensor, layer: nn.Module) -> Tensor:  # noqa: D102
         y = _exact_pm1_op(layer, a, w)  # float32
-        z = (y * alpha.view(1, -1, 1, 1).to(y.dtype)).relu_()
-        out, idx = F.max_pool2d_with_indices(z, 2, 2)
-        y_at = y.flatten(2).gather(2, idx.flatten(2)).view_as(out)  # d out / d alpha where out > 0
-        ctx.save_for_backward(a, w, alpha, out > 0, y_at, pooled_grad.argmax_offsets(idx, z.shape[-1]))
+        out, offsets, y_at = pooled_grad.relu_pool(y, alpha)  # y_at: d out / d alpha where out > 0
+        ctx.save_for_backward(a, w, alpha, out > 0, y_at, offsets)
         return out
 
     @staticmethod

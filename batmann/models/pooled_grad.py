@@ -6,8 +6,9 @@ the convolution's output gradient is non-zero, at known places. :func:`conv_back
 the convolution's input and weight gradients from the pooled gradient and the argmax offsets
 alone (``csrc/pooled_grad.c``, AVX2 + FMA): a quarter of the multiply-adds of the dense
 ``convolution_backward``. They equal it to float32 rounding (another summation order), and are
-the same bits whatever the thread count: images are split between threads for the input
-gradient, output channels for the weight gradient, and each element is summed in one order.
+the same bits whatever the thread count: images are split between threads, the weight gradient
+summed over a fixed number of image groups added in order, and each element is summed in one
+order.
 Built like the popcount kernels (:mod:`batmann.models.native`); where it does not build,
 :func:`available` is False and the callers keep autograd.
 """
@@ -25,6 +26,9 @@ CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-fPIC", "-shared")
 
 #: pooled positions per pass of the weight gradient (their 4 x 16 patch rows of 64 floats, 64 KB, stay in L1 / L2)
 CHUNK = 16
+#: image groups of the weight gradient: each sums its images' part, then the parts are added in
+#: order (the same bits on any number of threads; each thread reads only its images)
+WEIGHT_GROUPS = 8
 #: channels per tile in the kernels (the weights' block layout for the input gradient)
 BLOCK = 64
 
@@ -35,9 +39,11 @@ _P = ctypes.c_void_p
 def _declare(lib: ctypes.CDLL) -> None:
     lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P]
     lib.pooled_grad_input.restype = ctypes.c_int
-    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
+    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
                                        _P]
     lib.pooled_grad_weight.restype = ctypes.c_int
+    lib.relu_pool_argmax.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P]
+    lib.relu_pool_argmax.restype = None
 
 
 LIBRARY = native.NativeLibrary("pooled_grad.c", CFLAGS, _declare,
@@ -69,6 +75,33 @@ def argmax_offsets(indices: Tensor, width: int) -> Tensor:
     """``max_pool2d``'s flat argmax ``indices`` (into a map ``width`` wide) of a 2x2 stride-2 pool ->
     the offset in each window, ``dy * 2 + dx``, as uint8 of the same shape."""
     return ((torch.div(indices, width, rounding_mode="floor") % 2) * 2 + indices % 2).to(torch.uint8)
+
+
+def relu_pool(y: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward after the product, in one pass: ``(out, offsets, y_at)`` with ``out`` the 2x2
+    stride-2 max pool of ``relu(y * alpha.view(1, -1, 1, 1))`` (the same values as those ops),
+    ``offsets`` the argmax in each window as :func:`argmax_offsets` of ``max_pool2d``'s indices
+    (the first maximum), ``y_at`` the value of ``y`` there. ``y`` (B, O, Ho, Wo) float32 with even
+    Ho, Wo; ``alpha`` (O,)."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
+    b, o, ho, wo = y.shape
+    if y.dtype != torch.float32 or ho % 2 or wo % 2 or alpha.numel() != o:
+        raise ValueError(f"relu_pool needs float32 (B, O, even, even) and O scales, got {tuple(y.shape)} {y.dtype}, "
+                         f"{alpha.numel()} scales")
+    y = y.contiguous()
+    al = alpha.detach().reshape(-1).to(torch.float32).contiguous()
+    out = torch.empty(b, o, ho // 2, wo // 2, dtype=torch.float32)
+    offsets = torch.empty(out.shape, dtype=torch.uint8)
+    y_at = torch.empty(out.shape, dtype=torch.float32)
+
+    def part(lo: int, hi: int) -> None:
+        lib.relu_pool_argmax(y.data_ptr(), al.data_ptr(), lo, hi, o, ho, wo, out.data_ptr(), offsets.data_ptr(),
+                             y_at.data_ptr())
+
+    native.parallel(part, b)
+    return out, offsets, y_at
 
 
 def _weight_blocks(w: Tensor) -> Tensor:
@@ -117,14 +150,20 @@ def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_inpu
         ga = out.permute(0, 3, 1, 2).contiguous()
     if need_weight:
         acl = a.detach().permute(0, 2, 3, 1).contiguous()
-        out = torch.empty(o, k, k, c, dtype=torch.float32)
+        groups = min(b, WEIGHT_GROUPS)
+        bounds = [b * i // groups for i in range(groups + 1)]
+        parts = torch.empty(groups, o, k, k, c, dtype=torch.float32)
 
         def weight_part(lo: int, hi: int) -> int:
-            return lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), b, o, hp, wp, acl.data_ptr(), c, k, h, wd, lo,
-                                          hi, CHUNK, out.data_ptr())
+            return sum(lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), bounds[i], bounds[i + 1], o, hp, wp,
+                                              acl.data_ptr(), c, k, h, wd, 0, o, CHUNK, parts[i].data_ptr())
+                       for i in range(lo, hi))
 
-        codes = native.parallel(weight_part, o)
+        codes = native.parallel(weight_part, groups)
         if any(codes):
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
+        out = parts[0]
+        for i in range(1, groups):  # a fixed order, whatever the threads
+            out += parts[i]
         gw = out.permute(0, 3, 1, 2).contiguous()
     return ga, gw

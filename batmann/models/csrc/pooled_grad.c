@@ -95,16 +95,16 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
     return 0;
 }
 
-/* gw rows [olo, ohi) of (O, k, k, C), overwritten: the weight gradient over all n images, summed
- * image by image; within an image, chunk by chunk of `chunk` pooled positions */
-int pooled_grad_weight(const float *g, const uint8_t *d, int64_t n, int64_t O, int64_t Hp, int64_t Wp,
+/* gw rows [olo, ohi) of (O, k, k, C), overwritten: the weight gradient over images [blo, bhi),
+ * summed image by image; within an image, chunk by chunk of `chunk` pooled positions */
+int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bhi, int64_t O, int64_t Hp, int64_t Wp,
                        const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
                        int64_t chunk, float *gw) {
     const int64_t P = Hp * Wp, K = k * k * C;
     int64_t *base = malloc((size_t)(chunk * 4) * sizeof(int64_t));
     if (!base) return 1;
     memset(gw + olo * K, 0, (size_t)((ohi - olo) * K) * sizeof(float));
-    for (int64_t b = 0; b < n; b++) {
+    for (int64_t b = blo; b < bhi; b++) {
         const float *ab = a + b * H * W * C;
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
             const int64_t np = P - p0 < chunk ? P - p0 : chunk;
@@ -149,4 +149,36 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t n, int64_t O, i
     }
     free(base);
     return 0;
+}
+
+/* The forward's epilogue, for images [lo, hi) of y (n, O, Ho, Wo): out = the 2x2 stride-2 max pool
+ * of relu(y * alpha[o]) (n, O, Ho / 2, Wo / 2), d = its offset in the window (the first maximum in
+ * scan order, NaN winning, as max_pool2d), y_at = y there. */
+void relu_pool_argmax(const float *y, const float *alpha, int64_t lo, int64_t hi, int64_t O, int64_t Ho, int64_t Wo,
+                      float *out, uint8_t *d, float *y_at) {
+    const int64_t Hp = Ho / 2, Wp = Wo / 2;
+    for (int64_t b = lo; b < hi; b++)
+        for (int64_t o = 0; o < O; o++) {
+            const float al = alpha[o];
+            const float *yo = y + (b * O + o) * Ho * Wo;
+            const int64_t base = (b * O + o) * Hp * Wp;
+            for (int64_t i = 0; i < Hp; i++)
+                for (int64_t j = 0; j < Wp; j++) {
+                    float best = 0.0f, ybest = 0.0f;
+                    int q_best = 0;
+                    for (int q = 0; q < 4; q++) {
+                        const float v = yo[(2 * i + (q >> 1)) * Wo + 2 * j + (q & 1)];
+                        float z = v * al;
+                        z = z < 0.0f ? 0.0f : z; /* relu, NaN kept */
+                        if (q == 0 || z > best || z != z) {
+                            best = z;
+                            ybest = v;
+                            q_best = q;
+                        }
+                    }
+                    out[base + i * Wp + j] = best;
+                    d[base + i * Wp + j] = (uint8_t)q_best;
+                    y_at[base + i * Wp + j] = ybest;
+                }
+        }
 }
