@@ -11,7 +11,8 @@
  * (n, H, W, C) channels-last; weights wt (k, k, C / 64 blocks, O, 64)
  * (the last block as wide as the channels left); weight gradient gw (O, k, k, C). C is a
  * multiple of 8. Each output element is summed in one fixed order, whatever the image or channel
- * ranges the caller splits the work into (so any thread count gives the same bits).
+ * ranges the caller splits the work into (so any thread count gives the same bits); the weight
+ * gradient of an image range is one partial sum, which the caller adds to the others in order.
  *
  * Loaded by batmann/models/pooled_grad.py (ctypes); built with -O3 -mavx2 -mfma.
  */
@@ -100,18 +101,31 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
 int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bhi, int64_t O, int64_t Hp, int64_t Wp,
                        const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
                        int64_t chunk, float *gw) {
-    const int64_t P = Hp * Wp, K = k * k * C;
-    int64_t *base = malloc((size_t)(chunk * 4) * sizeof(int64_t));
-    if (!base) return 1;
-    memset(gw + olo * K, 0, (size_t)((ohi - olo) * K) * sizeof(float));
+    const int64_t P = Hp * Wp, K = k * k * C, no = ohi - olo;
+    /* per output channel, the chunk's non-zero gradients and where their patches start */
+    float *lg = malloc((size_t)(no * chunk) * sizeof(float));
+    int32_t *loff = malloc((size_t)(no * chunk) * sizeof(int32_t));
+    int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
+    if (!lg || !loff || !cnt) {
+        free(lg); free(loff); free(cnt);
+        return 1;
+    }
+    memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
     for (int64_t b = blo; b < bhi; b++) {
         const float *ab = a + b * H * W * C;
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
             const int64_t np = P - p0 < chunk ? P - p0 : chunk;
-            /* base[(p, q)]: where the patches under offset q of position p start in the image */
-            for (int64_t p = 0; p < np; p++) {
-                const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp;
-                for (int q = 0; q < 4; q++) base[p * 4 + q] = ((2 * i + (q >> 1)) * W + (2 * j + (q & 1))) * C;
+            for (int64_t o = olo; o < ohi; o++) {
+                const float *go = g + (b * O + o) * P + p0;
+                const uint8_t *dq = d + (b * O + o) * P + p0;
+                int32_t c = 0;
+                for (int64_t p = 0; p < np; p++) {
+                    if (go[p] == 0.0f) continue;
+                    const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp, q = dq[p] & 3;
+                    lg[(o - olo) * chunk + c] = go[p];
+                    loff[(o - olo) * chunk + c++] = (int32_t)(((2 * i + (q >> 1)) * W + (2 * j + (q & 1))) * C);
+                }
+                cnt[o - olo] = c;
             }
             for (int64_t kh = 0; kh < k; kh++)
                 for (int64_t kw = 0; kw < k; kw++)
@@ -120,15 +134,15 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                         const float *at = ab + (kh * W + kw) * C + cb;
                         const int64_t off = (kh * k + kw) * C + cb;
                         for (int64_t o = olo; o < ohi; o++) {
-                            const float *go = g + (b * O + o) * P + p0;
-                            const uint8_t *dq = d + (b * O + o) * P + p0;
+                            const float *gl = lg + (o - olo) * chunk;
+                            const int32_t *ol = loff + (o - olo) * chunk, n_o = cnt[o - olo];
                             float *dst = gw + o * K + off;
                             if (nv == NV) {
                                 __m256 acc[NV];
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_loadu_ps(dst + 8 * v);
-                                for (int64_t p = 0; p < np; p++) { /* zeros add nothing: no branch */
-                                    const __m256 x = _mm256_broadcast_ss(go + p);
-                                    const float *r = at + base[p * 4 + (dq[p] & 3)];
+                                for (int32_t t = 0; t < n_o; t++) {
+                                    const __m256 x = _mm256_broadcast_ss(gl + t);
+                                    const float *r = at + ol[t];
                                     for (int v = 0; v < NV; v++)
                                         acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(r + 8 * v), acc[v]);
                                 }
@@ -136,10 +150,9 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                             } else {
                                 for (int64_t v = 0; v < nv; v++) {
                                     __m256 acc = _mm256_loadu_ps(dst + 8 * v);
-                                    for (int64_t p = 0; p < np; p++) {
-                                        const float *r = at + base[p * 4 + (dq[p] & 3)];
-                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(go + p), _mm256_loadu_ps(r + 8 * v), acc);
-                                    }
+                                    for (int32_t t = 0; t < n_o; t++)
+                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(gl + t), _mm256_loadu_ps(at + ol[t] + 8 * v),
+                                                              acc);
                                     _mm256_storeu_ps(dst + 8 * v, acc);
                                 }
                             }
@@ -147,7 +160,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                     }
         }
     }
-    free(base);
+    free(lg); free(loff); free(cnt);
     return 0;
 }
 
