@@ -714,6 +714,49 @@ class RbnnLinear(_RbnnMixin, nn.Linear):
 # ---------------------------------------------------------------------------------------------
 
 
+#: largest fan-in (C_in * k * k) whose weight gradient :class:`_SmallFanInConv` takes as one batched product
+SMALL_FAN_IN = 64
+
+
+class _SmallFanInConv(torch.autograd.Function):
+    """``F.conv2d`` (the same forward) whose weight gradient is one batched matrix product of the
+    output gradient with the unfolded input, summed over the batch: for a small fan-in (the first
+    convolution: 1 x 5 x 5) about 5x faster on CPU than ``convolution_backward``'s, equal to it
+    to float32 rounding. The input gradient, when asked for, is ``convolution_backward``'s."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(x, w)
+        ctx.layer, ctx.has_bias = layer, bias is not None
+        return _op(layer, x, w, bias)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        x, w = ctx.saved_tensors
+        layer = ctx.layer
+        ga = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = torch.ops.aten.convolution_backward(
+                g, x, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0],
+                layer.groups, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (B, C k k, L)
+            g2 = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
+            gw = torch.bmm(g2, cols.transpose(1, 2)).sum(0).view_as(w)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3))
+        return ga, gw, gb, None
+
+
+def _small_fan_in(layer: nn.Module, x: Tensor) -> bool:
+    """Whether a training forward of ``layer`` on ``x`` takes :class:`_SmallFanInConv`: a CPU
+    float32 convolution (no groups, no autocast) with fan-in at most :data:`SMALL_FAN_IN`."""
+    return (isinstance(layer, nn.Conv2d) and x.device.type == "cpu" and x.dtype == torch.float32
+            and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+            and layer.in_channels * math.prod(layer.kernel_size) <= SMALL_FAN_IN
+            and not torch.is_autocast_enabled("cpu") and binary_kernels.KERNEL != "fp32")
+
+
 class _Int8Mixin:
     weight: Tensor
     bias: Tensor | None
@@ -721,7 +764,10 @@ class _Int8Mixin:
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         if _records_autograd(self, x):
-            return _op(self, x, q.int8_quantize_ste(self.weight, self.scale_mode), self.bias)
+            wq = q.int8_quantize_ste(self.weight, self.scale_mode)
+            if _small_fan_in(self, x):
+                return _SmallFanInConv.apply(x, wq, self.bias, self)
+            return _op(self, x, wq, self.bias)
         return _op(self, x, self._inference_weight(), self.bias)
 
     def _inference_weight(self) -> Tensor:
