@@ -91,9 +91,11 @@ def main() -> None:
                     help="training element-wise kernels of binarized controllers: off (eager) and/or on "
                          "(compiled, train --compile); the fp controller has none and is timed once")
     ap.add_argument("--train-kernels", default="auto",
-                    help="kernels for the XNOR convolutions' training forward (comma list of "
-                         f"{', '.join(binary_kernels.KERNELS)}; fp32 is plain autograd, the others the "
-                         "exact kernel with autograd's gradients: the same bits)")
+                    help="training kernels (comma list of "
+                         f"{', '.join(binary_kernels.KERNELS)}): fp32 is plain autograd; the others run the "
+                         "XNOR convolutions' forward on that exact kernel (the same bits) and, in fp32, take the "
+                         "gradients of each convolution + ReLU + 2x2 max pool from the pooled gradient and "
+                         "conv1's weight gradient from one batched product (fp and XNOR controllers)")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -110,7 +112,7 @@ def main() -> None:
     print(f"test: fp32 kernels; with the exact kernel ({exact_kernel or 'none here'}): the XNOR layers' +-1 "
           "products on it (same features)")
     print("train: bf16 is autocast for fp, and for xnor an exact forward with bf16 gradient products; "
-          "train kernel: the XNOR convolutions' forward")
+          "train kernel: fp32 = plain autograd")
     print("| task | controller | precision | deterministic | compiled | train kernel | train ep/s | x seed | test ep/s | "
           "x seed | test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel "
           "| x seed |")
@@ -130,7 +132,7 @@ def main() -> None:
                 tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, exact=True) \
                     if args.cached and exact else nan
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
-                kernels = args.train_kernels.split(",") if kind.startswith("xnor") else ["-"]
+                kernels = args.train_kernels.split(",") if kind.startswith(("xnor", "fp")) else ["-"]
                 for det, comp, tk in itertools.product(args.deterministic.split(","), compiles, kernels):
                     binary_kernels.KERNEL = "auto" if tk == "-" else tk
                     with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):

@@ -1,4 +1,4 @@
-"""The backward of XNOR convolution + ReLU + 2x2 max pool from the pooled gradient (AVX2 + FMA)."""
+"""The backward of convolution + ReLU + 2x2 max pool from the pooled gradient (AVX2 + FMA), in training."""
 
 from __future__ import annotations
 
@@ -127,6 +127,24 @@ def test_xnor_controller_training_uses_it_with_the_same_forward_and_close_gradie
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
     for name, g in want[2].items():
         torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
+
+
+def test_fp_controller_training_uses_it_for_its_pooled_convolutions(kernels, monkeypatch):
+    model = build_controller("fp")
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    want = _controller_grads(model, x, "fp32", monkeypatch)  # plain autograd
+    calls, fan_in = [], []
+    real, real_fan_in = layers._ConvReluPool.apply, layers._SmallFanInConv.apply
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(layers._SmallFanInConv, "apply", lambda *a: fan_in.append(a[3]) or real_fan_in(*a))
+    got = _controller_grads(model, x, "auto", monkeypatch)
+    assert calls == [model.features.conv2, model.features.conv4] and fan_in == [model.features.conv1]
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+    for name, g in want[2].items():
+        torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
+    with torch.no_grad():  # inference: the plain path, the same values
+        assert torch.equal(model(x), want[0])
 
 
 def test_other_settings_keep_autograd(kernels, monkeypatch):

@@ -50,6 +50,7 @@ from batmann.models.layers import (
     RbnnLinear,
     XnorConv2d,
     _RbnnMixin,
+    conv_relu_pool,
 )
 
 CONTROLLER_KINDS = CONTROLLERS
@@ -202,8 +203,10 @@ class Controller(nn.Module):
         """``self.features(x)``, with the same values: an XNOR convolution with the ReLU (and max
         pool) after it is one call (``XnorConv2d.forward(x, relu=True, pool=...)``: in the
         kernel's epilogue on the popcount kernels; in float32 training, one backward from the
-        pooled gradient), and without autograd any other ReLU after a convolution runs in place
-        on that convolution's fresh output. Layers with hooks keep their own calls."""
+        pooled gradient); a plain convolution with its ReLU (and, in training, its max pool) is
+        :func:`batmann.models.layers.conv_relu_pool` (the same backward from the pooled
+        gradient); without autograd any other ReLU after a convolution runs in place on that
+        convolution's fresh output. Layers with hooks keep their own calls."""
         grad = torch.is_grad_enabled()
         mods = list(self.features.children())
         i = 0
@@ -213,6 +216,10 @@ class Controller(nn.Module):
             if fuse and isinstance(m, XnorConv2d):
                 pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = m(x, relu=True, pool=pool)
+                i += 2 if pool is None else 3
+            elif fuse and type(m) is nn.Conv2d:
+                pool = after if grad and isinstance(after, MaxPool2d) and not _hooked(after) else None
+                x = conv_relu_pool(m, x, pool)
                 i += 2 if pool is None else 3
             elif fuse and not grad:
                 x, i = m(x).relu_(), i + 2

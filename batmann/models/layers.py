@@ -378,6 +378,55 @@ class _Pm1ConvReluPool(torch.autograd.Function):
         return ga, gw, g_alpha, None
 
 
+class _ConvReluPool(torch.autograd.Function):
+    """``max_pool2d(relu(conv2d(x, w, b)), 2)`` of a plain float32 convolution (stride 1, no
+    padding): the same forward bits as the three ops, the backward from the pooled gradient and
+    each window's argmax (:func:`batmann.models.pooled_grad.conv_backward`), equal to autograd's
+    to float32 rounding."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
+        y = F.conv2d(x, w, b)
+        out, offsets, _ = pooled_grad.relu_pool(y, torch.ones(y.shape[1]))
+        ctx.save_for_backward(x, w, out > 0, offsets)
+        ctx.has_bias = b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        x, w, kept, offsets = ctx.saved_tensors
+        gz = torch.where(kept, g, 0.0)
+        ga, gw = pooled_grad.conv_backward(gz, offsets, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        gb = gz.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return ga, gw, gb, None
+
+
+def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
+    """Whether the training forward of ``layer`` on ``x`` may take the custom-gradient functions
+    (:class:`_ConvReluPool`, :class:`_SmallFanInConv`): autograd records it, a CPU float32 input,
+    no autocast, and the kernel setting is not ``fp32`` (which keeps plain autograd)."""
+    return (_records_autograd(layer, x) and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and binary_kernels.KERNEL != "fp32")
+
+
+def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor:
+    """``pool(relu(conv(x)))`` (no pool if None) for a plain ``nn.Conv2d``, the same values. In CPU
+    float32 training a stride-1 unpadded convolution with a 2x2 max pool takes its gradients from
+    the pooled gradient (:class:`_ConvReluPool`), and a small fan-in convolution its weight
+    gradient from one batched product (:class:`_SmallFanInConv`)."""
+    if _training_kernels_apply(conv, x) and conv.groups == 1 and conv.padding_mode == "zeros" \
+            and not isinstance(conv.padding, str):
+        w, b = conv.weight, conv.bias
+        if pool is not None and is_2x2_pool(pool) and conv.stride == (1, 1) and conv.padding == (0, 0) \
+                and conv.dilation == (1, 1) and pooled_grad.supports(x, w) and pooled_grad.available():
+            return _ConvReluPool.apply(x, w, b, conv)
+        if conv.in_channels * math.prod(conv.kernel_size) <= SMALL_FAN_IN:
+            out = torch.relu(_SmallFanInConv.apply(x, w, b, conv))
+            return out if pool is None else pool(out)
+    out = torch.relu(conv(x)) if _records_autograd(conv, x) else conv(x).relu_()
+    return out if pool is None else pool(out)
+
+
 def set_gradient_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """Run the gradient products of ``model``'s XNOR layers in ``dtype`` (``torch.bfloat16``), their
     forward exactly as in float32; ``None`` restores plain float32 autograd. Returns ``model``."""
@@ -749,12 +798,12 @@ class _SmallFanInConv(torch.autograd.Function):
 
 
 def _small_fan_in(layer: nn.Module, x: Tensor) -> bool:
-    """Whether a training forward of ``layer`` on ``x`` takes :class:`_SmallFanInConv`: a CPU
-    float32 convolution (no groups, no autocast) with fan-in at most :data:`SMALL_FAN_IN`."""
-    return (isinstance(layer, nn.Conv2d) and x.device.type == "cpu" and x.dtype == torch.float32
-            and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
-            and layer.in_channels * math.prod(layer.kernel_size) <= SMALL_FAN_IN
-            and not torch.is_autocast_enabled("cpu") and binary_kernels.KERNEL != "fp32")
+    """Whether a training forward of ``layer`` on ``x`` takes :class:`_SmallFanInConv`: a
+    convolution (no groups) with fan-in at most :data:`SMALL_FAN_IN`, under
+    :func:`_training_kernels_apply`."""
+    return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str) and layer.in_channels * math.prod(layer.kernel_size) <= SMALL_FAN_IN
+            and _training_kernels_apply(layer, x))
 
 
 class _Int8Mixin:
