@@ -95,7 +95,7 @@ def main() -> None:
                          f"{', '.join(binary_kernels.KERNELS)}): fp32 is plain autograd; the others run the "
                          "XNOR convolutions' forward on that exact kernel (the same bits) and, in fp32, take the "
                          "gradients of each convolution + ReLU + 2x2 max pool from the pooled gradient and "
-                         "conv1's weight gradient from one batched product (fp and XNOR controllers)")
+                         "conv1's weight gradient from one batched product (every controller kind)")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -132,9 +132,9 @@ def main() -> None:
                 tc8 = test_rate(cfg, cache, args.cached_episodes, cached=True, warmup=args.cached_warmup, exact=True) \
                     if args.cached and exact else nan
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
-                kernels = args.train_kernels.split(",") if kind.startswith(("xnor", "fp")) else ["-"]
+                kernels = args.train_kernels.split(",")
                 for det, comp, tk in itertools.product(args.deterministic.split(","), compiles, kernels):
-                    binary_kernels.KERNEL = "auto" if tk == "-" else tk
+                    binary_kernels.KERNEL = tk
                     with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only

@@ -119,8 +119,8 @@ def test_xnor_controller_training_uses_it_with_the_same_forward_and_close_gradie
     x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     want = _controller_grads(model, x, "fp32", monkeypatch)  # plain autograd
     calls = []
-    real = layers._Pm1ConvReluPool.apply
-    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    real = layers._ConvReluPool.apply
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
     got = _controller_grads(model, x, "auto", monkeypatch)
     assert calls == [model.features.conv2, model.features.conv4]  # the pooled layers; conv3 keeps autograd
     assert torch.equal(got[0], want[0])
@@ -129,16 +129,18 @@ def test_xnor_controller_training_uses_it_with_the_same_forward_and_close_gradie
         torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
 
 
-def test_fp_controller_training_uses_it_for_its_pooled_convolutions(kernels, monkeypatch):
-    model = build_controller("fp")
+@pytest.mark.parametrize("kind", ["fp", "rbnn"])
+def test_fp_and_rbnn_controller_training_use_it_for_their_pooled_convolutions(kind, kernels, monkeypatch):
+    model = build_controller(kind)
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(5))
     want = _controller_grads(model, x, "fp32", monkeypatch)  # plain autograd
     calls, fan_in = [], []
     real, real_fan_in = layers._ConvReluPool.apply, layers._SmallFanInConv.apply
-    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
     monkeypatch.setattr(layers._SmallFanInConv, "apply", lambda *a: fan_in.append(a[3]) or real_fan_in(*a))
     got = _controller_grads(model, x, "auto", monkeypatch)
-    assert calls == [model.features.conv2, model.features.conv4] and fan_in == [model.features.conv1]
+    assert calls == [model.features.conv2, model.features.conv4]
+    assert fan_in == [model.features.conv1]
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
     for name, g in want[2].items():
@@ -151,8 +153,8 @@ def test_other_settings_keep_autograd(kernels, monkeypatch):
     model = build_controller("xnor")
     x = torch.randn(2, 1, 32, 32)
     calls = []
-    real = layers._Pm1ConvReluPool.apply
-    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    real = layers._ConvReluPool.apply
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
     monkeypatch.setattr(bk, "KERNEL", "fp32")  # plain autograd asked for
     model(x).sum().backward()
     monkeypatch.setattr(bk, "KERNEL", "auto")
@@ -165,7 +167,7 @@ def test_other_settings_keep_autograd(kernels, monkeypatch):
     model(x).sum().backward()
     assert calls == []
     monkeypatch.undo()
-    monkeypatch.setattr(layers._Pm1ConvReluPool, "apply", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
     if bk.kernel_for(torch.device("cpu")) is None:
         pytest.skip("no exact forward kernel here")
     handle = model.features.relu2.register_forward_hook(lambda *a: None)  # a hooked ReLU keeps its own call

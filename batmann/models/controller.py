@@ -213,7 +213,7 @@ class Controller(nn.Module):
         while i < len(mods):
             m, nxt, after = (mods + [None, None])[i:i + 3]
             fuse = type(nxt) is nn.ReLU and isinstance(m, nn.Conv2d) and not _hooked(m) and not _hooked(nxt)
-            if fuse and isinstance(m, XnorConv2d):
+            if fuse and isinstance(m, (XnorConv2d, RbnnConv2d)):
                 pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = m(x, relu=True, pool=pool)
                 i += 2 if pool is None else 3

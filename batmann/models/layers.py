@@ -354,51 +354,47 @@ class _Pm1Product(torch.autograd.Function):
         return ga, gw, None, None
 
 
-class _Pm1ConvReluPool(torch.autograd.Function):
-    """``max_pool2d(relu(conv2d(a, w) * alpha), 2)`` of a +-1 x +-1 convolution in float32
-    training. The forward is :class:`_Pm1Product`'s then the same ops: the same bits. The
-    backward starts from the pooled gradient and each window's argmax
-    (:func:`batmann.models.pooled_grad.conv_backward`: a quarter of the dense products' work); it
-    equals autograd's through the separate ops to float32 rounding (another summation order)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor, alpha: Tensor, layer: nn.Module) -> Tensor:  # noqa: D102
-        y = _exact_pm1_op(layer, a, w)  # float32
-        out, offsets, y_at = pooled_grad.relu_pool(y, alpha)  # y_at: d out / d alpha where out > 0
-        ctx.save_for_backward(a, w, alpha, out > 0, y_at, offsets)
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # noqa: D102
-        a, w, alpha, kept, y_at, offsets = ctx.saved_tensors
-        gz = torch.where(kept, g, 0.0)  # the ReLU's gradient at the argmax
-        g_alpha = (gz * y_at).sum((0, 2, 3)).to(alpha.dtype) if ctx.needs_input_grad[2] else None
-        ga, gw = pooled_grad.conv_backward(gz * alpha.view(1, -1, 1, 1).to(gz.dtype), offsets, a, w,
-                                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return ga, gw, g_alpha, None
-
-
 class _ConvReluPool(torch.autograd.Function):
-    """``max_pool2d(relu(conv2d(x, w, b)), 2)`` of a plain float32 convolution (stride 1, no
-    padding): the same forward bits as the three ops, the backward from the pooled gradient and
-    each window's argmax (:func:`batmann.models.pooled_grad.conv_backward`), equal to autograd's
-    to float32 rounding."""
+    """``max_pool2d(relu((conv2d(x, w) + b) * alpha), 2)`` of a stride-1 unpadded float32
+    convolution (``b`` and ``alpha`` per output channel, each optional) in training.
+
+    The forward is the separate ops' (``exact``: the +-1 x +-1 product on the exact kernels, as
+    :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
+    argmax (:func:`batmann.models.pooled_grad.relu_pool`): the same bits. The backward starts from
+    the pooled gradient and the argmax (:func:`batmann.models.pooled_grad.conv_backward`: a quarter
+    of the dense products' work); it equals autograd's through the separate ops to float32
+    rounding (another summation order)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
-        y = F.conv2d(x, w, b)
-        out, offsets, _ = pooled_grad.relu_pool(y, torch.ones(y.shape[1]))
-        ctx.save_for_backward(x, w, out > 0, offsets)
-        ctx.has_bias = b is not None
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
+                exact: bool) -> Tensor:
+        y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)
+        if exact and b is not None:
+            y = y + _bias_view(layer)
+        scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
+        out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
+        ctx.save_for_backward(x, w, scale, out > 0, y_at, offsets)
+        ctx.has_bias, ctx.has_alpha = b is not None, alpha is not None
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
-        x, w, kept, offsets = ctx.saved_tensors
-        gz = torch.where(kept, g, 0.0)
-        ga, gw = pooled_grad.conv_backward(gz, offsets, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        gb = gz.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return ga, gw, gb, None
+        x, w, scale, kept, y_at, offsets = ctx.saved_tensors
+        gz = torch.where(kept, g, 0.0)  # the ReLU's gradient at the argmax
+        g_alpha = (gz * y_at).sum((0, 2, 3)) if ctx.has_alpha and ctx.needs_input_grad[3] else None
+        gy = gz * scale.view(1, -1, 1, 1) if ctx.has_alpha else gz
+        ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return ga, gw, gb, g_alpha, None, None
+
+
+def _pooled_ok(layer: nn.Module, x: Tensor, pool: nn.Module | None) -> bool:
+    """Whether the training forward of convolution ``layer`` on ``x`` with ReLU and ``pool`` after
+    it can be :class:`_ConvReluPool`: :func:`_training_kernels_apply`, a 2x2 max pool, stride 1,
+    no padding, no dilation or groups, and the kernels here (:func:`batmann.models.pooled_grad.supports`)."""
+    return (pool is not None and isinstance(layer, nn.Conv2d) and is_2x2_pool(pool) and _training_kernels_apply(layer, x)
+            and layer.stride == (1, 1) and layer.padding in (0, (0, 0)) and layer.dilation == (1, 1)
+            and layer.groups == 1 and pooled_grad.supports(x, layer.weight) and pooled_grad.available())
 
 
 def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
@@ -414,15 +410,11 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     float32 training a stride-1 unpadded convolution with a 2x2 max pool takes its gradients from
     the pooled gradient (:class:`_ConvReluPool`), and a small fan-in convolution its weight
     gradient from one batched product (:class:`_SmallFanInConv`)."""
-    if _training_kernels_apply(conv, x) and conv.groups == 1 and conv.padding_mode == "zeros" \
-            and not isinstance(conv.padding, str):
-        w, b = conv.weight, conv.bias
-        if pool is not None and is_2x2_pool(pool) and conv.stride == (1, 1) and conv.padding == (0, 0) \
-                and conv.dilation == (1, 1) and pooled_grad.supports(x, w) and pooled_grad.available():
-            return _ConvReluPool.apply(x, w, b, conv)
-        if conv.in_channels * math.prod(conv.kernel_size) <= SMALL_FAN_IN:
-            out = torch.relu(_SmallFanInConv.apply(x, w, b, conv))
-            return out if pool is None else pool(out)
+    if _pooled_ok(conv, x, pool):
+        return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False)
+    if _small_fan_in(conv, x):
+        out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))
+        return out if pool is None else pool(out)
     out = torch.relu(conv(x)) if _records_autograd(conv, x) else conv(x).relu_()
     return out if pool is None else pool(out)
 
@@ -509,21 +501,16 @@ class _XnorMixin:
 
     def _pooled_training(self, x: Tensor, pool: nn.Module) -> bool:
         """Whether float32 training runs this convolution, its ReLU and the 2x2 max ``pool`` as
-        :class:`_Pm1ConvReluPool` (its backward from the pooled gradient): an exact forward kernel
-        (:meth:`_exact_fp32_training`), float32 gradients, stride 1, no padding, an even output,
-        and the pooled-gradient kernels here (:func:`batmann.models.pooled_grad.supports`)."""
-        if not (_records_autograd(self, x) and self.grad_dtype is None and is_2x2_pool(pool)
-                and isinstance(self, nn.Conv2d) and self.stride == (1, 1) and self.padding in (0, (0, 0))
-                and self._exact_fp32_training(x)):
-            return False
-        return pooled_grad.supports(x, self.weight) and pooled_grad.available()
+        :class:`_ConvReluPool` (its backward from the pooled gradient): an exact forward kernel
+        (:meth:`_exact_fp32_training`), float32 gradients and :func:`_pooled_ok`."""
+        return self.grad_dtype is None and _pooled_ok(self, x, pool) and self._exact_fp32_training(x)
 
     def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
         """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it.
         At inference on the popcount kernels the product, ``alpha``, the ReLU and a 2x2 max pool
         are one pass (the same values; the passes over the full-size output saved). In float32
         training with a 2x2 max pool, the backward of all three starts from the pooled gradient
-        (:class:`_Pm1ConvReluPool`; the same forward values)."""
+        (:class:`_ConvReluPool`; the same forward values)."""
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             fuse_pool = relu and pool is not None and is_2x2_pool(pool) and isinstance(self, nn.Conv2d) \
@@ -534,7 +521,7 @@ class _XnorMixin:
             with _fp32(x):
                 bw = q.xnor_weight_sign(standardize_rows(self.weight))
                 ba = centered_sign_ste(x, "hardtanh")
-            return _Pm1ConvReluPool.apply(ba, bw, self.alpha, self)
+            return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True)
         out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
         if relu:
             out = torch.relu(out) if _records_autograd(self, x) else out.relu_()
@@ -676,15 +663,23 @@ class _RbnnMixin:
         if self.epoch >= 0 and self.epoch % self.rotation_update == 0:
             self.update_rotation()
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
+        """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it. In
+        CPU float32 training with a 2x2 max pool, the three are :class:`_ConvReluPool` (the same
+        values, the backward from the pooled gradient)."""
         with _fp32(x):
             bw = q.rbnn_weight_sign(self._rotated(), self.k, self.t)
             if self.a32:
                 ba = standardize_activations(x)
             else:  # == rbnn_act_sign(standardize_rows(x), t): k = 1, t' = max(t, 1)
                 ba = centered_sign_ste(x, "rbnn", max(self.t, 1.0))
+        if relu and _pooled_ok(self, ba, pool):
+            return _ConvReluPool.apply(ba, bw, self.bias, self.alpha, self, False)
         out = _op(self, ba, bw, self.bias)
-        return out * self._alpha_view().to(out.dtype)
+        out = out * self._alpha_view().to(out.dtype)
+        if relu:
+            out = torch.relu(out) if _records_autograd(self, x) else out.relu_()
+        return out if pool is None else pool(out)
 
     @torch.no_grad()
     def effective_weight(self) -> tuple[Tensor, Tensor | None]:
