@@ -86,6 +86,19 @@ def test_small_tensors_stay_eager():
         assert fused._kernel("sign_forward", x) is fused._EAGER["sign_forward"]
 
 
+def test_inference_stays_eager_whatever_the_batch_size(monkeypatch):
+    """Without autograd nothing is compiled (an evaluation meets dozens of batch sizes; static
+    shapes would compile each, up to the recompile limit); the values are the eager ones."""
+    monkeypatch.setattr(fused, "_compiled", lambda name: pytest.fail(f"{name} compiled at inference"))
+    conv = XnorConv2d(8, 4, 3)
+    with fused.compiled_kernels(True), torch.no_grad():
+        for b in range(1, 70, 7):
+            x = torch.randn(b, 8, 90, 90)  # above MIN_COMPILED_NUMEL
+            assert torch.equal(centered_sign_ste(x), fused._EAGER["sign_forward"](x, x.dtype)[0])
+            assert torch.equal(standardize_activations(x), fused._EAGER["standardize_forward"](x)[0])
+        conv(torch.randn(3, 8, 90, 90))
+
+
 def _layer_pair(kind: str):
     torch.manual_seed(0)
     if kind == "conv":

@@ -11,7 +11,10 @@ Both forms compute the same formulas; the compiled reductions sum in another ord
 results agree to float32 rounding, not bit for bit. Each sample's sums stay on one thread, so
 the compiled kernels give the same bits on one or several threads (``tests/test_fused.py``).
 :func:`compiled_kernels` switches the compiled form on for a block (training does, see
-``TrainConfig.compile``); eager is the default everywhere else.
+``TrainConfig.compile``); eager is the default everywhere else, and inference (no autograd: the
+validation and test inside a training run) stays eager within the block too: the compiled
+kernels have static shapes, one compilation per batch size, and an evaluation with the feature
+cache meets dozens of batch sizes.
 """
 
 from __future__ import annotations
@@ -133,10 +136,10 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
         _enabled = before
 
 
-def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """``(sign_pm1(x - mu), mu, s)`` per sample: +-1 in ``out_dtype`` (default ``x``'s), the
-    float32 mean and unbiased std."""
-    return _kernel("sign_forward", x)(x, out_dtype or x.dtype)
+    float32 mean and unbiased std. ``compiled=False``: eager whatever the setting (inference)."""
+    return (_kernel("sign_forward", x) if compiled else _EAGER["sign_forward"])(x, out_dtype or x.dtype)
 
 
 def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float) -> Tensor:
@@ -149,9 +152,9 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t
     return _kernel("sign_backward_rbnn", x)(x, mu, s, g, t_)
 
 
-def standardize_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``((x - mu) / s, mu, s)`` per sample, float32."""
-    return _kernel("standardize_forward", x)(x)
+def standardize_forward(x: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """``((x - mu) / s, mu, s)`` per sample, float32; ``compiled=False`` as in :func:`sign_forward`."""
+    return (_kernel("standardize_forward", x) if compiled else _EAGER["standardize_forward"])(x)
 
 
 def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:

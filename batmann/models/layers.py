@@ -85,8 +85,9 @@ class _CenteredSign(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, surrogate: str, t: float, out_dtype: torch.dtype | None) -> Tensor:  # noqa: D102
-        out, mu, s = fused.sign_forward(x, out_dtype)
+    def forward(ctx, x: Tensor, surrogate: str, t: float, out_dtype: torch.dtype | None,  # noqa: D102
+                training: bool) -> Tensor:
+        out, mu, s = fused.sign_forward(x, out_dtype, compiled=training)
         ctx.save_for_backward(x, mu, s)
         ctx.surrogate, ctx.t = surrogate, float(t)
         return out
@@ -94,27 +95,28 @@ class _CenteredSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t), None, None, None
+        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t), None, None, None, None
 
 
 class _Standardize(torch.autograd.Function):
     """``(x - mean) / std`` per row (float32 out) with the exact gradient, fused (see :class:`_CenteredSign`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        xh, mu, s = fused.standardize_forward(x)
+    def forward(ctx, x: Tensor, training: bool) -> Tensor:  # noqa: D102
+        xh, mu, s = fused.standardize_forward(x, compiled=training)
         ctx.save_for_backward(x, mu, s)
         return xh
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        return fused.standardize_backward(x, mu, s, g)
+        return fused.standardize_backward(x, mu, s, g), None
 
 
 def standardize_activations(x: Tensor) -> Tensor:
-    """Per-row ``(x - mean) / std`` in float32 (fused forward and backward); the RBNN ``a32`` input."""
-    return _Standardize.apply(x)
+    """Per-row ``(x - mean) / std`` in float32 (fused forward and backward); the RBNN ``a32`` input.
+    Without autograd, eager (:mod:`batmann.models.fused`)."""
+    return _Standardize.apply(x, torch.is_grad_enabled())
 
 
 def _row_mean(x: Tensor) -> Tensor:
@@ -145,8 +147,9 @@ def centered_sign_int8(x: Tensor) -> Tensor:
 def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0,
                       out_dtype: torch.dtype | None = None) -> Tensor:
     """Binarise activations per row with an STE (``"hardtanh"`` for XNOR, ``"rbnn"`` for RBNN);
-    +-1 in ``out_dtype`` (default ``x``'s; +-1 is exact in every float dtype)."""
-    return _CenteredSign.apply(x, surrogate, t, out_dtype)
+    +-1 in ``out_dtype`` (default ``x``'s; +-1 is exact in every float dtype). Without autograd,
+    eager (:mod:`batmann.models.fused`)."""
+    return _CenteredSign.apply(x, surrogate, t, out_dtype, torch.is_grad_enabled())
 
 
 def _fp32(t: Tensor):
