@@ -63,12 +63,15 @@ def unavailable_reason() -> str | None:
 
 def supports(a: Tensor, w: Tensor) -> bool:
     """Whether :func:`conv_backward` covers a stride-1 unpadded convolution of ``a`` (B, C, H, W)
-    with ``w`` (O, C, k, k): CPU float32, C a multiple of 8, square kernel, an even output."""
+    with ``w`` (O, C, k, k): CPU float32, C a multiple of 8, square kernel, an even output, one
+    image's input and one image's pooled outputs of all channels each under 2^31 elements (the
+    kernels index them with 32-bit integers)."""
     if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
         return False
     c, h, wd = a.shape[1:]
     k = w.shape[-1]
-    return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % 2 == 0 and h >= k
+    small = h * wd * c < 2**31 and w.shape[0] * ((h - k + 1) // 2) ** 2 < 2**31
+    return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % 2 == 0 and h >= k and small
 
 
 def argmax_offsets(indices: Tensor, width: int) -> Tensor:
