@@ -361,8 +361,8 @@ class _ConvReluPool(torch.autograd.Function):
     """``max_pool2d(relu((conv2d(x, w) + b) * alpha), 2)`` of a stride-1 unpadded float32
     convolution (``b`` and ``alpha`` per output channel, each optional) in training.
 
-    The forward is the separate ops' (``exact``: the +-1 x +-1 product on the exact kernels, as
-    :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
+    The forward is the separate ops' (``exact``: the bias-free +-1 x +-1 product on the exact
+    kernels, as :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
     argmax (:func:`batmann.models.pooled_grad.relu_pool`): the same bits. The backward starts from
     the pooled gradient and the argmax (:func:`batmann.models.pooled_grad.conv_backward`: a quarter
     of the dense products' work); it equals autograd's through the separate ops to float32
@@ -371,9 +371,7 @@ class _ConvReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
                 exact: bool) -> Tensor:
-        y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)
-        if exact and b is not None:
-            y = y + _bias_view(layer)
+        y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)  # exact: bias-free XNOR layers only
         scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
         out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
         ctx.save_for_backward(x, w, scale, out > 0, y_at, offsets)
