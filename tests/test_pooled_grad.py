@@ -90,6 +90,21 @@ def test_relu_pool_is_max_pool2d_of_relu_with_its_first_argmax(kernels):
         kernels.relu_pool(y[..., :5], alpha)
 
 
+def test_unpool_bf16_is_the_dense_output_gradient_in_bf16_channels_last(kernels):
+    a, w, g, d = _problem(3, 16, 12, 3, 8, seed=1)
+    g[0, 1, 0, 0], g[0, 1, 0, 1], g[0, 2, 1, 1] = 1 + 2**-8, 1 + 3 * 2**-8, -0.0  # ties to even, a signed zero
+    g[1, 3, 2, 2] = float("nan")
+    got = kernels.unpool_bf16(g, d)
+    want = _dense_grad(g, d).to(torch.bfloat16)
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)  # NaN stays NaN (its bits may differ)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+    with pytest.raises(ValueError, match="offsets of its shape"):
+        kernels.unpool_bf16(g, d[..., :2])
+
+
 def test_what_is_not_covered_is_refused_in_one_line(kernels):
     a, w, g, d = _problem(1, 16, 8, 3, 4, seed=1)
     assert kernels.supports(a, w)
@@ -129,6 +144,29 @@ def test_xnor_controller_training_uses_it_with_the_same_forward_and_close_gradie
         torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
 
 
+@pytest.mark.parametrize("kind", ["xnor", "xnor-binary-fc"])
+def test_bf16_gradient_products_take_the_pooled_forward_with_the_same_gradients(kind, kernels, monkeypatch):
+    """With bf16 gradient products the pooled XNOR layers run their alpha, ReLU and pool in one
+    pass and lay out the output gradient in one more: the gradient products get the same bf16
+    operands as through the separate ops, so the same bits."""
+    if bk.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("no exact forward kernel here")
+    model = layers.set_gradient_dtype(build_controller(kind), torch.bfloat16)
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    want = _controller_grads(model, x, "fp32", monkeypatch)  # _Pm1Product, then the separate ops
+    calls = []
+    real = layers._ConvReluPool.apply
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
+    got = _controller_grads(model, x, "auto", monkeypatch)
+    assert calls == [model.features.conv2, model.features.conv4]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for name, g in want[2].items():
+        if name.endswith("weight") and name != "features.conv1.weight":  # conv1: its batched weight gradient
+            assert torch.equal(got[2][name], g), name
+        else:  # alpha: summed over the pooled map, not the full one
+            torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
+
+
 @pytest.mark.parametrize("kind", ["fp", "rbnn"])
 def test_fp_and_rbnn_controller_training_use_it_for_their_pooled_convolutions(kind, kernels, monkeypatch):
     model = build_controller(kind)
@@ -158,9 +196,6 @@ def test_other_settings_keep_autograd(kernels, monkeypatch):
     monkeypatch.setattr(bk, "KERNEL", "fp32")  # plain autograd asked for
     model(x).sum().backward()
     monkeypatch.setattr(bk, "KERNEL", "auto")
-    layers.set_gradient_dtype(model, torch.bfloat16)  # bf16 gradient products
-    model(x).sum().backward()
-    layers.set_gradient_dtype(model, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast
         model(x).sum().backward()
     monkeypatch.setattr(pg, "available", lambda: False)  # the library did not build

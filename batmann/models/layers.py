@@ -342,19 +342,30 @@ class _Pm1Product(torch.autograd.Function):
                 g, a, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0],
                 layer.groups, [need_a, need_w, False])
             return ga, gw, None, None
-        if isinstance(layer, nn.Conv2d):
-            cl = torch.channels_last
-            ga, gw, _ = torch.ops.aten.convolution_backward(
-                g.to(dt, memory_format=cl), a.to(dt, memory_format=cl), w.to(dt, memory_format=cl), None,
-                list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
-                [need_a, need_w, False])
-        else:
-            g2, a2 = g.reshape(-1, g.shape[-1]).to(dt), a.reshape(-1, a.shape[-1]).to(dt)
-            ga = (g2 @ w.to(dt)).reshape(a.shape) if need_a else None
-            gw = g2.t() @ a2 if need_w else None
-        ga = None if ga is None else ga.to(a.dtype)
-        gw = None if gw is None else gw.to(w.dtype, memory_format=torch.contiguous_format)
+        ga, gw = _pm1_grad_products(g.to(dt, memory_format=torch.channels_last) if isinstance(layer, nn.Conv2d)
+                                    else g.to(dt), a, w, layer, need_a, need_w)
         return ga, gw, None, None
+
+
+def _pm1_grad_products(g: Tensor, a: Tensor, w: Tensor, layer: nn.Module, need_a: bool,
+                       need_w: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The input and weight gradients of ``layer``'s +-1 product of ``a`` and ``w`` from the
+    output gradient ``g``, already in the products' low-precision dtype (channels-last for a
+    convolution); returned in ``a``'s and ``w``'s dtypes, each None unless asked for."""
+    dt = g.dtype
+    if isinstance(layer, nn.Conv2d):
+        cl = torch.channels_last
+        ga, gw, _ = torch.ops.aten.convolution_backward(
+            g, a.to(dt, memory_format=cl), w.to(dt, memory_format=cl), None,
+            list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
+            [need_a, need_w, False])
+    else:
+        g2, a2 = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1]).to(dt)
+        ga = (g2 @ w.to(dt)).reshape(a.shape) if need_a else None
+        gw = g2.t() @ a2 if need_w else None
+    ga = None if ga is None else ga.to(a.dtype)
+    gw = None if gw is None else gw.to(w.dtype, memory_format=torch.contiguous_format)
+    return ga, gw
 
 
 class _ConvReluPool(torch.autograd.Function):
@@ -364,18 +375,22 @@ class _ConvReluPool(torch.autograd.Function):
     The forward is the separate ops' (``exact``: the bias-free +-1 x +-1 product on the exact
     kernels, as :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
     argmax (:func:`batmann.models.pooled_grad.relu_pool`): the same bits. The backward starts from
-    the pooled gradient and the argmax (:func:`batmann.models.pooled_grad.conv_backward`: a quarter
-    of the dense products' work); it equals autograd's through the separate ops to float32
-    rounding (another summation order)."""
+    the pooled gradient and the argmax. With ``grad_dtype`` None, in float32
+    (:func:`batmann.models.pooled_grad.conv_backward`: a quarter of the dense products' work); it
+    equals autograd's through the separate ops to float32 rounding (another summation order).
+    With ``grad_dtype`` bf16 (an exact +-1 layer), the convolution's output gradient is laid out
+    in one pass as bf16 channels-last (:func:`batmann.models.pooled_grad.unpool_bf16`) for the
+    dense bf16 products of :class:`_Pm1Product`: the same input and weight gradients, bit for
+    bit, as :class:`_Pm1Product` followed by the separate alpha, ReLU and pool."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
-                exact: bool) -> Tensor:
+                exact: bool, grad_dtype: torch.dtype | None = None) -> Tensor:
         y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)  # exact: bias-free XNOR layers only
         scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
         out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
         ctx.save_for_backward(x, w, scale, out > 0, y_at, offsets)
-        ctx.has_bias, ctx.has_alpha = b is not None, alpha is not None
+        ctx.has_bias, ctx.has_alpha, ctx.grad_dtype, ctx.layer = b is not None, alpha is not None, grad_dtype, layer
         return out
 
     @staticmethod
@@ -384,9 +399,13 @@ class _ConvReluPool(torch.autograd.Function):
         gz = torch.where(kept, g, 0.0)  # the ReLU's gradient at the argmax
         g_alpha = (gz * y_at).sum((0, 2, 3)) if ctx.has_alpha and ctx.needs_input_grad[3] else None
         gy = gz * scale.view(1, -1, 1, 1) if ctx.has_alpha else gz
-        ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if ctx.grad_dtype is None:
+            ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, need_a, need_w)
+        else:
+            ga, gw = _pm1_grad_products(pooled_grad.unpool_bf16(gy, offsets), x, w, ctx.layer, need_a, need_w)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return ga, gw, gb, g_alpha, None, None
+        return ga, gw, gb, g_alpha, None, None, None
 
 
 def _pooled_ok(layer: nn.Module, x: Tensor, pool: nn.Module | None) -> bool:
@@ -501,17 +520,18 @@ class _XnorMixin:
                 and _exact_kernel(self, x) is not None)
 
     def _pooled_training(self, x: Tensor, pool: nn.Module) -> bool:
-        """Whether float32 training runs this convolution, its ReLU and the 2x2 max ``pool`` as
+        """Whether training runs this convolution, its ReLU and the 2x2 max ``pool`` as
         :class:`_ConvReluPool` (its backward from the pooled gradient): an exact forward kernel
-        (:meth:`_exact_fp32_training`), float32 gradients and :func:`_pooled_ok`."""
-        return self.grad_dtype is None and _pooled_ok(self, x, pool) and self._exact_fp32_training(x)
+        (:meth:`_exact_fp32_training`), float32 or bf16 gradient products and :func:`_pooled_ok`."""
+        return (self.grad_dtype in (None, torch.bfloat16) and _pooled_ok(self, x, pool)
+                and self._exact_fp32_training(x))
 
     def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
         """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it.
         At inference on the popcount kernels the product, ``alpha``, the ReLU and a 2x2 max pool
         are one pass (the same values; the passes over the full-size output saved). In float32
-        training with a 2x2 max pool, the backward of all three starts from the pooled gradient
-        (:class:`_ConvReluPool`; the same forward values)."""
+        training with a 2x2 max pool (float32 or bf16 gradient products), the backward of all
+        three starts from the pooled gradient (:class:`_ConvReluPool`; the same forward values)."""
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             fuse_pool = relu and pool is not None and is_2x2_pool(pool) and isinstance(self, nn.Conv2d) \
@@ -521,8 +541,8 @@ class _XnorMixin:
         if relu and pool is not None and self._pooled_training(x, pool):
             with _fp32(x):
                 bw = q.xnor_weight_sign(standardize_rows(self.weight))
-                ba = centered_sign_ste(x, "hardtanh")
-            return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True)
+                ba = centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype)
+            return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True, self.grad_dtype)
         out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
         if relu:
             out = torch.relu(out) if _records_autograd(self, x) else out.relu_()

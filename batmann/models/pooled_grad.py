@@ -44,6 +44,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pooled_grad_weight.restype = ctypes.c_int
     lib.relu_pool_argmax.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P]
     lib.relu_pool_argmax.restype = None
+    lib.unpool_bf16.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P]
+    lib.unpool_bf16.restype = None
 
 
 LIBRARY = native.NativeLibrary("pooled_grad.c", CFLAGS, _declare,
@@ -105,6 +107,30 @@ def relu_pool(y: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     native.parallel(part, b)
     return out, offsets, y_at
+
+
+def unpool_bf16(grad: Tensor, offsets: Tensor) -> Tensor:
+    """The convolution's output gradient behind a 2x2 stride-2 max pool, in one pass: ``grad``
+    (B, O, Hp, Wp) at ``offsets`` (:func:`argmax_offsets`) of each window, zero elsewhere, as a
+    (B, O, 2 Hp, 2 Wp) bfloat16 tensor in channels-last memory (the layout of the bf16
+    ``convolution_backward``). The values are ``grad.to(torch.bfloat16)``'s (nearest even)."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
+    if grad.shape != offsets.shape or grad.dim() != 4:
+        raise ValueError(f"unpool_bf16 needs a (B, O, Hp, Wp) gradient and offsets of its shape, got "
+                         f"{tuple(grad.shape)} and {tuple(offsets.shape)}")
+    b, o, hp, wp = grad.shape
+    g = grad.detach().to(torch.float32).contiguous()
+    d = offsets.to(torch.uint8).contiguous()
+    out = torch.empty(b, 2 * hp, 2 * wp, o, dtype=torch.bfloat16)
+    row = 4 * hp * wp * o * 2
+
+    def part(lo: int, hi: int) -> None:
+        lib.unpool_bf16(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, out.data_ptr() + lo * row)
+
+    native.parallel(part, b)
+    return out.permute(0, 3, 1, 2)
 
 
 def _weight_blocks(w: Tensor) -> Tensor:

@@ -195,3 +195,32 @@ void relu_pool_argmax(const float *y, const float *alpha, int64_t lo, int64_t hi
                 }
         }
 }
+
+/* float32 -> bfloat16 bits, rounded to nearest even, NaN -> 0x7FC0 (as torch converts) */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if (f != f) return 0x7FC0;
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* For images [lo, hi): the convolution's output gradient as bfloat16, channels-last
+ * out (n, 2 Hp, 2 Wp, O): g (n, O, Hp, Wp) at offset d of each 2x2 window, zero elsewhere. */
+void unpool_bf16(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
+                 uint16_t *out) {
+    const int64_t P = Hp * Wp, Wo = 2 * Wp;
+    for (int64_t b = lo; b < hi; b++) {
+        uint16_t *ob = out + (b - lo) * 4 * P * O;
+        memset(ob, 0, (size_t)(4 * P * O) * sizeof(uint16_t));
+        const float *gb = g + b * O * P;
+        const uint8_t *db = d + b * O * P;
+        for (int64_t p = 0; p < P; p++) {
+            const int64_t i = p / Wp, j = p % Wp;
+            uint16_t *win = ob + ((2 * i) * Wo + 2 * j) * O;
+            for (int64_t o = 0; o < O; o++) {
+                const int q = db[o * P + p] & 3;
+                win[((q >> 1) * Wo + (q & 1)) * O + o] = to_bf16(gb[o * P + p]);
+            }
+        }
+    }
+}
