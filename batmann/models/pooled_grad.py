@@ -166,26 +166,25 @@ def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_inpu
     ga = gw = None
     if need_input:
         wt = _weight_blocks(w.detach())
-        out = torch.empty(b, h, wd, c, dtype=torch.float32)
+        ga = torch.empty(b, c, h, wd, dtype=torch.float32)
         row = h * wd * c * 4
 
         def input_part(lo: int, hi: int) -> int:
             return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, wt.data_ptr(), c, k, h, wd,
-                                         out.data_ptr() + lo * row)
+                                         ga.data_ptr() + lo * row)
 
         codes = native.parallel(input_part, b)
         if any(codes):
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
-        ga = out.permute(0, 3, 1, 2).contiguous()
     if need_weight:
-        acl = a.detach().permute(0, 2, 3, 1).contiguous()
+        ac = a.detach().contiguous()
         groups = min(b, WEIGHT_GROUPS)
         bounds = [b * i // groups for i in range(groups + 1)]
         parts = torch.empty(groups, o, k, k, c, dtype=torch.float32)
 
         def weight_part(lo: int, hi: int) -> int:
             return sum(lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), bounds[i], bounds[i + 1], o, hp, wp,
-                                              acl.data_ptr(), c, k, h, wd, 0, o, CHUNK, parts[i].data_ptr())
+                                              ac.data_ptr(), c, k, h, wd, 0, o, CHUNK, parts[i].data_ptr())
                        for i in range(lo, hi))
 
         codes = native.parallel(weight_part, groups)

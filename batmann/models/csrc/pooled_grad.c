@@ -8,7 +8,8 @@
  *
  * Layouts (float32): g (n, O, P) the pooled gradient already times dReLU and alpha, P = Hp * Wp
  * pooled positions; d (n, O, P) uint8 argmax offsets dy * 2 + dx in the 2x2 window; the input a
- * (n, H, W, C) channels-last; weights wt (k, k, C / 64 blocks, O, 64)
+ * (n, C, H, W) and its gradient ga (n, C, H, W), each image turned channels-last (and back) in a
+ * buffer of the kernel's own; weights wt (k, k, C / 64 blocks, O, 64)
  * (the last block as wide as the channels left); weight gradient gw (O, k, k, C). C is a
  * multiple of 8. Each output element is summed in one fixed order, whatever the image or channel
  * ranges the caller splits the work into (so any thread count gives the same bits); the weight
@@ -23,21 +24,53 @@
 
 #define NV 8 /* vectors of 8 floats per tile: 64 channels */
 
-/* ga (hi - lo, H, W, C) channels-last, overwritten: the input gradient of images [lo, hi) */
+/* d (cols, rows) = the transpose of s (rows, cols), both row-major */
+static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) {
+        int64_t c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            const float *x = s + r * cols + c;
+            __m256 t[8], u[8];
+            for (int i = 0; i < 4; i++) {
+                const __m256 a = _mm256_loadu_ps(x + (2 * i) * cols), b = _mm256_loadu_ps(x + (2 * i + 1) * cols);
+                t[2 * i] = _mm256_unpacklo_ps(a, b);
+                t[2 * i + 1] = _mm256_unpackhi_ps(a, b);
+            }
+            for (int h = 0; h < 2; h++) { /* rows 4h .. 4h + 3 */
+                u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            float *y = d + c * rows + r;
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(y + i * rows, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+                _mm256_storeu_ps(y + (i + 4) * rows, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+            }
+        }
+        for (; c < cols; c++)
+            for (int64_t i = r; i < r + 8; i++) d[c * rows + i] = s[i * cols + c];
+    }
+    for (; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) d[c * rows + r] = s[r * cols + c];
+}
+
+/* ga (hi - lo, C, H, W), overwritten: the input gradient of images [lo, hi) */
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
                       const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
     const int64_t P = Hp * Wp;
     float *gv = malloc((size_t)(P * O) * sizeof(float));
     int32_t *co = malloc((size_t)(P * O) * sizeof(int32_t));
     int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
-    if (!gv || !co || !start) {
-        free(gv); free(co); free(start);
+    float *out = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
+    if (!gv || !co || !start || !out) {
+        free(gv); free(co); free(start); free(out);
         return 1;
     }
     for (int64_t b = lo; b < hi; b++) {
         const float *gb = g + b * O * P;
         const uint8_t *db = d + b * O * P;
-        float *out = ga + (b - lo) * H * W * C;
         memset(out, 0, (size_t)(H * W * C) * sizeof(float));
         /* per pooled position, its non-zero gradients grouped by argmax offset (a counting sort) */
         for (int64_t p = 0; p < P; p++) {
@@ -91,8 +124,9 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                         }
                     }
                 }
+        transpose(out, H * W, C, ga + (b - lo) * C * H * W);
     }
-    free(gv); free(co); free(start);
+    free(gv); free(co); free(start); free(out);
     return 0;
 }
 
@@ -106,13 +140,14 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
     float *lg = malloc((size_t)(no * chunk) * sizeof(float));
     int32_t *loff = malloc((size_t)(no * chunk) * sizeof(int32_t));
     int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
-    if (!lg || !loff || !cnt) {
-        free(lg); free(loff); free(cnt);
+    float *ab = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
+    if (!lg || !loff || !cnt || !ab) {
+        free(lg); free(loff); free(cnt); free(ab);
         return 1;
     }
     memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
     for (int64_t b = blo; b < bhi; b++) {
-        const float *ab = a + b * H * W * C;
+        transpose(a + b * C * H * W, C, H * W, ab);
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
             const int64_t np = P - p0 < chunk ? P - p0 : chunk;
             for (int64_t o = olo; o < ohi; o++) {
@@ -160,7 +195,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                     }
         }
     }
-    free(lg); free(loff); free(cnt);
+    free(lg); free(loff); free(cnt); free(ab);
     return 0;
 }
 
