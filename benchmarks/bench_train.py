@@ -12,14 +12,17 @@ episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
         [--precisions fp32,bf16] [--deterministic off,on] [--compile off,on] [--train-kernels fp32,auto]
+        [--pooled off,on]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -27,7 +30,7 @@ from batmann.checkpoint import build_model
 from batmann.config import EpisodeOptions, ModelConfig, TrainConfig
 from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
-from batmann.models import binary_kernels
+from batmann.models import binary_kernels, pooled_grad
 from batmann.models.fused import compiled_kernels
 from batmann.tasks import make_sampler
 from batmann.train import train_step
@@ -43,6 +46,20 @@ def task(tag: str) -> EpisodeOptions:
     ways, shots = tag.rstrip("s").split("w")
     return EpisodeOptions(class_num=int(ways), num_shot=int(shots), batch_size_train=5, pool_query_train=10,
                           pool_val_train=5, val_num_train=3, pool_query_test=15, batch_size_test=5)
+
+
+@contextlib.contextmanager
+def pooled_backward(enabled: bool) -> Iterator[None]:
+    """``enabled`` False: the pooled layers' one autograd function (alpha, ReLU and pool after the
+    product, the backward from the pooled gradient) is left out, as where its kernels do not
+    build: the separate ops and the dense gradient products."""
+    real = pooled_grad.available
+    if not enabled:
+        pooled_grad.available = lambda: False
+    try:
+        yield
+    finally:
+        pooled_grad.available = real
 
 
 def train_rate(cfg: TrainConfig, cache, steps: int) -> float:
@@ -96,12 +113,19 @@ def main() -> None:
                          "XNOR convolutions' forward on that exact kernel (the same bits) and, in fp32, take the "
                          "gradients of each convolution + ReLU + 2x2 max pool from the pooled gradient and "
                          "conv1's weight gradient from one batched product (every controller kind)")
+    ap.add_argument("--pooled", default="on",
+                    help="the pooled layers' one autograd function (off, on, or off,on side by side): "
+                         "off runs the separate alpha / ReLU / pool ops and the dense gradient products")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
     ap.add_argument("--cached-warmup", type=int, default=300, help="episodes that warm the feature cache")
     ap.add_argument("--cached-episodes", type=int, default=100)
     args = ap.parse_args()
+    for name in ("deterministic", "compile", "pooled"):
+        bad = [v for v in getattr(args, name).split(",") if v not in ("off", "on")]
+        if bad:
+            ap.error(f"--{name} {bad[0]!r}: expected off, on or off,on")
     cache = load_image_cache(32)
     retain_freed_memory()  # as the command line does (benchmarks/bench_allocator.py)
     cpu = torch.device("cpu")
@@ -113,10 +137,11 @@ def main() -> None:
           "products on it (same features)")
     print("train: bf16 is autocast for fp, and for xnor an exact forward with bf16 gradient products; "
           "train kernel: fp32 = plain autograd")
-    print("| task | controller | precision | deterministic | compiled | train kernel | train ep/s | x seed | test ep/s | "
+    print("| task | controller | precision | deterministic | compiled | train kernel | pooled | train ep/s | x seed | "
+          "test ep/s | "
           "x seed | test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel "
           "| x seed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
@@ -133,13 +158,15 @@ def main() -> None:
                     if args.cached and exact else nan
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
                 kernels = args.train_kernels.split(",")
-                for det, comp, tk in itertools.product(args.deterministic.split(","), compiles, kernels):
+                for det, comp, tk, pooled in itertools.product(args.deterministic.split(","), compiles, kernels,
+                                                               args.pooled.split(",")):
                     binary_kernels.KERNEL = tk
-                    with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"):
+                    with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"), \
+                            pooled_backward(pooled == "on"):
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
+                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {pooled} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
                           f"{te:.2f} | {r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
                           f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)
 
