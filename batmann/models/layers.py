@@ -370,7 +370,8 @@ def _pm1_grad_products(g: Tensor, a: Tensor, w: Tensor, layer: nn.Module, need_a
 
 class _ConvReluPool(torch.autograd.Function):
     """``max_pool2d(relu((conv2d(x, w) + b) * alpha), 2)`` of a stride-1 unpadded float32
-    convolution (``b`` and ``alpha`` per output channel, each optional) in training.
+    convolution (``b`` and ``alpha`` per output channel, each optional; with bf16 gradient
+    products, +-1 bf16 ``x``) in training.
 
     The forward is the separate ops' (``exact``: the bias-free +-1 x +-1 product on the exact
     kernels, as :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
