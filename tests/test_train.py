@@ -65,6 +65,25 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controlle
         assert torch.equal(a[k], b[k]), k
 
 
+def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_threads(tmp_path, omniglot_cache):
+    """--deterministic leaves the C kernels (popcount forward, pooled backward) their threads:
+    their sums do not depend on how many threads run them, so neither do the weights."""
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)  # deterministic training keeps this count for the C kernels only
+            run = tmp_path / f"threads{n}"
+            train(tiny_config(controller="xnor", train_episode=3, val_interval=3, checkpoint_interval=3), run,
+                  progress=False, cache=omniglot_cache)
+            runs.append(_weights(run))
+    finally:
+        torch.set_num_threads(threads)
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 4
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
 def test_resume_survives_sigkill(tmp_path, omniglot_cache):
     """A run killed with SIGKILL mid-way resumes from its last checkpoint (never half-written)."""
     run = tmp_path / "killed"
@@ -444,6 +463,29 @@ def test_deterministic_kernels_switch_and_restore():
     assert state() == before
     with deterministic_kernels("cpu", enabled=False):
         assert state() == before
+
+
+def test_native_kernels_keep_their_threads_in_deterministic_blocks():
+    """The C kernels give the same bits on any thread count (tests/test_pooled_grad.py,
+    test_popcount_kernels.py), so one torch thread does not bind them."""
+    from batmann.models import native
+    from batmann.utils.determinism import deterministic_kernels, invariant_threads
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert invariant_threads() == 2 and native.split(10) == [(0, 5), (5, 10)]
+        with deterministic_kernels("cpu"):
+            assert torch.get_num_threads() == 1 and invariant_threads() == 2
+            assert native.split(10) == [(0, 5), (5, 10)]
+            with deterministic_kernels("cpu"):  # nested: still the outermost count
+                assert invariant_threads() == 2
+            assert invariant_threads() == 2
+        assert invariant_threads() == 2
+        torch.set_num_threads(1)
+        assert invariant_threads() == 1 and native.split(10) == [(0, 10)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_deterministic_option(tmp_path):

@@ -4,7 +4,10 @@ Each kernel source in ``csrc/`` is compiled once per source, flags and compiler 
 ``cc``) into ``$BATMANN_HOME/kernels`` (temporary file, then rename: never half-written) and
 loaded with ctypes. Where the CPU lacks what the source needs, or no compiler builds it, the
 library is unavailable and says why in one line; its callers then keep PyTorch's own kernels.
-The kernels split their work over ``torch.get_num_threads()`` threads of one shared pool.
+The kernels split their work over ``torch.get_num_threads()`` threads of one shared pool; each
+gives the same bits on any number of threads, so inside
+:func:`batmann.utils.determinism.deterministic_kernels` (which sets torch to one thread) they
+keep the threads torch had before.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import torch
+
+from batmann.utils.determinism import invariant_threads
 
 CSRC = Path(__file__).with_name("csrc")
 
@@ -118,7 +123,7 @@ os.register_at_fork(after_in_child=_forget_threads_in_child)
 
 def _threads() -> ThreadPoolExecutor:
     global _pool, _pool_size
-    n = max(1, torch.get_num_threads())
+    n = invariant_threads()
     with _pool_lock:
         if _pool is None or _pool_size != n:
             if _pool is not None:
@@ -128,8 +133,10 @@ def _threads() -> ThreadPoolExecutor:
 
 
 def split(total: int) -> list[tuple[int, int]]:
-    """``[lo, hi)`` ranges of ``range(total)``, one per thread (at most ``torch.get_num_threads()``)."""
-    n = min(total, max(1, torch.get_num_threads()))
+    """``[lo, hi)`` ranges of ``range(total)``, one per thread (at most
+    :func:`batmann.utils.determinism.invariant_threads`: torch's thread count, kept inside
+    ``deterministic_kernels``, since every kernel here gives the same bits on any thread count)."""
+    n = min(total, invariant_threads())
     bounds = [total * i // n for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 

@@ -19,8 +19,11 @@ with and without another torch process busy on the machine):
 :func:`deterministic_kernels` therefore runs the block on one intra-op thread (and switches
 MKL's dynamic threads off and oneDNN's deterministic attribute on, which cost nothing), and
 restores everything after. The guarantee: the same run, resumed or not, gives the same bits
-on the same CPU kind and torch build, whatever the load and the number of cores. The price:
-one core: 20-way 5-shot training ran 0.66 (fp, fp32), 3.63 (fp, bf16) and 0.51 (xnor) episodes/s
+on the same CPU kind and torch build, whatever the load and the number of cores. The
+project's own C kernels (:mod:`batmann.models.native`) sum every element in one fixed order
+whatever the number of threads that run them, so inside the block they keep the threads torch
+had (:func:`invariant_threads`). The price of torch's one thread: before the C kernels,
+20-way 5-shot training ran 0.66 (fp, fp32), 3.63 (fp, bf16) and 0.51 (xnor) episodes/s
 on 2 threads and 0.35, 1.84 and 0.28 on one (``benchmarks/bench_train.py --tasks 20w5s
 --test-episodes 0``, AMX Xeon), about 1.9x slower.
 Across CPU kinds (AVX-512 against AVX2) other kernels round differently. On CUDA, torch's
@@ -58,16 +61,31 @@ def _mkl_dynamic_switch():
 _MKL_DYNAMIC = _mkl_dynamic_switch() if torch.backends.mkl.is_available() else None
 
 
+#: inside :func:`deterministic_kernels`, torch's intra-op thread count before it (else None)
+_outer_threads: int | None = None
+
+
+def invariant_threads() -> int:
+    """Threads for kernels whose results are the same bits on any number of threads (the native
+    C kernels): torch's intra-op thread count, or inside :func:`deterministic_kernels` the count
+    it had before the block set one (one thread fixes torch's own sums, which these do not need)."""
+    return max(1, _outer_threads or torch.get_num_threads())
+
+
 @contextlib.contextmanager
 def deterministic_kernels(device: torch.device | str = "cpu", enabled: bool = True) -> Iterator[None]:
     """Within the block: one intra-op thread, MKL without dynamic threads, oneDNN's (and on CUDA
-    cuDNN's) deterministic algorithms; the previous settings are restored afterwards.
+    cuDNN's) deterministic algorithms; the previous settings are restored afterwards. The
+    native kernels keep the previous thread count (:func:`invariant_threads`).
     ``enabled=False`` changes nothing."""
+    global _outer_threads
     if not enabled:
         yield
         return
     device = torch.device(device)
     threads = torch.get_num_threads()
+    outer = _outer_threads
+    _outer_threads = invariant_threads()
     old_mkldnn = torch.backends.mkldnn.deterministic
     old_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     old_algos = (torch.are_deterministic_algorithms_enabled(),
@@ -83,6 +101,7 @@ def deterministic_kernels(device: torch.device | str = "cpu", enabled: bool = Tr
     try:
         yield
     finally:
+        _outer_threads = outer
         torch.backends.mkldnn.deterministic = old_mkldnn
         torch.set_num_threads(threads)
         if device.type == "cuda":
