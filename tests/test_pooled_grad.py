@@ -53,6 +53,22 @@ def test_gradients_match_the_dense_convolution_backward(kernels, b, c, h, k, o):
     assert only_w[0] is None and torch.equal(only_w[1], gw)
 
 
+@pytest.mark.parametrize("b, c, h, k, o", [(3, 16, 12, 3, 8), (2, 128, 7, 3, 9)])
+def test_without_pool_the_gradients_match_the_dense_convolution_backward(kernels, b, c, h, k, o):
+    """pool 1: the output gradient itself, sparse (a ReLU's), every offset 0."""
+    a, w, _, _ = _problem(b, c, h, k, o, seed=c)
+    gen = torch.Generator().manual_seed(k)
+    g = torch.randn(b, o, h - k + 1, h - k + 1, generator=gen) * (torch.rand(b, o, h - k + 1, h - k + 1, generator=gen) > 0.5)
+    ga, gw = kernels.conv_backward(g, None, a, w, pool=1)
+    want_a, want_w, _ = torch.ops.aten.convolution_backward(
+        g, a, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+    torch.testing.assert_close(ga, want_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, want_w, rtol=1e-5, atol=1e-5)
+    assert kernels.supports(a, w, pool=1) and kernels.supports(a, w, pool=2) == ((h - k + 1) % 2 == 0)
+    with pytest.raises(ValueError, match="pool must be 1 or 2, got 3"):
+        kernels.conv_backward(g, None, a, w, pool=3)
+
+
 def test_the_same_bits_on_one_or_two_threads(kernels):
     a, w, g, d = _problem(5, 24, 10, 3, 7, seed=3)
     n = torch.get_num_threads()
@@ -165,6 +181,39 @@ def test_bf16_gradient_products_take_the_pooled_forward_with_the_same_gradients(
             assert torch.equal(got[2][name], g), name
         else:  # alpha: summed over the pooled map, not the full one
             torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
+
+
+@pytest.mark.parametrize("kind", ["xnor", "fp", "rbnn"])
+@pytest.mark.parametrize("grad_dtype", [None, torch.bfloat16])
+def test_deterministic_training_takes_conv3_from_its_relu_gradient(kind, grad_dtype, kernels, monkeypatch):
+    """Inside ``deterministic_kernels`` (torch on one thread, the C kernels on the threads it had)
+    conv3 and its ReLU take the same function without a pool: the same forward, gradients to
+    float32 rounding (bf16 gradient products: the same bits)."""
+    if kind == "xnor" and bk.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("no exact forward kernel here")
+    if grad_dtype is not None and kind != "xnor":
+        pytest.skip("bf16 gradient products are for XNOR layers")
+    from batmann.utils.determinism import deterministic_kernels
+
+    model = layers.set_gradient_dtype(build_controller(kind), grad_dtype)
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(7))
+    calls = []
+    real = layers._ConvReluPool.apply
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with deterministic_kernels("cpu"):
+            want = _controller_grads(model, x, "fp32", monkeypatch)  # plain autograd (or _Pm1Product)
+            monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
+            got = _controller_grads(model, x, "auto", monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [model.features.conv2, model.features.conv3, model.features.conv4]
+    assert torch.equal(got[0], want[0])
+    for name, g in want[2].items():
+        if grad_dtype is not None and name.startswith("features.conv3"):
+            assert torch.equal(got[2][name], g), name
+        torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
 
 
 @pytest.mark.parametrize("kind", ["fp", "rbnn"])

@@ -469,19 +469,21 @@ def test_native_kernels_keep_their_threads_in_deterministic_blocks():
     """The C kernels give the same bits on any thread count (tests/test_pooled_grad.py,
     test_popcount_kernels.py), so one torch thread does not bind them."""
     from batmann.models import native
-    from batmann.utils.determinism import deterministic_kernels, invariant_threads
+    from batmann.utils.determinism import deterministic_kernels, in_deterministic_block, invariant_threads
 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert invariant_threads() == 2 and native.split(10) == [(0, 5), (5, 10)]
+        assert invariant_threads() == 2 and native.split(10) == [(0, 5), (5, 10)] and not in_deterministic_block()
+        with deterministic_kernels("cpu", enabled=False):
+            assert not in_deterministic_block()
         with deterministic_kernels("cpu"):
-            assert torch.get_num_threads() == 1 and invariant_threads() == 2
+            assert torch.get_num_threads() == 1 and invariant_threads() == 2 and in_deterministic_block()
             assert native.split(10) == [(0, 5), (5, 10)]
             with deterministic_kernels("cpu"):  # nested: still the outermost count
                 assert invariant_threads() == 2
             assert invariant_threads() == 2
-        assert invariant_threads() == 2
+        assert invariant_threads() == 2 and not in_deterministic_block()
         torch.set_num_threads(1)
         assert invariant_threads() == 1 and native.split(10) == [(0, 10)]
     finally:

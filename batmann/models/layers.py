@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from batmann.models import binary_kernels, fused, pooled_grad
 from batmann.models import quantizers as q
+from batmann.utils.determinism import in_deterministic_block
 
 STD_EPS = fused.STD_EPS
 
@@ -369,9 +370,10 @@ def _pm1_grad_products(g: Tensor, a: Tensor, w: Tensor, layer: nn.Module, need_a
 
 
 class _ConvReluPool(torch.autograd.Function):
-    """``max_pool2d(relu((conv2d(x, w) + b) * alpha), 2)`` of a stride-1 unpadded float32
-    convolution (``b`` and ``alpha`` per output channel, each optional; with bf16 gradient
-    products, +-1 bf16 ``x``) in training.
+    """``max_pool2d(relu((conv2d(x, w) + b) * alpha), 2)`` (``pool`` 2; ``pool`` 1: without the
+    max pool) of a stride-1 unpadded float32 convolution (``b`` and ``alpha`` per output channel,
+    each optional; with bf16 gradient products, +-1 bf16 ``x``) in training. Without the pool the
+    same, the backward from the ReLU's sparse gradient (its zeros skipped).
 
     The forward is the separate ops' (``exact``: the bias-free +-1 x +-1 product on the exact
     kernels, as :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
@@ -386,12 +388,16 @@ class _ConvReluPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
-                exact: bool, grad_dtype: torch.dtype | None = None) -> Tensor:
+                exact: bool, grad_dtype: torch.dtype | None = None, pool: int = 2) -> Tensor:
         y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)  # exact: bias-free XNOR layers only
         scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
-        out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
+        if pool == 2:
+            out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
+        else:  # the separate ops' values: y * alpha, then the ReLU
+            out, offsets, y_at = torch.relu(y if alpha is None else y * scale.view(1, -1, 1, 1)), None, y
         ctx.save_for_backward(x, w, scale, out > 0, y_at, offsets)
         ctx.has_bias, ctx.has_alpha, ctx.grad_dtype, ctx.layer = b is not None, alpha is not None, grad_dtype, layer
+        ctx.pool = pool
         return out
 
     @staticmethod
@@ -402,20 +408,32 @@ class _ConvReluPool(torch.autograd.Function):
         gy = gz * scale.view(1, -1, 1, 1) if ctx.has_alpha else gz
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if ctx.grad_dtype is None:
-            ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, need_a, need_w)
+            ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, need_a, need_w, pool=ctx.pool)
         else:
-            ga, gw = _pm1_grad_products(pooled_grad.unpool_bf16(gy, offsets), x, w, ctx.layer, need_a, need_w)
+            gd = pooled_grad.unpool_bf16(gy, offsets) if ctx.pool == 2 else \
+                gy.to(ctx.grad_dtype, memory_format=torch.channels_last)
+            ga, gw = _pm1_grad_products(gd, x, w, ctx.layer, need_a, need_w)
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return ga, gw, gb, g_alpha, None, None, None
+        return ga, gw, gb, g_alpha, None, None, None, None
 
 
 def _pooled_ok(layer: nn.Module, x: Tensor, pool: nn.Module | None) -> bool:
     """Whether the training forward of convolution ``layer`` on ``x`` with ReLU and ``pool`` after
-    it can be :class:`_ConvReluPool`: :func:`_training_kernels_apply`, a 2x2 max pool, stride 1,
-    no padding, no dilation or groups, and the kernels here (:func:`batmann.models.pooled_grad.supports`)."""
-    return (pool is not None and isinstance(layer, nn.Conv2d) and is_2x2_pool(pool) and _training_kernels_apply(layer, x)
+    it can be :class:`_ConvReluPool`: :func:`_training_kernels_apply`, a 2x2 max pool, or none
+    inside ``deterministic_kernels`` (there the C kernels keep the threads torch gives up; from a
+    ReLU's half-zero gradient they only match oneDNN's dense products thread for thread, so not
+    elsewhere; whatever the core count, for the same bits on any machine), stride 1, no padding,
+    no dilation or groups, and the kernels here (:func:`batmann.models.pooled_grad.supports`)."""
+    pooled = is_2x2_pool(pool) if pool is not None else in_deterministic_block()
+    return (pooled and isinstance(layer, nn.Conv2d) and _training_kernels_apply(layer, x)
             and layer.stride == (1, 1) and layer.padding in (0, (0, 0)) and layer.dilation == (1, 1)
-            and layer.groups == 1 and pooled_grad.supports(x, layer.weight) and pooled_grad.available())
+            and layer.groups == 1 and pooled_grad.supports(x, layer.weight, _pool_size(pool))
+            and pooled_grad.available())
+
+
+def _pool_size(pool: nn.Module | None) -> int:
+    """2 for a 2x2 max pool, 1 for none (:class:`_ConvReluPool`'s ``pool``)."""
+    return 1 if pool is None else 2
 
 
 def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
@@ -428,11 +446,11 @@ def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
 
 def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor:
     """``pool(relu(conv(x)))`` (no pool if None) for a plain ``nn.Conv2d``, the same values. In CPU
-    float32 training a stride-1 unpadded convolution with a 2x2 max pool takes its gradients from
-    the pooled gradient (:class:`_ConvReluPool`), and a small fan-in convolution its weight
+    float32 training a stride-1 unpadded convolution with a 2x2 max pool (or none) takes its
+    gradients from the pooled (or the ReLU's sparse) gradient (:class:`_ConvReluPool`), and a small fan-in convolution its weight
     gradient from one batched product (:class:`_SmallFanInConv`)."""
     if _pooled_ok(conv, x, pool):
-        return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False)
+        return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False, None, _pool_size(pool))
     if _small_fan_in(conv, x):
         out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))
         return out if pool is None else pool(out)
@@ -520,8 +538,8 @@ class _XnorMixin:
         return (isinstance(self, nn.Conv2d) and self.bias is None and not torch.is_autocast_enabled(x.device.type)
                 and _exact_kernel(self, x) is not None)
 
-    def _pooled_training(self, x: Tensor, pool: nn.Module) -> bool:
-        """Whether training runs this convolution, its ReLU and the 2x2 max ``pool`` as
+    def _pooled_training(self, x: Tensor, pool: nn.Module | None) -> bool:
+        """Whether training runs this convolution, its ReLU and the 2x2 max ``pool`` (or none) as
         :class:`_ConvReluPool` (its backward from the pooled gradient): an exact forward kernel
         (:meth:`_exact_fp32_training`), float32 or bf16 gradient products and :func:`_pooled_ok`."""
         return (self.grad_dtype in (None, torch.bfloat16) and _pooled_ok(self, x, pool)
@@ -539,11 +557,11 @@ class _XnorMixin:
                 and all(((n - k) // s + 1) % 2 == 0 for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride))
             out = _centered_sign_op(self, x, kernel, scale=self.alpha.detach(), relu=relu, pool=fuse_pool)
             return out if fuse_pool or pool is None else pool(out)
-        if relu and pool is not None and self._pooled_training(x, pool):
+        if relu and self._pooled_training(x, pool):
             with _fp32(x):
                 bw = q.xnor_weight_sign(standardize_rows(self.weight))
                 ba = centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype)
-            return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True, self.grad_dtype)
+            return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True, self.grad_dtype, _pool_size(pool))
         out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
         if relu:
             out = torch.relu(out) if _records_autograd(self, x) else out.relu_()
@@ -696,7 +714,7 @@ class _RbnnMixin:
             else:  # == rbnn_act_sign(standardize_rows(x), t): k = 1, t' = max(t, 1)
                 ba = centered_sign_ste(x, "rbnn", max(self.t, 1.0))
         if relu and _pooled_ok(self, ba, pool):
-            return _ConvReluPool.apply(ba, bw, self.bias, self.alpha, self, False)
+            return _ConvReluPool.apply(ba, bw, self.bias, self.alpha, self, False, None, _pool_size(pool))
         out = _op(self, ba, bw, self.bias)
         out = out * self._alpha_view().to(out.dtype)
         if relu:

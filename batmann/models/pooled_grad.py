@@ -37,10 +37,10 @@ _P = ctypes.c_void_p
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P]
+    lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P]
     lib.pooled_grad_input.restype = ctypes.c_int
-    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
-                                       _P]
+    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64,
+                                       _I64, _P]
     lib.pooled_grad_weight.restype = ctypes.c_int
     lib.relu_pool_argmax.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P]
     lib.relu_pool_argmax.restype = None
@@ -63,17 +63,18 @@ def unavailable_reason() -> str | None:
     return LIBRARY.reason
 
 
-def supports(a: Tensor, w: Tensor) -> bool:
+def supports(a: Tensor, w: Tensor, pool: int = 2) -> bool:
     """Whether :func:`conv_backward` covers a stride-1 unpadded convolution of ``a`` (B, C, H, W)
-    with ``w`` (O, C, k, k): CPU float32, C a multiple of 8, square kernel, an even output, one
-    image's input and one image's pooled outputs of all channels each under 2^31 elements (the
-    kernels index them with 32-bit integers)."""
+    with ``w`` (O, C, k, k) followed by a ``pool`` x ``pool`` max pool (2, or 1: none): CPU
+    float32, C a multiple of 8, square kernel, an output that ``pool`` divides, one image's input
+    and one image's pooled outputs of all channels each under 2^31 elements (the kernels index
+    them with 32-bit integers)."""
     if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
         return False
     c, h, wd = a.shape[1:]
     k = w.shape[-1]
-    small = h * wd * c < 2**31 and w.shape[0] * ((h - k + 1) // 2) ** 2 < 2**31
-    return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % 2 == 0 and h >= k and small
+    small = h * wd * c < 2**31 and w.shape[0] * ((h - k + 1) // pool) ** 2 < 2**31
+    return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % pool == 0 and h >= k and small
 
 
 def argmax_offsets(indices: Tensor, width: int) -> Tensor:
@@ -141,26 +142,32 @@ def _weight_blocks(w: Tensor) -> Tensor:
     return torch.cat(parts, dim=2).contiguous()
 
 
-def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_input: bool = True,
-                  need_weight: bool = True) -> tuple[Tensor | None, Tensor | None]:
+def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, need_input: bool = True,
+                  need_weight: bool = True, pool: int = 2) -> tuple[Tensor | None, Tensor | None]:
     """Input and weight gradients of ``conv2d(a, w)`` (stride 1, no padding) whose output gradient
-    is zero except at one place per 2x2 window of each channel.
+    is zero except at one place per 2x2 window of each channel (``pool`` 2), or from a sparse
+    output gradient (``pool`` 1: its zeros skipped).
 
     ``grad`` (B, O, Hp, Wp) float32: the gradient at that place; ``offsets`` (B, O, Hp, Wp) uint8:
-    the place, ``dy * 2 + dx`` in the window (:func:`argmax_offsets`); ``a`` (B, C, H, W), ``w``
-    (O, C, k, k) with H - k + 1 = 2 Hp (see :func:`supports`). Returns ``(grad_a, grad_w)``,
-    contiguous, each None unless asked for."""
+    the place, ``dy * 2 + dx`` in the window (:func:`argmax_offsets`; None with ``pool`` 1);
+    ``a`` (B, C, H, W), ``w`` (O, C, k, k) with H - k + 1 = pool Hp (see :func:`supports`).
+    Returns ``(grad_a, grad_w)``, contiguous, each None unless asked for."""
     lib = LIBRARY.load()
     if lib is None:
         raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
-    if not supports(a, w):
-        raise ValueError(f"conv_backward covers float32 inputs with channels a multiple of 8 and an even output, "
-                         f"got input {tuple(a.shape)} {a.dtype}, weights {tuple(w.shape)}")
+    if pool not in (1, 2):
+        raise ValueError(f"conv_backward's pool must be 1 or 2, got {pool}")
+    if not supports(a, w, pool):
+        raise ValueError(f"conv_backward covers float32 inputs with channels a multiple of 8 and an output "
+                         f"{pool} divides, got input {tuple(a.shape)} {a.dtype}, weights {tuple(w.shape)}")
     b, c, h, wd = a.shape
     o, k = w.shape[0], w.shape[-1]
-    hp, wp = (h - k + 1) // 2, (wd - k + 1) // 2
-    if tuple(grad.shape) != (b, o, hp, wp) or tuple(offsets.shape) != (b, o, hp, wp):
-        raise ValueError(f"grad and offsets must be {(b, o, hp, wp)}, got {tuple(grad.shape)}, {tuple(offsets.shape)}")
+    hp, wp = (h - k + 1) // pool, (wd - k + 1) // pool
+    if offsets is None and pool == 1:
+        offsets = torch.zeros(b, o, hp, wp, dtype=torch.uint8)
+    if tuple(grad.shape) != (b, o, hp, wp) or offsets is None or tuple(offsets.shape) != (b, o, hp, wp):
+        raise ValueError(f"grad and offsets must be {(b, o, hp, wp)}, got {tuple(grad.shape)}, "
+                         f"{None if offsets is None else tuple(offsets.shape)}")
     g = grad.to(torch.float32).contiguous()
     d = offsets.to(torch.uint8).contiguous()
     ga = gw = None
@@ -170,7 +177,7 @@ def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_inpu
         row = h * wd * c * 4
 
         def input_part(lo: int, hi: int) -> int:
-            return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, wt.data_ptr(), c, k, h, wd,
+            return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, pool, wt.data_ptr(), c, k, h, wd,
                                          ga.data_ptr() + lo * row)
 
         codes = native.parallel(input_part, b)
@@ -184,7 +191,7 @@ def conv_backward(grad: Tensor, offsets: Tensor, a: Tensor, w: Tensor, need_inpu
 
         def weight_part(lo: int, hi: int) -> int:
             return sum(lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), bounds[i], bounds[i + 1], o, hp, wp,
-                                              ac.data_ptr(), c, k, h, wd, 0, o, CHUNK, parts[i].data_ptr())
+                                              pool, ac.data_ptr(), c, k, h, wd, 0, o, CHUNK, parts[i].data_ptr())
                        for i in range(lo, hi))
 
         codes = native.parallel(weight_part, groups)

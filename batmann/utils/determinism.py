@@ -65,6 +65,11 @@ _MKL_DYNAMIC = _mkl_dynamic_switch() if torch.backends.mkl.is_available() else N
 _outer_threads: int | None = None
 
 
+def in_deterministic_block() -> bool:
+    """Whether the caller runs inside :func:`deterministic_kernels` (enabled)."""
+    return _outer_threads is not None
+
+
 def invariant_threads() -> int:
     """Threads for kernels whose results are the same bits on any number of threads (the native
     C kernels): torch's intra-op thread count, or inside :func:`deterministic_kernels` the count

@@ -7,7 +7,8 @@
  * alone, a quarter of the multiply-adds of the dense products.
  *
  * Layouts (float32): g (n, O, P) the pooled gradient already times dReLU and alpha, P = Hp * Wp
- * pooled positions; d (n, O, P) uint8 argmax offsets dy * 2 + dx in the 2x2 window; the input a
+ * pooled positions; d (n, O, P) uint8 argmax offsets dy * 2 + dx in the 2x2 window (ps = 2, the
+ * pool's stride; ps = 1: no pool, P the convolution's output positions, every offset 0); the input a
  * (n, C, H, W) and its gradient ga (n, C, H, W), each image turned channels-last (and back) in a
  * buffer of the kernel's own; weights wt (k, k, C / 64 blocks, O, 64)
  * (the last block as wide as the channels left); weight gradient gw (O, k, k, C). C is a
@@ -58,7 +59,7 @@ static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
 
 /* ga (hi - lo, C, H, W), overwritten: the input gradient of images [lo, hi) */
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
-                      const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
+                      int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
     const int64_t P = Hp * Wp;
     float *gv = malloc((size_t)(P * O) * sizeof(float));
     int32_t *co = malloc((size_t)(P * O) * sizeof(int32_t));
@@ -100,7 +101,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                         const int32_t *s = start + p * 5;
                         for (int q = 0; q < 4; q++) {
                             if (s[q] == s[q + 1]) continue;
-                            float *dst = out + ((2 * i + (q >> 1) + kh) * W + (2 * j + (q & 1) + kw)) * C + cb;
+                            float *dst = out + ((ps * i + (q >> 1) + kh) * W + (ps * j + (q & 1) + kw)) * C + cb;
                             if (nv == NV) {
                                 __m256 acc[NV];
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();
@@ -133,7 +134,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
 /* gw rows [olo, ohi) of (O, k, k, C), overwritten: the weight gradient over images [blo, bhi),
  * summed image by image; within an image, chunk by chunk of `chunk` pooled positions */
 int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bhi, int64_t O, int64_t Hp, int64_t Wp,
-                       const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
+                       int64_t ps, const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
                        int64_t chunk, float *gw) {
     const int64_t P = Hp * Wp, K = k * k * C, no = ohi - olo;
     /* per output channel, the chunk's non-zero gradients and where their patches start */
@@ -158,7 +159,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                     if (go[p] == 0.0f) continue;
                     const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp, q = dq[p] & 3;
                     lg[(o - olo) * chunk + c] = go[p];
-                    loff[(o - olo) * chunk + c++] = (int32_t)(((2 * i + (q >> 1)) * W + (2 * j + (q & 1))) * C);
+                    loff[(o - olo) * chunk + c++] = (int32_t)(((ps * i + (q >> 1)) * W + (ps * j + (q & 1))) * C);
                 }
                 cnt[o - olo] = c;
             }
