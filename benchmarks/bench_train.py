@@ -166,7 +166,8 @@ def main() -> None:
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {pooled} | {tr:.2f} | {r(tr, SEED_TRAIN_EPS)} | "
+                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {pooled} | {tr:.2f} | "
+                          f"{r(tr, SEED_TRAIN_EPS)} | "
                           f"{te:.2f} | {r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
                           f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)
 

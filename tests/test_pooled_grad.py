@@ -58,7 +58,8 @@ def test_without_pool_the_gradients_match_the_dense_convolution_backward(kernels
     """pool 1: the output gradient itself, sparse (a ReLU's), every offset 0."""
     a, w, _, _ = _problem(b, c, h, k, o, seed=c)
     gen = torch.Generator().manual_seed(k)
-    g = torch.randn(b, o, h - k + 1, h - k + 1, generator=gen) * (torch.rand(b, o, h - k + 1, h - k + 1, generator=gen) > 0.5)
+    n = h - k + 1
+    g = torch.randn(b, o, n, n, generator=gen) * (torch.rand(b, o, n, n, generator=gen) > 0.5)
     ga, gw = kernels.conv_backward(g, None, a, w, pool=1)
     want_a, want_w, _ = torch.ops.aten.convolution_backward(
         g, a, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])

@@ -446,9 +446,10 @@ def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
 
 def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor:
     """``pool(relu(conv(x)))`` (no pool if None) for a plain ``nn.Conv2d``, the same values. In CPU
-    float32 training a stride-1 unpadded convolution with a 2x2 max pool (or none) takes its
-    gradients from the pooled (or the ReLU's sparse) gradient (:class:`_ConvReluPool`), and a small fan-in convolution its weight
-    gradient from one batched product (:class:`_SmallFanInConv`)."""
+    float32 training a stride-1 unpadded convolution with a 2x2 max pool (or none, see
+    :func:`_pooled_ok`) takes its gradients from the pooled (or the ReLU's sparse) gradient
+    (:class:`_ConvReluPool`), and a small fan-in convolution its weight gradient from one batched
+    product (:class:`_SmallFanInConv`)."""
     if _pooled_ok(conv, x, pool):
         return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False, None, _pool_size(pool))
     if _small_fan_in(conv, x):

@@ -37,10 +37,11 @@ _P = ctypes.c_void_p
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _P]
+    lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64,
+                                      _P]
     lib.pooled_grad_input.restype = ctypes.c_int
-    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64, _I64,
-                                       _I64, _P]
+    lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64,
+                                       _I64, _I64, _P]
     lib.pooled_grad_weight.restype = ctypes.c_int
     lib.relu_pool_argmax.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P]
     lib.relu_pool_argmax.restype = None
@@ -177,8 +178,8 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
         row = h * wd * c * 4
 
         def input_part(lo: int, hi: int) -> int:
-            return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, pool, wt.data_ptr(), c, k, h, wd,
-                                         ga.data_ptr() + lo * row)
+            return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, pool, wt.data_ptr(), c, k, h,
+                                         wd, ga.data_ptr() + lo * row)
 
         codes = native.parallel(input_part, b)
         if any(codes):
