@@ -68,6 +68,8 @@ def test_without_pool_the_gradients_match_the_dense_convolution_backward(kernels
     assert kernels.supports(a, w, pool=1) and kernels.supports(a, w, pool=2) == ((h - k + 1) % 2 == 0)
     with pytest.raises(ValueError, match="pool must be 1 or 2, got 3"):
         kernels.conv_backward(g, None, a, w, pool=3)
+    with pytest.raises(ValueError, match="takes no offsets"):
+        kernels.conv_backward(g, torch.zeros(g.shape, dtype=torch.uint8), a, w, pool=1)
 
 
 def test_the_same_bits_on_one_or_two_threads(kernels):

@@ -158,13 +158,15 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
         raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
     if pool not in (1, 2):
         raise ValueError(f"conv_backward's pool must be 1 or 2, got {pool}")
+    if pool == 1 and offsets is not None:
+        raise ValueError("conv_backward without a pool (pool 1) takes no offsets (None)")
     if not supports(a, w, pool):
         raise ValueError(f"conv_backward covers float32 inputs with channels a multiple of 8 and an output "
                          f"{pool} divides, got input {tuple(a.shape)} {a.dtype}, weights {tuple(w.shape)}")
     b, c, h, wd = a.shape
     o, k = w.shape[0], w.shape[-1]
     hp, wp = (h - k + 1) // pool, (wd - k + 1) // pool
-    if offsets is None and pool == 1:
+    if pool == 1:
         offsets = torch.zeros(b, o, hp, wp, dtype=torch.uint8)
     if tuple(grad.shape) != (b, o, hp, wp) or offsets is None or tuple(offsets.shape) != (b, o, hp, wp):
         raise ValueError(f"grad and offsets must be {(b, o, hp, wp)}, got {tuple(grad.shape)}, "
