@@ -549,9 +549,10 @@ class _XnorMixin:
     def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
         """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it.
         At inference on the popcount kernels the product, ``alpha``, the ReLU and a 2x2 max pool
-        are one pass (the same values; the passes over the full-size output saved). In float32
-        training with a 2x2 max pool (float32 or bf16 gradient products), the backward of all
-        three starts from the pooled gradient (:class:`_ConvReluPool`; the same forward values)."""
+        are one pass (the same values; the passes over the full-size output saved). In training
+        with a 2x2 max pool (float32 or bf16 gradient products), the backward of all three starts
+        from the pooled gradient (:class:`_ConvReluPool`; the same forward values); with a ReLU
+        and no pool, likewise inside ``deterministic_kernels`` (see :func:`_pooled_ok`)."""
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             fuse_pool = relu and pool is not None and is_2x2_pool(pool) and isinstance(self, nn.Conv2d) \
@@ -706,8 +707,8 @@ class _RbnnMixin:
 
     def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
         """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it. In
-        CPU float32 training with a 2x2 max pool, the three are :class:`_ConvReluPool` (the same
-        values, the backward from the pooled gradient)."""
+        CPU float32 training with a 2x2 max pool (or none, see :func:`_pooled_ok`), they are
+        :class:`_ConvReluPool` (the same values, the backward from the pooled gradient)."""
         with _fp32(x):
             bw = q.rbnn_weight_sign(self._rotated(), self.k, self.t)
             if self.a32:
