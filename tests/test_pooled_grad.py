@@ -191,13 +191,16 @@ def test_bf16_gradient_products_take_the_pooled_forward_with_the_same_gradients(
 def test_deterministic_training_takes_conv3_from_its_relu_gradient(kind, grad_dtype, kernels, monkeypatch):
     """Inside ``deterministic_kernels`` (torch on one thread, the C kernels on the threads it had)
     conv3 and its ReLU take the same function without a pool: the same forward, gradients to
-    float32 rounding (bf16 gradient products: the same bits)."""
+    float32 rounding (bf16 gradient products: the same bits). Torch's convolutions here run on
+    the whole batch, as the plain path's (their image ranges: tests/test_grouped_conv.py)."""
     if kind == "xnor" and bk.kernel_for(torch.device("cpu")) is None:
         pytest.skip("no exact forward kernel here")
     if grad_dtype is not None and kind != "xnor":
         pytest.skip("bf16 gradient products are for XNOR layers")
+    from batmann.models import grouped_conv
     from batmann.utils.determinism import deterministic_kernels
 
+    monkeypatch.setattr(grouped_conv, "active", lambda x: False)
     model = layers.set_gradient_dtype(build_controller(kind), grad_dtype)
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     calls = []

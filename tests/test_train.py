@@ -65,16 +65,19 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controlle
         assert torch.equal(a[k], b[k]), k
 
 
-def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_threads(tmp_path, omniglot_cache):
-    """--deterministic leaves the C kernels (popcount forward, pooled backward) their threads:
-    their sums do not depend on how many threads run them, so neither do the weights."""
+@pytest.mark.parametrize("controller", ["xnor", "fp"])
+def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_threads(controller, tmp_path,
+                                                                                  omniglot_cache):
+    """--deterministic leaves the C kernels (popcount forward, pooled backward) and torch's
+    convolutions in fixed image ranges (one thread each) their threads: their sums do not depend
+    on how many threads run them, so neither do the weights."""
     threads = torch.get_num_threads()
     runs = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)  # deterministic training keeps this count for the C kernels only
             run = tmp_path / f"threads{n}"
-            train(tiny_config(controller="xnor", train_episode=3, val_interval=3, checkpoint_interval=3), run,
+            train(tiny_config(controller=controller, train_episode=3, val_interval=3, checkpoint_interval=3), run,
                   progress=False, cache=omniglot_cache)
             runs.append(_weights(run))
     finally:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batmann.models import binary_kernels, fused, pooled_grad
+from batmann.models import binary_kernels, fused, grouped_conv, pooled_grad
 from batmann.models import quantizers as q
 from batmann.utils.determinism import in_deterministic_block
 
@@ -339,9 +339,7 @@ class _Pm1Product(torch.autograd.Function):
         layer, dt = ctx.layer, ctx.grad_dtype
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if isinstance(layer, nn.Conv2d) and dt == torch.float32:  # autograd's own call, the same bits
-            ga, gw, _ = torch.ops.aten.convolution_backward(
-                g, a, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0],
-                layer.groups, [need_a, need_w, False])
+            ga, gw = _conv_grads(g, a, w, layer, need_a, need_w)
             return ga, gw, None, None
         ga, gw = _pm1_grad_products(g.to(dt, memory_format=torch.channels_last) if isinstance(layer, nn.Conv2d)
                                     else g.to(dt), a, w, layer, need_a, need_w)
@@ -356,16 +354,29 @@ def _pm1_grad_products(g: Tensor, a: Tensor, w: Tensor, layer: nn.Module, need_a
     dt = g.dtype
     if isinstance(layer, nn.Conv2d):
         cl = torch.channels_last
-        ga, gw, _ = torch.ops.aten.convolution_backward(
-            g, a.to(dt, memory_format=cl), w.to(dt, memory_format=cl), None,
-            list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
-            [need_a, need_w, False])
+        ga, gw = _conv_grads(g, a.to(dt, memory_format=cl), w.to(dt, memory_format=cl), layer, need_a, need_w)
     else:
         g2, a2 = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1]).to(dt)
         ga = (g2 @ w.to(dt)).reshape(a.shape) if need_a else None
         gw = g2.t() @ a2 if need_w else None
     ga = None if ga is None else ga.to(a.dtype)
     gw = None if gw is None else gw.to(w.dtype, memory_format=torch.contiguous_format)
+    return ga, gw
+
+
+def _conv_grads(g: Tensor, a: Tensor, w: Tensor, layer: nn.Conv2d, need_a: bool,
+                need_w: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The input and weight gradients of ``layer``'s convolution of ``a`` with ``w`` (no bias)
+    from the output gradient ``g``: autograd's ``convolution_backward`` call, or inside
+    ``deterministic_kernels`` the same call per image range (:mod:`batmann.models.grouped_conv`;
+    the weight gradient then summed in float32)."""
+    if grouped_conv.active(a) and grouped_conv.covers(layer):
+        ga, gw, _ = grouped_conv.conv2d_backward(g, a, w, layer.stride, layer.padding, layer.dilation,
+                                                 layer.groups, need=(need_a, need_w, False))
+        return ga, gw
+    ga, gw, _ = torch.ops.aten.convolution_backward(
+        g, a, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0], layer.groups,
+        [need_a, need_w, False])
     return ga, gw
 
 
@@ -389,7 +400,7 @@ class _ConvReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
                 exact: bool, grad_dtype: torch.dtype | None = None, pool: int = 2) -> Tensor:
-        y = _exact_pm1_op(layer, x, w) if exact else F.conv2d(x, w, b)  # exact: bias-free XNOR layers only
+        y = _exact_pm1_op(layer, x, w) if exact else _op(layer, x, w, b)  # exact: bias-free XNOR layers only
         scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
         if pool == 2:
             out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
@@ -455,7 +466,8 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     if _small_fan_in(conv, x):
         out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))
         return out if pool is None else pool(out)
-    out = torch.relu(conv(x)) if _records_autograd(conv, x) else conv(x).relu_()
+    out = _op(conv, x, conv.weight, conv.bias)
+    out = torch.relu(out) if _records_autograd(conv, x) else out.relu_()
     return out if pool is None else pool(out)
 
 
@@ -474,7 +486,12 @@ def _bias_view(layer: nn.Module) -> Tensor:
 
 
 def _op(layer: nn.Module, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """``layer``'s product of ``x`` with ``w`` and ``bias``; a CPU convolution inside
+    ``deterministic_kernels`` (unless the kernel setting is ``fp32``, plain autograd) runs per
+    image range on every core (:func:`batmann.models.grouped_conv.layer_conv2d`)."""
     if isinstance(layer, nn.Conv2d):
+        if grouped_conv.active(x) and grouped_conv.covers(layer) and binary_kernels.KERNEL != "fp32":
+            return grouped_conv.layer_conv2d(layer, x, w, bias)
         return F.conv2d(x, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     return F.linear(x, w, bias)
 
@@ -822,13 +839,17 @@ class _SmallFanInConv(torch.autograd.Function):
         layer = ctx.layer
         ga = gw = gb = None
         if ctx.needs_input_grad[0]:
-            ga = torch.ops.aten.convolution_backward(
-                g, x, w, None, list(layer.stride), list(layer.padding), list(layer.dilation), False, [0, 0],
-                layer.groups, [True, False, False])[0]
+            ga = _conv_grads(g, x, w, layer, True, False)[0]
         if ctx.needs_input_grad[1]:
-            cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (B, C k k, L)
-            g2 = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
-            gw = torch.bmm(g2, cols.transpose(1, 2)).sum(0).view_as(w)
+            def part(lo: int, hi: int) -> Tensor:
+                cols = F.unfold(x[lo:hi], layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (b, C k k, L)
+                g2 = g[lo:hi].reshape(hi - lo, g.shape[1], -1)  # (b, O, L)
+                return torch.bmm(g2, cols.transpose(1, 2)).sum(0)
+
+            if grouped_conv.active(x):  # per image range on every core, the ranges added in order
+                gw = grouped_conv.sum_in_order(grouped_conv.each(part, x.shape[0])).to(w.dtype).view_as(w)
+            else:
+                gw = part(0, x.shape[0]).view_as(w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3))
         return ga, gw, gb, None
