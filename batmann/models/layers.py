@@ -325,7 +325,8 @@ class _Pm1Product(torch.autograd.Function):
     or popcount kernels where the CPU has them) and whose two gradient products run in
     ``grad_dtype`` (bf16: AMX / AVX512-BF16 units). The forward, and so the trained function, is
     the float32 one bit for bit; only the gradients are rounded, as under bf16 autocast. With
-    ``grad_dtype`` float32 (a bias-free convolution) the gradients are autograd's, bit for bit."""
+    ``grad_dtype`` float32 (a bias-free convolution) the gradients are autograd's, bit for bit
+    (where :func:`_in_ranges`, its call per image range)."""
 
     @staticmethod
     def forward(ctx, a: Tensor, w: Tensor, layer: nn.Module, grad_dtype: torch.dtype) -> Tensor:  # noqa: D102
@@ -338,7 +339,7 @@ class _Pm1Product(torch.autograd.Function):
         a, w = ctx.saved_tensors
         layer, dt = ctx.layer, ctx.grad_dtype
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if isinstance(layer, nn.Conv2d) and dt == torch.float32:  # autograd's own call, the same bits
+        if isinstance(layer, nn.Conv2d) and dt == torch.float32:  # autograd's own call
             ga, gw = _conv_grads(g, a, w, layer, need_a, need_w)
             return ga, gw, None, None
         ga, gw = _pm1_grad_products(g.to(dt, memory_format=torch.channels_last) if isinstance(layer, nn.Conv2d)
@@ -367,10 +368,10 @@ def _pm1_grad_products(g: Tensor, a: Tensor, w: Tensor, layer: nn.Module, need_a
 def _conv_grads(g: Tensor, a: Tensor, w: Tensor, layer: nn.Conv2d, need_a: bool,
                 need_w: bool) -> tuple[Tensor | None, Tensor | None]:
     """The input and weight gradients of ``layer``'s convolution of ``a`` with ``w`` (no bias)
-    from the output gradient ``g``: autograd's ``convolution_backward`` call, or inside
-    ``deterministic_kernels`` the same call per image range (:mod:`batmann.models.grouped_conv`;
-    the weight gradient then summed in float32)."""
-    if grouped_conv.active(a) and grouped_conv.covers(layer):
+    from the output gradient ``g``: autograd's ``convolution_backward`` call, or where
+    :func:`_in_ranges` the same call per image range (the weight gradient then summed in
+    float32)."""
+    if _in_ranges(layer, a):
         ga, gw, _ = grouped_conv.conv2d_backward(g, a, w, layer.stride, layer.padding, layer.dilation,
                                                  layer.groups, need=(need_a, need_w, False))
         return ga, gw
@@ -485,12 +486,21 @@ def _bias_view(layer: nn.Module) -> Tensor:
     return b.view(1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else b
 
 
+def _in_ranges(layer: nn.Module, x: Tensor) -> bool:
+    """Whether ``layer``'s convolution of ``x`` runs per image range on every core
+    (:mod:`batmann.models.grouped_conv`): inside ``deterministic_kernels`` on the CPU, a
+    convolution it covers with a fan-in above :data:`SMALL_FAN_IN` (the first layer's 1 x 5 x 5
+    is cheap on one thread, and its ranges' outputs only add allocations), unless the kernel
+    setting is ``fp32`` (plain autograd)."""
+    return (grouped_conv.active(x) and grouped_conv.covers(layer) and binary_kernels.KERNEL != "fp32"
+            and layer.in_channels // layer.groups * math.prod(layer.kernel_size) > SMALL_FAN_IN)
+
+
 def _op(layer: nn.Module, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    """``layer``'s product of ``x`` with ``w`` and ``bias``; a CPU convolution inside
-    ``deterministic_kernels`` (unless the kernel setting is ``fp32``, plain autograd) runs per
+    """``layer``'s product of ``x`` with ``w`` and ``bias``; a convolution :func:`_in_ranges` runs per
     image range on every core (:func:`batmann.models.grouped_conv.layer_conv2d`)."""
     if isinstance(layer, nn.Conv2d):
-        if grouped_conv.active(x) and grouped_conv.covers(layer) and binary_kernels.KERNEL != "fp32":
+        if _in_ranges(layer, x):
             return grouped_conv.layer_conv2d(layer, x, w, bias)
         return F.conv2d(x, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     return F.linear(x, w, bias)
@@ -841,15 +851,9 @@ class _SmallFanInConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             ga = _conv_grads(g, x, w, layer, True, False)[0]
         if ctx.needs_input_grad[1]:
-            def part(lo: int, hi: int) -> Tensor:
-                cols = F.unfold(x[lo:hi], layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (b, C k k, L)
-                g2 = g[lo:hi].reshape(hi - lo, g.shape[1], -1)  # (b, O, L)
-                return torch.bmm(g2, cols.transpose(1, 2)).sum(0)
-
-            if grouped_conv.active(x):  # per image range on every core, the ranges added in order
-                gw = grouped_conv.sum_in_order(grouped_conv.each(part, x.shape[0])).to(w.dtype).view_as(w)
-            else:
-                gw = part(0, x.shape[0]).view_as(w)
+            cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (B, C k k, L)
+            g2 = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
+            gw = torch.bmm(g2, cols.transpose(1, 2)).sum(0).view_as(w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3))
         return ga, gw, gb, None
