@@ -22,7 +22,8 @@ restores everything after. The guarantee: the same run, resumed or not, gives th
 on the same CPU kind and torch build, whatever the load and the number of cores. The
 project's own C kernels (:mod:`batmann.models.native`) sum every element in one fixed order
 whatever the number of threads that run them, so inside the block they keep the threads torch
-had (:func:`invariant_threads`). The price of torch's one thread: before the C kernels,
+had (:func:`invariant_threads`), and so do torch's convolutions cut into fixed image ranges of
+one thread each (:mod:`batmann.models.grouped_conv`). The price of torch's one thread: before the C kernels,
 20-way 5-shot training ran 0.66 (fp, fp32), 3.63 (fp, bf16) and 0.51 (xnor) episodes/s
 on 2 threads and 0.35, 1.84 and 0.28 on one (``benchmarks/bench_train.py --tasks 20w5s
 --test-episodes 0``, AMX Xeon), about 1.9x slower.
