@@ -61,6 +61,14 @@ def test_forward_is_torch_range_by_range(channels_last, two_threads):
     torch.testing.assert_close(got, F.conv2d(x, w, bias, 1, 1, 1, 2))
 
 
+def test_inference_mode_reaches_the_ranges(two_threads):
+    x, w, bias, _ = _operands()
+    with deterministic_kernels("cpu"), torch.inference_mode():
+        got = gc.conv2d(x, w, bias, 1, 1)
+    assert got.is_inference()
+    torch.testing.assert_close(got, F.conv2d(x, w, bias, 1, 1))
+
+
 def test_strides_dilation_and_shapes_follow_torch(two_threads):
     x, w, bias, _ = _operands(h=13)
     with deterministic_kernels("cpu"):

@@ -54,15 +54,16 @@ def bounds(batch: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def _one_thread(fn: Callable[[], T]) -> T:
+def _one_thread(fn: Callable[[], T], inference: bool = False) -> T:
     """``fn()`` on one torch thread (as inside ``deterministic_kernels``; a thread that ran torch
     before the block may have another count, restored after), without autograd or autocast (the
-    calling thread may be autocasting; the ranges run in the dtypes they are given)."""
+    calling thread may be autocasting; the ranges run in the dtypes they are given), in inference
+    mode if ``inference`` (the caller's: its tensors are inference tensors)."""
     threads = torch.get_num_threads()
     if threads != 1:
         torch.set_num_threads(1)
     try:
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
             return fn()
     finally:
         if threads != 1:
@@ -70,10 +71,13 @@ def _one_thread(fn: Callable[[], T]) -> T:
 
 
 def each(fn: Callable[[int, int], T], batch: int) -> list[T]:
-    """``[fn(lo, hi) for lo, hi in bounds(batch)]``, the ranges on the native threads, each call on one torch thread."""
+    """``[fn(lo, hi) for lo, hi in bounds(batch)]``, the ranges on the native threads, each call on
+    one torch thread in the caller's inference mode."""
     ranges = bounds(batch)
-    return [r for part in native.parallel(lambda a, b: [_one_thread(lambda: fn(*ranges[i])) for i in range(a, b)],
-                                          len(ranges)) for r in part]
+    inference = torch.is_inference_mode_enabled()
+    return [r for part in native.parallel(
+        lambda a, b: [_one_thread(lambda: fn(*ranges[i]), inference) for i in range(a, b)], len(ranges))
+        for r in part]
 
 
 def sum_in_order(parts: Sequence[Tensor]) -> Tensor:
