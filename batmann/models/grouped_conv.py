@@ -1,4 +1,4 @@
-"""Convolutions of deterministic training on every core: fixed image groups, one thread each.
+"""Convolutions of deterministic training on every core: fixed image ranges, one thread each.
 
 Inside :func:`batmann.utils.determinism.deterministic_kernels` torch runs on one thread (its
 multi-threaded kernels may sum in another order from one call to the next). A convolution's
@@ -165,9 +165,8 @@ class GroupedConv2d(torch.autograd.Function):
 def layer_conv2d(conv: torch.nn.Conv2d, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``conv``'s convolution (its stride, padding, dilation and groups) of ``x`` with weights
     ``w`` and bias ``b`` through :class:`GroupedConv2d` (autograd records it where it records
-    anything); under CPU autocast the
-    operands are cast to its dtype first, as autocast casts a convolution's (the gradients flow
-    back through the casts)."""
+    anything); under CPU autocast the operands are cast to its dtype first, as autocast casts a
+    convolution's (the gradients flow back through the casts)."""
     if torch.is_autocast_enabled("cpu"):
         dt = torch.get_autocast_dtype("cpu")
         x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
