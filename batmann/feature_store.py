@@ -65,7 +65,8 @@ def images_for_ids(cache, ids: Iterable[int]) -> torch.Tensor:
 @torch.no_grad()
 def compute_features(model: torch.nn.Module, cache, ids: Iterable[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """Features (n, d) float32 of ``ids`` (in the given order) by ``model``, in batches of
-    :data:`BATCH` on one thread; returned on the CPU."""
+    :data:`BATCH` inside ``deterministic_kernels`` (the same bits on any thread count); returned
+    on the CPU."""
     from batmann.utils.determinism import deterministic_kernels
 
     ids = list(ids)
