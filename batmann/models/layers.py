@@ -467,7 +467,7 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     if _small_fan_in(conv, x):
         out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))
         return out if pool is None else pool(out)
-    out = _op(conv, x, conv.weight, conv.bias)
+    out = grouped_conv.layer_conv2d(conv, x, conv.weight, conv.bias) if _in_ranges(conv, x) else conv(x)
     out = torch.relu(out) if _records_autograd(conv, x) else out.relu_()
     return out if pool is None else pool(out)
 
