@@ -486,6 +486,11 @@ def _bias_view(layer: nn.Module) -> Tensor:
     return b.view(1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else b
 
 
+def _fan_in(conv: nn.Conv2d) -> int:
+    """Inputs per output of a convolution: ``C_in / groups * kh * kw``."""
+    return conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+
+
 def _in_ranges(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``layer``'s convolution of ``x`` runs per image range on every core
     (:mod:`batmann.models.grouped_conv`): inside ``deterministic_kernels`` on the CPU, a
@@ -493,7 +498,7 @@ def _in_ranges(layer: nn.Module, x: Tensor) -> bool:
     is cheap on one thread, and its ranges' outputs only add allocations), unless the kernel
     setting is ``fp32`` (plain autograd)."""
     return (grouped_conv.active(x) and grouped_conv.covers(layer) and binary_kernels.KERNEL != "fp32"
-            and layer.in_channels // layer.groups * math.prod(layer.kernel_size) > SMALL_FAN_IN)
+            and _fan_in(layer) > SMALL_FAN_IN)
 
 
 def _op(layer: nn.Module, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -864,7 +869,7 @@ def _small_fan_in(layer: nn.Module, x: Tensor) -> bool:
     convolution (no groups) with fan-in at most :data:`SMALL_FAN_IN`, under
     :func:`_training_kernels_apply`."""
     return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str) and layer.in_channels * math.prod(layer.kernel_size) <= SMALL_FAN_IN
+            and not isinstance(layer.padding, str) and _fan_in(layer) <= SMALL_FAN_IN
             and _training_kernels_apply(layer, x))
 
 
