@@ -93,16 +93,19 @@ def test_argmax_offsets_follow_max_pool2d_indices():
     assert d.dtype == torch.uint8 and torch.equal(d.long(), windows.argmax(-1))
 
 
-def test_relu_pool_is_max_pool2d_of_relu_with_its_first_argmax(kernels):
+@pytest.mark.parametrize("width", [8, 40])  # 4 pooled columns: one by one; 20: two vectors of 8 and 4 left
+def test_relu_pool_is_max_pool2d_of_relu_with_its_first_argmax(kernels, width):
     gen = torch.Generator().manual_seed(4)
-    y = torch.randint(-3, 4, (3, 5, 6, 8), generator=gen).float()  # integers: many ties, many clipped
-    y[0, 0, 0, 0] = float("nan")
+    y = torch.randint(-3, 4, (3, 5, 6, width), generator=gen).float()  # integers: many ties, many clipped
+    y[0, 0, 0, 0] = y[1, 2, 3, 5] = y[2, 4, 2, width - 1] = float("nan")  # first, inside a vector, the last column
+    y[1, 2, 1, 1] = y[1, 3, 0, 6] = -0.0
     alpha = torch.rand(5, generator=gen) + 0.1
     alpha[1] = -0.5  # a negative scale flips which values survive the ReLU
     out, d, y_at = kernels.relu_pool(y, alpha)
     want, idx = F.max_pool2d_with_indices(torch.relu(y * alpha.view(1, -1, 1, 1)), 2, 2)
     torch.testing.assert_close(out, want, equal_nan=True, rtol=0, atol=0)
-    assert torch.equal(d, pg.argmax_offsets(idx, 8))
+    assert torch.equal(out.view(torch.int32)[~out.isnan()], want.view(torch.int32)[~want.isnan()])  # signed zeros
+    assert torch.equal(d, pg.argmax_offsets(idx, width))
     torch.testing.assert_close(y_at, y.flatten(2).gather(2, idx.flatten(2)).view_as(out), equal_nan=True, rtol=0,
                                atol=0)
     with pytest.raises(ValueError, match=r"relu_pool needs float32 \(B, O, even, even\)"):

@@ -25,6 +25,16 @@
 
 #define NV 8 /* vectors of 8 floats per tile: 64 channels */
 
+/* a non-zero gradient and where it applies (a row or an offset, < 2^31) in one 64-bit word: one
+ * load per term of the inner loops instead of two */
+static inline int64_t pack(float v, int64_t at) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (int64_t)((uint64_t)at << 32 | u);
+}
+static inline __m256 value(int64_t w) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)w)); }
+static inline int64_t index(int64_t w) { return w >> 32; }
+
 /* d (cols, rows) = the transpose of s (rows, cols), both row-major */
 static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
     int64_t r = 0;
@@ -61,12 +71,11 @@ static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
                       int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
     const int64_t P = Hp * Wp;
-    float *gv = malloc((size_t)(P * O) * sizeof(float));
-    int32_t *co = malloc((size_t)(P * O) * sizeof(int32_t));
+    int64_t *pk = malloc((size_t)(P * O) * sizeof(int64_t));
     int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
     float *out = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
-    if (!gv || !co || !start || !out) {
-        free(gv); free(co); free(start); free(out);
+    if (!pk || !start || !out) {
+        free(pk); free(start); free(out);
         return 1;
     }
     for (int64_t b = lo; b < hi; b++) {
@@ -86,8 +95,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                 const float v = gb[o * P + p];
                 if (v != 0.0f) {
                     const int q = db[o * P + p] & 3;
-                    gv[pos[q]] = v;
-                    co[pos[q]++] = (int32_t)o;
+                    pk[pos[q]++] = pack(v, o);
                 }
             }
         }
@@ -106,8 +114,8 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                                 __m256 acc[NV];
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();
                                 for (int32_t t = s[q]; t < s[q + 1]; t++) {
-                                    const __m256 x = _mm256_broadcast_ss(gv + t);
-                                    const float *w = wtile + (int64_t)co[t] * NV * 8;
+                                    const __m256 x = value(pk[t]);
+                                    const float *w = wtile + index(pk[t]) * NV * 8;
                                     for (int v = 0; v < NV; v++)
                                         acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8 * v), acc[v]);
                                 }
@@ -117,8 +125,8 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                                 for (int64_t v = 0; v < nv; v++) {
                                     __m256 acc = _mm256_setzero_ps();
                                     for (int32_t t = s[q]; t < s[q + 1]; t++)
-                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(gv + t),
-                                                              _mm256_loadu_ps(wtile + (int64_t)co[t] * nv * 8 + 8 * v), acc);
+                                        acc = _mm256_fmadd_ps(value(pk[t]),
+                                                              _mm256_loadu_ps(wtile + index(pk[t]) * nv * 8 + 8 * v), acc);
                                     _mm256_storeu_ps(dst + 8 * v, _mm256_add_ps(_mm256_loadu_ps(dst + 8 * v), acc));
                                 }
                             }
@@ -127,7 +135,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                 }
         transpose(out, H * W, C, ga + (b - lo) * C * H * W);
     }
-    free(gv); free(co); free(start); free(out);
+    free(pk); free(start); free(out);
     return 0;
 }
 
@@ -138,12 +146,11 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                        int64_t chunk, float *gw) {
     const int64_t P = Hp * Wp, K = k * k * C, no = ohi - olo;
     /* per output channel, the chunk's non-zero gradients and where their patches start */
-    float *lg = malloc((size_t)(no * chunk) * sizeof(float));
-    int32_t *loff = malloc((size_t)(no * chunk) * sizeof(int32_t));
+    int64_t *lp = malloc((size_t)(no * chunk) * sizeof(int64_t));
     int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
     float *ab = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
-    if (!lg || !loff || !cnt || !ab) {
-        free(lg); free(loff); free(cnt); free(ab);
+    if (!lp || !cnt || !ab) {
+        free(lp); free(cnt); free(ab);
         return 1;
     }
     memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
@@ -158,8 +165,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                 for (int64_t p = 0; p < np; p++) {
                     if (go[p] == 0.0f) continue;
                     const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp, q = dq[p] & 3;
-                    lg[(o - olo) * chunk + c] = go[p];
-                    loff[(o - olo) * chunk + c++] = (int32_t)(((ps * i + (q >> 1)) * W + (ps * j + (q & 1))) * C);
+                    lp[(o - olo) * chunk + c++] = pack(go[p], ((ps * i + (q >> 1)) * W + (ps * j + (q & 1))) * C);
                 }
                 cnt[o - olo] = c;
             }
@@ -170,15 +176,15 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                         const float *at = ab + (kh * W + kw) * C + cb;
                         const int64_t off = (kh * k + kw) * C + cb;
                         for (int64_t o = olo; o < ohi; o++) {
-                            const float *gl = lg + (o - olo) * chunk;
-                            const int32_t *ol = loff + (o - olo) * chunk, n_o = cnt[o - olo];
+                            const int64_t *pl = lp + (o - olo) * chunk;
+                            const int32_t n_o = cnt[o - olo];
                             float *dst = gw + o * K + off;
                             if (nv == NV) {
                                 __m256 acc[NV];
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_loadu_ps(dst + 8 * v);
                                 for (int32_t t = 0; t < n_o; t++) {
-                                    const __m256 x = _mm256_broadcast_ss(gl + t);
-                                    const float *r = at + ol[t];
+                                    const __m256 x = value(pl[t]);
+                                    const float *r = at + index(pl[t]);
                                     for (int v = 0; v < NV; v++)
                                         acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(r + 8 * v), acc[v]);
                                 }
@@ -187,8 +193,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                                 for (int64_t v = 0; v < nv; v++) {
                                     __m256 acc = _mm256_loadu_ps(dst + 8 * v);
                                     for (int32_t t = 0; t < n_o; t++)
-                                        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(gl + t), _mm256_loadu_ps(at + ol[t] + 8 * v),
-                                                              acc);
+                                        acc = _mm256_fmadd_ps(value(pl[t]), _mm256_loadu_ps(at + index(pl[t]) + 8 * v), acc);
                                     _mm256_storeu_ps(dst + 8 * v, acc);
                                 }
                             }
@@ -196,23 +201,60 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                     }
         }
     }
-    free(lg); free(loff); free(cnt); free(ab);
+    free(lp); free(cnt); free(ab);
     return 0;
+}
+
+/* relu(v * al) with NaN kept and -0 kept (as "z < 0 ? 0 : z"): max(0, z) returns z unless 0 > z */
+static inline __m256 relu_scaled(__m256 v, __m256 al) {
+    return _mm256_max_ps(_mm256_setzero_ps(), _mm256_mul_ps(v, al));
+}
+
+/* the even and odd elements of the 16 floats at r, in order */
+static inline void deinterleave(const float *r, __m256 *even, __m256 *odd) {
+    const __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8);
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                                                   _MM_SHUFFLE(3, 1, 2, 0)));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))),
+                                                  _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
 /* The forward's epilogue, for images [lo, hi) of y (n, O, Ho, Wo): out = the 2x2 stride-2 max pool
  * of relu(y * alpha[o]) (n, O, Ho / 2, Wo / 2), d = its offset in the window (the first maximum in
- * scan order, NaN winning, as max_pool2d), y_at = y there. */
+ * scan order, NaN winning, as max_pool2d), y_at = y there. Eight pooled columns at a time, the
+ * columns left one by one; both compute the same comparisons. */
 void relu_pool_argmax(const float *y, const float *alpha, int64_t lo, int64_t hi, int64_t O, int64_t Ho, int64_t Wo,
                       float *out, uint8_t *d, float *y_at) {
     const int64_t Hp = Ho / 2, Wp = Wo / 2;
     for (int64_t b = lo; b < hi; b++)
         for (int64_t o = 0; o < O; o++) {
             const float al = alpha[o];
+            const __m256 alv = _mm256_set1_ps(al);
             const float *yo = y + (b * O + o) * Ho * Wo;
             const int64_t base = (b * O + o) * Hp * Wp;
-            for (int64_t i = 0; i < Hp; i++)
-                for (int64_t j = 0; j < Wp; j++) {
+            for (int64_t i = 0; i < Hp; i++) {
+                int64_t j = 0;
+                for (; j + 8 <= Wp; j += 8) {
+                    __m256 v[4];
+                    deinterleave(yo + (2 * i) * Wo + 2 * j, &v[0], &v[1]);
+                    deinterleave(yo + (2 * i + 1) * Wo + 2 * j, &v[2], &v[3]);
+                    __m256 best = relu_scaled(v[0], alv), ybest = v[0], qbest = _mm256_setzero_ps();
+                    for (int q = 1; q < 4; q++) {
+                        const __m256 z = relu_scaled(v[q], alv);
+                        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(z, best, _CMP_GT_OQ),
+                                                         _mm256_cmp_ps(z, z, _CMP_UNORD_Q));
+                        best = _mm256_blendv_ps(best, z, take);
+                        ybest = _mm256_blendv_ps(ybest, v[q], take);
+                        qbest = _mm256_blendv_ps(qbest, _mm256_castsi256_ps(_mm256_set1_epi32(q)), take);
+                    }
+                    const int64_t at = base + i * Wp + j;
+                    _mm256_storeu_ps(out + at, best);
+                    _mm256_storeu_ps(y_at + at, ybest);
+                    const __m256i qi = _mm256_castps_si256(qbest); /* 0..3 in each 32-bit lane */
+                    const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+                    _mm_storel_epi64((__m128i *)(d + at), _mm_packus_epi16(q16, q16));
+                }
+                for (; j < Wp; j++) {
                     float best = 0.0f, ybest = 0.0f;
                     int q_best = 0;
                     for (int q = 0; q < 4; q++) {
@@ -229,6 +271,7 @@ void relu_pool_argmax(const float *y, const float *alpha, int64_t lo, int64_t hi
                     d[base + i * Wp + j] = (uint8_t)q_best;
                     y_at[base + i * Wp + j] = ybest;
                 }
+            }
         }
 }
 
