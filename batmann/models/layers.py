@@ -840,7 +840,9 @@ class _SmallFanInConv(torch.autograd.Function):
     """``F.conv2d`` (the same forward) whose weight gradient is one batched matrix product of the
     output gradient with the unfolded input, summed over the batch: for a small fan-in (the first
     convolution: 1 x 5 x 5) about 5x faster on CPU than ``convolution_backward``'s, equal to it
-    to float32 rounding. The input gradient, when asked for, is ``convolution_backward``'s."""
+    to float32 rounding. The input gradient, when asked for, is ``convolution_backward``'s. Inside
+    ``deterministic_kernels`` the weight gradient is summed in the image ranges of
+    :mod:`batmann.models.grouped_conv` (every core, the same bits on any thread count)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
@@ -856,9 +858,16 @@ class _SmallFanInConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             ga = _conv_grads(g, x, w, layer, True, False)[0]
         if ctx.needs_input_grad[1]:
-            cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (B, C k k, L)
-            g2 = g.reshape(g.shape[0], g.shape[1], -1)  # (B, O, L)
-            gw = torch.bmm(g2, cols.transpose(1, 2)).sum(0).view_as(w)
+            def part(lo: int, hi: int) -> Tensor:
+                # (b, C k k, L) patches and (b, O, L) gradients -> (O, C k k), summed over the images
+                cols = F.unfold(x[lo:hi], layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+                g2 = g[lo:hi].reshape(hi - lo, g.shape[1], -1)
+                return torch.bmm(g2, cols.transpose(1, 2)).sum(0)
+
+            if grouped_conv.active(x):  # deterministic: image ranges on every core, summed in order
+                gw = grouped_conv.sum_in_order(grouped_conv.each(part, x.shape[0])).to(w.dtype).view_as(w)
+            else:
+                gw = part(0, x.shape[0]).view_as(w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2, 3))
         return ga, gw, gb, None
