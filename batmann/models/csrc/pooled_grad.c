@@ -33,7 +33,7 @@ static inline int64_t pack(float v, int64_t at) {
     return (int64_t)((uint64_t)at << 32 | u);
 }
 static inline __m256 value(int64_t w) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)w)); }
-static inline int64_t index(int64_t w) { return w >> 32; }
+static inline int64_t where_of(int64_t w) { return w >> 32; }
 
 /* d (cols, rows) = the transpose of s (rows, cols), both row-major */
 static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
@@ -115,7 +115,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();
                                 for (int32_t t = s[q]; t < s[q + 1]; t++) {
                                     const __m256 x = value(pk[t]);
-                                    const float *w = wtile + index(pk[t]) * NV * 8;
+                                    const float *w = wtile + where_of(pk[t]) * NV * 8;
                                     for (int v = 0; v < NV; v++)
                                         acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8 * v), acc[v]);
                                 }
@@ -126,7 +126,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                                     __m256 acc = _mm256_setzero_ps();
                                     for (int32_t t = s[q]; t < s[q + 1]; t++)
                                         acc = _mm256_fmadd_ps(value(pk[t]),
-                                                              _mm256_loadu_ps(wtile + index(pk[t]) * nv * 8 + 8 * v), acc);
+                                                              _mm256_loadu_ps(wtile + where_of(pk[t]) * nv * 8 + 8 * v), acc);
                                     _mm256_storeu_ps(dst + 8 * v, _mm256_add_ps(_mm256_loadu_ps(dst + 8 * v), acc));
                                 }
                             }
@@ -184,7 +184,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                                 for (int v = 0; v < NV; v++) acc[v] = _mm256_loadu_ps(dst + 8 * v);
                                 for (int32_t t = 0; t < n_o; t++) {
                                     const __m256 x = value(pl[t]);
-                                    const float *r = at + index(pl[t]);
+                                    const float *r = at + where_of(pl[t]);
                                     for (int v = 0; v < NV; v++)
                                         acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(r + 8 * v), acc[v]);
                                 }
@@ -193,7 +193,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                                 for (int64_t v = 0; v < nv; v++) {
                                     __m256 acc = _mm256_loadu_ps(dst + 8 * v);
                                     for (int32_t t = 0; t < n_o; t++)
-                                        acc = _mm256_fmadd_ps(value(pl[t]), _mm256_loadu_ps(at + index(pl[t]) + 8 * v), acc);
+                                        acc = _mm256_fmadd_ps(value(pl[t]), _mm256_loadu_ps(at + where_of(pl[t]) + 8 * v), acc);
                                     _mm256_storeu_ps(dst + 8 * v, acc);
                                 }
                             }
