@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -41,6 +43,16 @@ def test_a_large_fan_in_or_inference_keeps_the_plain_convolution(monkeypatch):
         layers.Int8Conv2d(1, 4, 5)(torch.randn(2, 1, 8, 8))
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_deterministic_weight_gradient_is_summed_over_image_ranges_the_same_on_any_thread_count(monkeypatch):
     """Inside ``deterministic_kernels``: each range's batched product, the ranges added in order;
     close to the whole batch's, and the same bits on one and two threads."""
@@ -53,14 +65,9 @@ def test_deterministic_weight_gradient_is_summed_over_image_ranges_the_same_on_a
     weights = torch.linspace(-1, 1, 11 * 6 * 8 * 8).view(11, 6, 8, 8)  # the gradient at the output
 
     def grad(deterministic: bool, threads: int) -> torch.Tensor:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
         w = conv.weight.detach().clone().requires_grad_()
-        try:
-            with deterministic_kernels("cpu", enabled=deterministic):
-                (layers._SmallFanInConv.apply(x, w, None, conv) * weights).sum().backward()
-        finally:
-            torch.set_num_threads(before)
+        with _threads(threads), deterministic_kernels("cpu", enabled=deterministic):
+            (layers._SmallFanInConv.apply(x, w, None, conv) * weights).sum().backward()
         return w.grad
 
     one, two, whole = grad(True, 1), grad(True, 2), grad(False, 2)
@@ -68,11 +75,7 @@ def test_deterministic_weight_gradient_is_summed_over_image_ranges_the_same_on_a
     torch.testing.assert_close(one, whole, rtol=1e-5, atol=1e-5)
     cols = torch.nn.functional.unfold(x, 5)
     g = weights.reshape(11, 6, -1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # each range's product runs on one thread
-    try:
+    with _threads(1):  # each range's product runs on one thread
         parts = [torch.bmm(g[lo:hi], cols[lo:hi].transpose(1, 2)).sum(0) for lo, hi in grouped_conv.bounds(11)]
-    finally:
-        torch.set_num_threads(before)
     assert len(parts) == grouped_conv.GROUPS
     assert torch.equal(one.view(6, -1), grouped_conv.sum_in_order(parts))
