@@ -3,14 +3,15 @@
 For the three +-1 convolutions of the controller (conv2 5x5 on 28x28, conv3 and conv4 3x3, 128
 channels) and for a whole binarized controller (`20w5s-binary`) on Omniglot images: the fp32
 path and each exact kernel this CPU can run (``int8``: ``torch._int_mm``, fast on AMX /
-AVX512-VNNI only; ``popcount``: XOR and population count, AVX2), medians of `--repeats` timings
+AVX512-VNNI only; ``popcount``: XOR and population count, on AVX-512 VPOPCNTDQ where the CPU
+has it, else AVX2; ``popcount-avx2``: the same kernels held to their AVX2 loop), medians of `--repeats` timings
 after one warm-up, on every thread and on one. Every exact result is checked bit-identical to
 fp32 first. Ratios are fp32 time / kernel time (higher is better). On the popcount kernels also
 the controller's forward with the kernels' epilogue (alpha, ReLU and 2x2 max pool in the stores)
 against the same kernels called layer by layer. Freed memory is kept in the process, as by the
 command line.
 
-    .venv/bin/python benchmarks/bench_binary_kernels.py [--images 64] [--repeats 5] [--kernels int8,popcount]
+    .venv/bin/python benchmarks/bench_binary_kernels.py [--images 64] [--repeats 5] [--kernels int8,popcount,popcount-avx2]
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def held_to_isa(kernel: str, fn):
+    """``fn``, run with the popcount kernels held to AVX2 for ``popcount-avx2``."""
+    if kernel != "popcount-avx2":
+        return fn
+
+    def run():
+        with popcount_kernels.using_isa(256):
+            return fn()
+    return run
+
+
 def layer_op(kernel: str, x: torch.Tensor, w: torch.Tensor):
     """The +-1 product of ``x`` (real, signed about each image's mean) with ``w`` as the XNOR layer
     computes it at inference on ``kernel``."""
@@ -46,9 +58,9 @@ def layer_op(kernel: str, x: torch.Tensor, w: torch.Tensor):
 
     if kernel == "fp32":
         return lambda: F.conv2d(centered_sign(x), w)
-    if kernel == "popcount":
+    if kernel.startswith("popcount"):
         packed = popcount_kernels.pack_weights(w)  # once per layer, as the XNOR layers keep it
-        return lambda: popcount_kernels.pm1_conv2d(x, packed, threshold=_row_mean(x))
+        return held_to_isa(kernel, lambda: popcount_kernels.pm1_conv2d(x, packed, threshold=_row_mean(x)))
     return lambda: binary_kernels.pm1_conv2d(centered_sign(x).to(torch.int8), w)
 
 
@@ -59,14 +71,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--kernels", default="int8,popcount" if has_fast_int8(torch.device("cpu")) else "popcount",
-                    help="exact kernels to time (int8 is 25-35x slower than fp32 without AMX / AVX512-VNNI)")
+    default = ["int8"] if has_fast_int8(torch.device("cpu")) else []
+    if popcount_kernels.available():
+        default += ["popcount"] + (["popcount-avx2"] if popcount_kernels.isa() != 256 else [])
+    ap.add_argument("--kernels", default=",".join(default) or "popcount",
+                    help="exact kernels to time: int8, popcount, popcount-avx2 (int8 is 25-35x slower than fp32 "
+                         "without AMX / AVX512-VNNI)")
     args = ap.parse_args()
-    kernels = [k for k in args.kernels.split(",") if k != "popcount" or popcount_kernels.available()]
+    kernels = [k for k in args.kernels.split(",") if not k.startswith("popcount") or popcount_kernels.available()]
     cpu = torch.device("cpu")
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads; {describe_cpu_path(binary_kernels.describe_kernel(cpu))}")
-    if "popcount" not in kernels and "popcount" in args.kernels:
+    if len(kernels) < len(args.kernels.split(",")):
         print(f"popcount: {popcount_kernels.unavailable_reason()}")
     gen = torch.Generator().manual_seed(0)
     print(f"| what | threads | fp32 (ms) | " + " | ".join(f"{k} (ms) | x fp32" for k in kernels) + " |")
@@ -96,10 +112,10 @@ def main() -> None:
 
     def forward(kern: str):
         def run():
-            binary_kernels.KERNEL = kern
+            binary_kernels.KERNEL = kern.split("-")[0]
             with torch.no_grad():
                 return model(images)
-        return run
+        return held_to_isa(kern, run)
 
     want = forward("fp32")()
     for kern in kernels:

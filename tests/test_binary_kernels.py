@@ -100,24 +100,34 @@ def test_the_kernel_setting_comes_from_the_environment_and_is_checked():
         bk.kernel_setting({"BATMANN_BINARY_KERNEL": "int4"})
 
 
-def test_auto_prefers_int8_units_then_popcount_then_fp32(monkeypatch):
+def test_auto_prefers_amx_then_popcount_then_vnni_then_fp32(monkeypatch):
     from batmann.models import popcount_kernels
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(bk, "KERNEL", "auto")
-    monkeypatch.setattr(bk, "has_fast_int8", lambda device: True)
+    monkeypatch.setattr(bk, "has_int8_matrix_units", lambda device: True)
     assert bk.kernel_for(cpu) == "int8" and bk.kernel_for(cpu, padding=1) == "int8"
     assert bk.describe_kernel(cpu) == "int8 (exact)"
-    monkeypatch.setattr(bk, "has_fast_int8", lambda device: False)
+    monkeypatch.setattr(bk, "has_int8_matrix_units", lambda device: False)
+    monkeypatch.setattr(bk, "has_fast_int8", lambda device: True)  # VNNI, no AMX
     monkeypatch.setattr(popcount_kernels, "available", lambda: True)
-    assert bk.kernel_for(cpu) == "popcount" and bk.kernel_for(cpu, padding=1) is None
+    monkeypatch.setattr(popcount_kernels, "isa", lambda: 512)
+    assert bk.kernel_for(cpu) == "popcount" and bk.kernel_for(cpu, padding=1) == "int8"
+    assert bk.describe_kernel(cpu) == "popcount (exact, AVX-512 VPOPCNTDQ)"
+    monkeypatch.setattr(popcount_kernels, "isa", lambda: 256)
     assert bk.describe_kernel(cpu) == "popcount (exact, AVX2)"
+    monkeypatch.setattr(bk, "has_fast_int8", lambda device: False)
+    assert bk.kernel_for(cpu) == "popcount" and bk.kernel_for(cpu, padding=1) is None
     monkeypatch.setattr(popcount_kernels, "available", lambda: False)
     monkeypatch.setattr(popcount_kernels, "unavailable_reason", lambda: "the CPU has no AVX2")
     assert bk.kernel_for(cpu) is None and bk.describe_kernel(cpu) == "fp32 (the CPU has no AVX2)"
-    assert bk.kernel_for(torch.device("meta")) is None
-    monkeypatch.setattr(bk, "KERNEL", "fp32")
     monkeypatch.setattr(bk, "has_fast_int8", lambda device: True)
+    assert bk.kernel_for(cpu) == "int8" == bk.kernel_for(cpu, padding=1)
+    assert bk.kernel_for(torch.device("meta")) is None
+    monkeypatch.setattr(bk, "KERNEL", "popcount")
+    assert bk.kernel_for(cpu) is None  # forced popcount, unavailable: fp32, never int8
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    monkeypatch.setattr(bk, "has_int8_matrix_units", lambda device: True)
     assert bk.kernel_for(cpu) is None and bk.describe_kernel(cpu) == "fp32"
 
 
@@ -132,10 +142,10 @@ def test_evaluate_verbose_names_the_binarized_path(omniglot_cache, monkeypatch, 
     from batmann.cli import main
     from crossbar.cpu_features import describe_cpu_path
 
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     monkeypatch.setattr(bk, "KERNEL", "auto")
     line = describe_cpu_path(bk.describe_kernel(torch.device("cpu")))
-    assert "AVX512-VNNI" in line and "binarized layers: int8 (exact);" in line
+    assert "AMX" in line and "binarized layers: int8 (exact);" in line
     assert "binarized layers: fp32;" in describe_cpu_path("fp32")
     monkeypatch.setattr(bk, "KERNEL", "fp32")
     assert main(["evaluate", "--checkpoint", "5w1s-binary", "--episodes", "1", "--no-save", "--verbose"]) == 0

@@ -1,4 +1,4 @@
-"""XOR / popcount kernels for +-1 x +-1 layers (AVX2): the same bits as fp32, built on first use."""
+"""XOR / popcount kernels for +-1 x +-1 layers (AVX2, AVX-512): the same bits as fp32, built on first use."""
 
 from __future__ import annotations
 
@@ -21,6 +21,29 @@ def kernels():
     return pk
 
 
+@pytest.fixture(params=sorted(pk.ISAS))
+def each_isa(request, kernels):
+    """The kernels with each counting loop (256-bit AVX2, 512-bit VPOPCNTDQ where the CPU has it)."""
+    with kernels.using_isa(request.param) as bits:
+        if bits != request.param:
+            pytest.skip(f"this CPU has no {pk.ISAS[request.param]}")
+        yield kernels
+
+
+def test_the_counting_loop_is_chosen_from_the_cpu_and_can_be_forced(kernels, monkeypatch):
+    monkeypatch.setattr(bk, "KERNEL", "popcount")
+    default = kernels.isa()
+    assert default in kernels.ISAS
+    assert bk.describe_kernel(torch.device("cpu")) == f"popcount (exact, {kernels.ISAS[default]})"
+    with kernels.using_isa(256) as bits:
+        assert bits == 256 == kernels.isa()
+        assert bk.describe_kernel(torch.device("cpu")) == "popcount (exact, AVX2)"
+    assert kernels.isa() == default
+    with pytest.raises(ValueError, match="isa 128 is not one of 256, 512"):
+        with kernels.using_isa(128):
+            pass
+
+
 def pm1(*shape, seed=0):
     return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
 
@@ -29,11 +52,12 @@ def pm1(*shape, seed=0):
                                               (33, 128, 16, 5, 12, 1), (1, 1, 4, 3, 5, 1), (4, 130, 9, 3, 7, 1),
                                               (7, 64, 5, 1, 4, 1), (2, 200, 3, 5, 6, 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stride, threads, kernels):
+def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stride, threads, each_isa):
     """Channel counts below, at and across 64-bit words; odd pixel and channel counts (block tails)."""
     torch.set_num_threads(threads)
     x, w = pm1(b, c, h, h, seed=1), pm1(o, c, k, k, seed=2)
     want = F.conv2d(x, w, stride=stride)
+    kernels = each_isa
     got = kernels.pm1_conv2d(x, w, stride)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, want)
@@ -42,7 +66,8 @@ def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stri
     assert got_cl.is_contiguous(memory_format=torch.channels_last) == (c > 1)  # C = 1: both formats at once
 
 
-def test_pm1_kernels_reach_the_largest_sums_and_take_empty_batches(kernels):
+def test_pm1_kernels_reach_the_largest_sums_and_take_empty_batches(each_isa):
+    kernels = each_isa
     x, w = torch.ones(2, 128, 5, 5), torch.ones(3, 128, 5, 5)
     w[1] = -1
     assert kernels.pm1_conv2d(x, w).flatten().tolist() == [3200.0, -3200.0, 3200.0] * 2

@@ -1,4 +1,4 @@
-"""Exact +-1 x +-1 products by XOR and population count (AVX2), for CPUs without int8 matrix units.
+"""Exact +-1 x +-1 products by XOR and population count (AVX2 or AVX-512), for CPUs without int8 matrix units.
 
 A +-1 value is one bit, so K products of +-1 activations with +-1 weights sum to
 ``K - 2 * popcount(a XOR w)``: an integer, exact, converted to float32 once. 128 channels of a
@@ -7,15 +7,19 @@ multiply-adds. The kernels (``csrc/pm1_popcount.c``: bit packing, patch gatherin
 XOR/popcount product, 1 pixel x 8 output channels per block) are compiled with the system's C
 compiler (``$CC``, else ``cc``) on first use and kept in ``$BATMANN_HOME/kernels``, named by a
 hash of the source and flags; they run on ``torch.get_num_threads()`` threads, each on its own
-images. Outputs are bit-identical to the fp32 convolution whatever the threads
+images. The counting loop runs on 512-bit blocks with VPOPCNTQ where the CPU has AVX-512
+VPOPCNTDQ, else on 256-bit blocks with AVX2 (:func:`isa`, chosen at run time). Outputs are
+bit-identical to the fp32 convolution whatever the threads and the loop
 (``tests/test_popcount_kernels.py``). Where the CPU lacks AVX2 or no compiler builds the
 library, :func:`available` is False and :func:`unavailable_reason` says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -36,6 +40,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pm1_conv.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _P, _I64, _I64, _I64,
                              _P, ctypes.c_int, ctypes.c_int]
     lib.pm1_conv.restype = ctypes.c_int
+    lib.pm1_isa.argtypes = [ctypes.c_int]
+    lib.pm1_isa.restype = ctypes.c_int
+    lib.pm1_isa(0)  # settled once here, before any kernel runs on the pool's threads
 
 
 LIBRARY = native.NativeLibrary("pm1_popcount.c", CFLAGS, _declare,
@@ -55,6 +62,34 @@ def unavailable_reason() -> str | None:
     """Why :func:`available` is False (one line), or None."""
     _load()
     return LIBRARY.reason
+
+
+#: the counting loops by block width in bits: what :func:`isa` returns, and its name for ``--verbose``
+ISAS = {256: "AVX2", 512: "AVX-512 VPOPCNTDQ"}
+
+
+def isa() -> int:
+    """The counting loop's block width in use (a key of :data:`ISAS`): 512 where the CPU has
+    AVX-512 VPOPCNTDQ, else 256. Needs :func:`available`."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"popcount kernels unavailable: {LIBRARY.reason}")
+    return int(lib.pm1_isa(0))
+
+
+@contextlib.contextmanager
+def using_isa(bits: int) -> Iterator[int]:
+    """Run the kernels with the ``bits``-wide counting loop (256 or 512) inside the block, where
+    this CPU has it (for tests and benchmarks; not thread-safe against kernels already running).
+    Yields the width in use; the previous one is restored after."""
+    if bits not in ISAS:
+        raise ValueError(f"isa {bits} is not one of {', '.join(map(str, ISAS))}")
+    before = isa()
+    lib = _load()
+    try:
+        yield int(lib.pm1_isa(bits))
+    finally:
+        lib.pm1_isa(before)
 
 
 def _pm1_int8(x: Tensor) -> Tensor:

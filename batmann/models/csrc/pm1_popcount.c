@@ -1,8 +1,11 @@
-/* Exact +-1 x +-1 convolutions by XOR and population count (AVX2).
+/* Exact +-1 x +-1 convolutions by XOR and population count (AVX2, or AVX-512 VPOPCNTDQ).
  *
  * A +-1 value is one bit (1 for +1, 0 for -1). For K such products, sum = K - 2 * popcount(a ^ w):
  * an integer, computed exactly and converted to float once. Loaded by
- * batmann/models/popcount_kernels.py (ctypes); built with -O3 -mavx2 -mpopcnt.
+ * batmann/models/popcount_kernels.py (ctypes); built with -O3 -mavx2 -mpopcnt. The counting loop
+ * has two forms, chosen at run time (pm1_isa): 256-bit blocks counted by nibble lookup (AVX2), or
+ * 512-bit blocks counted by VPOPCNTQ where the CPU has AVX-512 VPOPCNTDQ (compiled for that
+ * target alone). Both count the same bits, so every output is the same.
  *
  * Layouts: activations packed channels-last, (n, H, W, cw) 64-bit words per pixel (channel c in
  * bit c % 64 of word c / 64, unused bits 0); weights (O, kwp) words in (kh, kw, word) order,
@@ -106,6 +109,52 @@ static inline void count_1x8(const __m256i *a, const __m256i *w, int64_t nb, int
     }
 }
 
+/* counts[o] = popcount(patch ^ wb_o) for the Op rows of wb (kwp words each; Op a multiple of 8) */
+static void count_rows_avx2(const uint64_t *patch, const uint64_t *wb, int64_t Op, int64_t kwp, int64_t *counts) {
+    for (int64_t o = 0; o < Op; o += 8)
+        count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), kwp / 4, counts + o);
+}
+
+#define AVX512_POPCNT __attribute__((target("avx512f,avx512vpopcntdq")))
+
+/* count_rows_avx2 on 512-bit blocks (8 words; the last block masked where kwp is not a multiple of
+ * 8) and VPOPCNTQ: 64-bit counters, no flushing */
+AVX512_POPCNT static void count_rows_avx512(const uint64_t *patch, const uint64_t *wb, int64_t Op, int64_t kwp,
+                                            int64_t *counts) {
+    const int64_t full = kwp / 8, tail = kwp % 8;
+    const __mmask8 tm = (__mmask8)((1u << tail) - 1u);
+    for (int64_t o = 0; o < Op; o += 8) {
+        const uint64_t *w = wb + o * kwp;
+        __m512i c[8];
+        for (int j = 0; j < 8; j++) c[j] = _mm512_setzero_si512();
+        for (int64_t i = 0; i < full; i++) {
+            const __m512i x = _mm512_loadu_si512(patch + 8 * i);
+            for (int j = 0; j < 8; j++)
+                c[j] = _mm512_add_epi64(c[j], _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512(w + j * kwp + 8 * i))));
+        }
+        if (tail) {
+            const __m512i x = _mm512_maskz_loadu_epi64(tm, patch + 8 * full);
+            for (int j = 0; j < 8; j++)
+                c[j] = _mm512_add_epi64(c[j], _mm512_popcnt_epi64(
+                                                  _mm512_xor_si512(x, _mm512_maskz_loadu_epi64(tm, w + j * kwp + 8 * full))));
+        }
+        for (int j = 0; j < 8; j++) counts[o + j] = _mm512_reduce_add_epi64(c[j]);
+    }
+}
+
+/* the counting loop in use: 256 (AVX2) or 512 (AVX-512 VPOPCNTDQ); 0 until first asked */
+static int isa = 0;
+
+/* The counting loop the kernels use: 512 where the CPU has AVX-512 VPOPCNTDQ, else 256. want
+ * (256 or 512) selects one where the CPU runs it (0: keep the choice); returns the one in use. */
+int pm1_isa(int want) {
+    __builtin_cpu_init();
+    const int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+    if (want == 256 || (want == 512 && has512)) isa = want;
+    if (isa == 0) isa = has512 ? 512 : 256;
+    return isa;
+}
+
 /* the patch of output pixel (y, x) of image xa (H, W, cw words): k rows of k * cw words each,
  * then zeros up to kwp words */
 static void gather_patch(const uint64_t *xa, int64_t W, int64_t cw, int64_t k, int64_t stride,
@@ -126,33 +175,35 @@ static void gather_patch(const uint64_t *xa, int64_t W, int64_t cw, int64_t k, i
 int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, int64_t k, int64_t stride,
              const uint64_t *wb, int64_t O, int64_t kwp, int64_t K,
              float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu, int pool) {
-    const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, nb = kwp / 4;
+    const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, Op = (O + 7) / 8 * 8;
+    void (*count_rows)(const uint64_t *, const uint64_t *, int64_t, int64_t, int64_t *) =
+        pm1_isa(0) == 512 ? count_rows_avx512 : count_rows_avx2;
     uint64_t *patch = aligned_alloc(32, (size_t)kwp * sizeof(uint64_t));
-    if (patch == NULL) return -1;
+    int64_t *counts = malloc((size_t)Op * sizeof(int64_t));
+    if (patch == NULL || counts == NULL) {
+        free(patch); free(counts);
+        return -1;
+    }
     for (int64_t b = 0; b < n; b++) {
         const uint64_t *xb = xa + b * H * W * cw;
         float *ob = out + b * sob;
         for (int64_t p = 0; p < P; p++) {
             const int64_t y = p / Wo, x = p % Wo, q = pool ? (y / 2) * (Wo / 2) + x / 2 : p;
             gather_patch(xb, W, cw, k, stride, y, x, kwp, patch);
-            for (int64_t o = 0; o < O; o += 8) {
-                int64_t counts[8];
-                count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), nb, counts);
-                const int64_t m = O - o < 8 ? O - o : 8;
-                for (int j = 0; j < m; j++) {
-                    float v = (float)(K - 2 * counts[j]);
-                    if (scale != NULL) v *= scale[o + j];
-                    if (relu) v = v > 0.0f ? v : 0.0f;
-                    float *dst = ob + (o + j) * soc + q * sop;
-                    if (pool) { /* an unconditional store (a max instruction): no branch to mispredict */
-                        const float cur = *dst;
-                        v = v > cur ? v : cur;
-                    }
-                    *dst = v;
+            count_rows(patch, wb, Op, kwp, counts);
+            for (int64_t o = 0; o < O; o++) {
+                float v = (float)(K - 2 * counts[o]);
+                if (scale != NULL) v *= scale[o];
+                if (relu) v = v > 0.0f ? v : 0.0f;
+                float *dst = ob + o * soc + q * sop;
+                if (pool) { /* an unconditional store (a max instruction): no branch to mispredict */
+                    const float cur = *dst;
+                    v = v > cur ? v : cur;
                 }
+                *dst = v;
             }
         }
     }
-    free(patch);
+    free(patch); free(counts);
     return 0;
 }
