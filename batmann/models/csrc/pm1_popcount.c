@@ -85,7 +85,7 @@ static inline int64_t byte_sum(__m256i acc) {
 
 /* counts[j] = popcount(a ^ w_j) over nb 256-bit blocks, for one patch a and eight weight rows
  * w_j = w + j * nb. Byte counters gain at most 8 per block: flushed every 31 blocks. */
-static inline void count_1x8(const __m256i *a, const __m256i *w, int64_t nb, int64_t counts[8]) {
+static inline void count_1x8(const __m256i *a, const __m256i *w, int64_t nb, int32_t counts[8]) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
@@ -104,41 +104,78 @@ static inline void count_1x8(const __m256i *a, const __m256i *w, int64_t nb, int
             c6 = _mm256_add_epi8(c6, xor_count(x, _mm256_loadu_si256(w + 6 * nb + i), lut, low));
             c7 = _mm256_add_epi8(c7, xor_count(x, _mm256_loadu_si256(w + 7 * nb + i), lut, low));
         }
-        counts[0] += byte_sum(c0); counts[1] += byte_sum(c1); counts[2] += byte_sum(c2); counts[3] += byte_sum(c3);
-        counts[4] += byte_sum(c4); counts[5] += byte_sum(c5); counts[6] += byte_sum(c6); counts[7] += byte_sum(c7);
+        counts[0] += (int32_t)byte_sum(c0); counts[1] += (int32_t)byte_sum(c1);
+        counts[2] += (int32_t)byte_sum(c2); counts[3] += (int32_t)byte_sum(c3);
+        counts[4] += (int32_t)byte_sum(c4); counts[5] += (int32_t)byte_sum(c5);
+        counts[6] += (int32_t)byte_sum(c6); counts[7] += (int32_t)byte_sum(c7);
     }
 }
 
-/* counts[o] = popcount(patch ^ wb_o) for the Op rows of wb (kwp words each; Op a multiple of 8) */
-static void count_rows_avx2(const uint64_t *patch, const uint64_t *wb, int64_t Op, int64_t kwp, int64_t *counts) {
+/* A tile of np patches (np * kwp words) against the Op rows of wb (kwp words each; Op a multiple
+ * of 8): counts[i * Op + o] = popcount(patch_i ^ wb_o). Eight rows at a time over every patch of
+ * the tile, so each row is read from memory once per tile, not once per patch. */
+static void count_rows_avx2(const uint64_t *patches, int64_t np, const uint64_t *wb, int64_t Op, int64_t kwp,
+                            int32_t *counts) {
     for (int64_t o = 0; o < Op; o += 8)
-        count_1x8((const __m256i *)patch, (const __m256i *)(wb + o * kwp), kwp / 4, counts + o);
+        for (int64_t i = 0; i < np; i++)
+            count_1x8((const __m256i *)(patches + i * kwp), (const __m256i *)(wb + o * kwp), kwp / 4,
+                      counts + i * Op + o);
 }
 
 #define AVX512_POPCNT __attribute__((target("avx512f,avx512vpopcntdq")))
 
+/* the sums of each row's eight 64-bit lanes (each < 2^31), rows 0..7 in order */
+AVX512_POPCNT static inline __m256i lane_sums(const __m512i c[8]) {
+    __m256i d[8];
+    for (int j = 0; j < 8; j++) d[j] = _mm512_cvtepi64_epi32(c[j]);
+    const __m256i h01 = _mm256_hadd_epi32(d[0], d[1]), h23 = _mm256_hadd_epi32(d[2], d[3]);
+    const __m256i h45 = _mm256_hadd_epi32(d[4], d[5]), h67 = _mm256_hadd_epi32(d[6], d[7]);
+    /* each 128-bit half of h0123 holds rows 0..3's sums over its own lanes: add the halves */
+    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
 /* count_rows_avx2 on 512-bit blocks (8 words; the last block masked where kwp is not a multiple of
- * 8) and VPOPCNTQ: 64-bit counters, no flushing */
-AVX512_POPCNT static void count_rows_avx512(const uint64_t *patch, const uint64_t *wb, int64_t Op, int64_t kwp,
-                                            int64_t *counts) {
+ * 8) and VPOPCNTQ, two patches at a time (each row's load serves both): 64-bit counters */
+AVX512_POPCNT static void count_rows_avx512(const uint64_t *patches, int64_t np, const uint64_t *wb, int64_t Op,
+                                            int64_t kwp, int32_t *counts) {
     const int64_t full = kwp / 8, tail = kwp % 8;
     const __mmask8 tm = (__mmask8)((1u << tail) - 1u);
     for (int64_t o = 0; o < Op; o += 8) {
         const uint64_t *w = wb + o * kwp;
-        __m512i c[8];
-        for (int j = 0; j < 8; j++) c[j] = _mm512_setzero_si512();
-        for (int64_t i = 0; i < full; i++) {
-            const __m512i x = _mm512_loadu_si512(patch + 8 * i);
-            for (int j = 0; j < 8; j++)
-                c[j] = _mm512_add_epi64(c[j], _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512(w + j * kwp + 8 * i))));
+        int64_t i = 0;
+        for (; i + 2 <= np; i += 2) {
+            const uint64_t *pa = patches + i * kwp, *pb = pa + kwp;
+            __m512i ca[8], cb[8];
+            for (int j = 0; j < 8; j++) ca[j] = cb[j] = _mm512_setzero_si512();
+            for (int64_t t = 0; t <= full; t++) {
+                if (t == full && !tail) break;
+                const __mmask8 m = t < full ? (__mmask8)0xFF : tm;
+                const __m512i xa = _mm512_maskz_loadu_epi64(m, pa + 8 * t), xb = _mm512_maskz_loadu_epi64(m, pb + 8 * t);
+                for (int j = 0; j < 8; j++) {
+                    const __m512i r = _mm512_maskz_loadu_epi64(m, w + j * kwp + 8 * t);
+                    ca[j] = _mm512_add_epi64(ca[j], _mm512_popcnt_epi64(_mm512_xor_si512(xa, r)));
+                    cb[j] = _mm512_add_epi64(cb[j], _mm512_popcnt_epi64(_mm512_xor_si512(xb, r)));
+                }
+            }
+            _mm256_storeu_si256((__m256i *)(counts + i * Op + o), lane_sums(ca));
+            _mm256_storeu_si256((__m256i *)(counts + (i + 1) * Op + o), lane_sums(cb));
         }
-        if (tail) {
-            const __m512i x = _mm512_maskz_loadu_epi64(tm, patch + 8 * full);
-            for (int j = 0; j < 8; j++)
-                c[j] = _mm512_add_epi64(c[j], _mm512_popcnt_epi64(
-                                                  _mm512_xor_si512(x, _mm512_maskz_loadu_epi64(tm, w + j * kwp + 8 * full))));
+        for (; i < np; i++) {
+            const uint64_t *pa = patches + i * kwp;
+            __m512i ca[8];
+            for (int j = 0; j < 8; j++) ca[j] = _mm512_setzero_si512();
+            for (int64_t t = 0; t <= full; t++) {
+                if (t == full && !tail) break;
+                const __mmask8 m = t < full ? (__mmask8)0xFF : tm;
+                const __m512i xa = _mm512_maskz_loadu_epi64(m, pa + 8 * t);
+                for (int j = 0; j < 8; j++)
+                    ca[j] = _mm512_add_epi64(ca[j], _mm512_popcnt_epi64(
+                                                        _mm512_xor_si512(xa, _mm512_maskz_loadu_epi64(m, w + j * kwp + 8 * t))));
+            }
+            _mm256_storeu_si256((__m256i *)(counts + i * Op + o), lane_sums(ca));
         }
-        for (int j = 0; j < 8; j++) counts[o + j] = _mm512_reduce_add_epi64(c[j]);
     }
 }
 
@@ -154,6 +191,9 @@ int pm1_isa(int want) {
     if (isa == 0) isa = has512 ? 512 : 256;
     return isa;
 }
+
+/* output pixels per tile: their patches are counted against each group of weight rows in turn */
+#define TILE 16
 
 /* the patch of output pixel (y, x) of image xa (H, W, cw words): k rows of k * cw words each,
  * then zeros up to kwp words */
@@ -176,31 +216,56 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
              const uint64_t *wb, int64_t O, int64_t kwp, int64_t K,
              float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu, int pool) {
     const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, Op = (O + 7) / 8 * 8;
-    void (*count_rows)(const uint64_t *, const uint64_t *, int64_t, int64_t, int64_t *) =
+    void (*count_rows)(const uint64_t *, int64_t, const uint64_t *, int64_t, int64_t, int32_t *) =
         pm1_isa(0) == 512 ? count_rows_avx512 : count_rows_avx2;
-    uint64_t *patch = aligned_alloc(32, (size_t)kwp * sizeof(uint64_t));
-    int64_t *counts = malloc((size_t)Op * sizeof(int64_t));
+    uint64_t *patch = aligned_alloc(32, (size_t)(TILE * kwp) * sizeof(uint64_t));
+    int32_t *counts = malloc((size_t)(TILE * Op) * sizeof(int32_t));
     if (patch == NULL || counts == NULL) {
         free(patch); free(counts);
         return -1;
     }
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i kv = _mm256_set1_epi32((int32_t)K);
     for (int64_t b = 0; b < n; b++) {
         const uint64_t *xb = xa + b * H * W * cw;
         float *ob = out + b * sob;
-        for (int64_t p = 0; p < P; p++) {
-            const int64_t y = p / Wo, x = p % Wo, q = pool ? (y / 2) * (Wo / 2) + x / 2 : p;
-            gather_patch(xb, W, cw, k, stride, y, x, kwp, patch);
-            count_rows(patch, wb, Op, kwp, counts);
-            for (int64_t o = 0; o < O; o++) {
-                float v = (float)(K - 2 * counts[o]);
-                if (scale != NULL) v *= scale[o];
-                if (relu) v = v > 0.0f ? v : 0.0f;
-                float *dst = ob + o * soc + q * sop;
-                if (pool) { /* an unconditional store (a max instruction): no branch to mispredict */
-                    const float cur = *dst;
-                    v = v > cur ? v : cur;
+        for (int64_t p0 = 0; p0 < P; p0 += TILE) {
+            const int64_t np = P - p0 < TILE ? P - p0 : TILE;
+            for (int64_t i = 0; i < np; i++)
+                gather_patch(xb, W, cw, k, stride, (p0 + i) / Wo, (p0 + i) % Wo, kwp, patch + i * kwp);
+            count_rows(patch, np, wb, Op, kwp, counts);
+            for (int64_t i = 0; i < np; i++) {
+                const int64_t p = p0 + i, y = p / Wo, x = p % Wo, q = pool ? (y / 2) * (Wo / 2) + x / 2 : p;
+                const int32_t *cp = counts + i * Op;
+                /* eight channels at a time (the rows past O are computed and dropped): the same
+                 * float32 operations as one by one; max_ps(a, b) is a > b ? a : b */
+                for (int64_t o = 0; o < O; o += 8) {
+                    const __m256i c = _mm256_loadu_si256((const __m256i *)(cp + o));
+                    __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(kv, _mm256_slli_epi32(c, 1)));
+                    const int64_t m = O - o < 8 ? O - o : 8;
+                    if (scale != NULL) {
+                        float sc[8] = {0};
+                        if (m < 8) memcpy(sc, scale + o, (size_t)m * sizeof(float));
+                        v = _mm256_mul_ps(v, _mm256_loadu_ps(m == 8 ? scale + o : sc));
+                    }
+                    if (relu) v = _mm256_max_ps(v, zero); /* v > 0 ? v : +0 */
+                    float *dst = ob + o * soc + q * sop;
+                    if (soc == 1 && m == 8) {
+                        if (pool) v = _mm256_max_ps(v, _mm256_loadu_ps(dst)); /* unconditional: no branch */
+                        _mm256_storeu_ps(dst, v);
+                    } else {
+                        float vs[8];
+                        _mm256_storeu_ps(vs, v);
+                        for (int64_t j = 0; j < m; j++) {
+                            float u = vs[j];
+                            if (pool) {
+                                const float cur = dst[j * soc];
+                                u = u > cur ? u : cur;
+                            }
+                            dst[j * soc] = u;
+                        }
+                    }
                 }
-                *dst = v;
             }
         }
     }
