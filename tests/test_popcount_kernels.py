@@ -188,13 +188,16 @@ def _conv_in_child(x, w):
     return pk.pm1_conv2d(x, w)
 
 
+@pytest.mark.parametrize("size", [8, 9])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_real_inputs_are_signed_about_each_images_threshold(channels_last, kernels):
-    """x > threshold[b] is +1, else -1 (equal to the threshold: -1), in either memory format."""
+def test_real_inputs_are_signed_about_each_images_threshold(channels_last, size, kernels):
+    """x > threshold[b] is +1, else -1 (equal to the threshold or NaN: -1), in either memory
+    format; channel planes are packed eight pixels at a time, the pixels left one by one (9 x 9)."""
     gen = torch.Generator().manual_seed(13)
-    x = torch.randn(5, 70, 8, 8, generator=gen)
+    x = torch.randn(5, 70, size, size, generator=gen)
     thr = torch.randn(5, generator=gen)
     x[0, 0, 0, 0] = thr[0]  # exactly at the threshold
+    x[1, 66, 1, 2] = x[2, 3, -1, -1] = float("nan")  # in a vector of eight pixels, and in the last pixel
     signs = torch.where(x > thr.view(-1, 1, 1, 1), 1.0, -1.0)
     w = pm1(6, 70, 3, 3, seed=14)
     if channels_last:

@@ -42,6 +42,27 @@ void pm1_pack(const int8_t *x, int64_t n, int64_t P, int64_t C, int64_t sb, int6
     }
 }
 
+/* The words of eight pixels (out: 8 x cw words) from channel planes x (C planes of stride sc, the
+ * eight pixels contiguous in each): per channel one compare gives a byte of eight pixel bits;
+ * per 64 channels the 64 bytes are transposed into the eight pixels' words by shifting bit p of
+ * each byte to its top and collecting the tops (movemask). */
+static void pack_above_8(const float *x, float m, int64_t C, int64_t sc, int64_t cw, uint64_t *out) {
+    const __m256 mv = _mm256_set1_ps(m);
+    for (int64_t w = 0; w < cw; w++) {
+        uint8_t bytes[64] = {0};
+        const int64_t cn = C - 64 * w < 64 ? C - 64 * w : 64;
+        for (int64_t c = 0; c < cn; c++)
+            bytes[c] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + (64 * w + c) * sc), mv, _CMP_GT_OQ));
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)bytes), hi = _mm256_loadu_si256((const __m256i *)(bytes + 32));
+        for (int p = 0; p < 8; p++) {
+            const __m128i sh = _mm_cvtsi32_si128(7 - p);
+            const uint32_t a = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(lo, sh));
+            const uint32_t b = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(hi, sh));
+            out[p * cw + w] = (uint64_t)a | (uint64_t)b << 32;
+        }
+    }
+}
+
 /* bits of x[b, p, c] > mu[b] (float32; the centered sign) into out[(b * P + p) * cw + c / 64] */
 void pm1_pack_above(const float *x, const float *mu, int64_t n, int64_t P, int64_t C, int64_t sb, int64_t sp,
                     int64_t sc, int64_t cw, uint64_t *out) {
@@ -58,11 +79,14 @@ void pm1_pack_above(const float *x, const float *mu, int64_t n, int64_t P, int64
                     op[c >> 6] |= (uint64_t)(xp[c * sc] > m) << (c & 63);
             }
         } else {
+            int64_t p0 = 0;
+            if (sp == 1) /* contiguous channel planes: eight pixels at a time */
+                for (; p0 + 8 <= P; p0 += 8) pack_above_8(xb + p0, m, C, sc, cw, ob + p0 * cw);
             for (int64_t c = 0; c < C; c++) {
                 const float *xc = xb + c * sc;
                 const int s = (int)(c & 63);
                 uint64_t *oc = ob + (c >> 6);
-                for (int64_t p = 0; p < P; p++)
+                for (int64_t p = p0; p < P; p++)
                     oc[p * cw] |= (uint64_t)(xc[p * sp] > m) << s;
             }
         }
