@@ -37,8 +37,8 @@ standardise / rotate / binarise path runs in float32 with autocast disabled (the
 small) so that bf16 autocast training binarises exactly as the float32 export does; the random
 rotations come from a ``torch.Generator`` (the seed uses scipy's global NumPy state); nothing
 hard-codes a CUDA device. At inference (no autograd) on a CPU, the +-1 x +-1 products of the XNOR
-layers run on exact kernels (:mod:`batmann.models.binary_kernels`: int8 on AMX or AVX512-VNNI,
-XOR and popcount on AVX2): the same numbers, several times faster.
+layers run on exact kernels (:mod:`batmann.models.binary_kernels`: int8 on AMX, elsewhere XOR and
+popcount on AVX-512 VPOPCNTDQ or AVX2): the same numbers, several times faster.
 """
 
 from __future__ import annotations
