@@ -85,6 +85,22 @@ def test_the_same_bits_on_one_or_two_threads(kernels):
     assert all(torch.equal(x, y) for x, y in zip(one, two))
 
 
+@pytest.mark.parametrize("pool", [1, 2])
+def test_the_weight_gradient_is_the_same_bits_for_any_chunk(kernels, monkeypatch, pool):
+    """Each weight-gradient element is one running sum over the positions in order, so the
+    positions per pass (``CHUNK``, a tuning constant; 4x as many without a pool) never change the
+    result: 144 positions in passes of a few, dozens, or all at once."""
+    a, w, g, d = _problem(2, 16, 26, 3, 6, seed=7)
+    if pool == 1:
+        a, g, d = a[:, :, :14, :14], torch.randn(2, 6, 12, 12, generator=torch.Generator().manual_seed(8)), None
+        g = g * (g > 0)
+    results = []
+    for chunk in (5, 24, 200):
+        monkeypatch.setattr(kernels, "CHUNK", chunk)
+        results.append(kernels.conv_backward(g, d, a, w, need_input=False, pool=pool)[1])
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
 def test_argmax_offsets_follow_max_pool2d_indices():
     z = torch.randn(2, 3, 6, 8)
     _, idx = F.max_pool2d_with_indices(z, 2, 2)
