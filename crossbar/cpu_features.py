@@ -30,7 +30,7 @@ def has_fast_bf16(device: torch.device) -> bool:
 def has_int8_matrix_units(device: torch.device) -> bool:
     """Whether ``device`` is a CPU with AMX tiles, whose int8 matrix products (``torch._int_mm``)
     beat bit-level kernels: on a 2-core AVX-512 EPYC with VNNI and no AMX, the XOR / popcount
-    kernels ran the ``20w5s-binary`` forward 1.6x faster than int8 (docs/performance.md)."""
+    kernels ran the ``20w5s-binary`` forward 2.2x faster than int8 (docs/performance.md)."""
     return device.type == "cpu" and _flag("_is_amx_tile_supported")
 
 

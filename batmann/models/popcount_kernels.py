@@ -1,11 +1,11 @@
-"""Exact +-1 x +-1 products by XOR and population count (AVX2 or AVX-512), for CPUs without int8 matrix units.
+"""Exact +-1 x +-1 products by XOR and population count (AVX2 or AVX-512), for CPUs without AMX.
 
 A +-1 value is one bit, so K products of +-1 activations with +-1 weights sum to
 ``K - 2 * popcount(a XOR w)``: an integer, exact, converted to float32 once. 128 channels of a
 pixel are two 64-bit words, and a 5x5 patch of them 50 words, where fp32 needs 3200
 multiply-adds. The kernels (``csrc/pm1_popcount.c``: bit packing, patch gathering and the
-XOR/popcount product, 1 pixel x 8 output channels per block) are compiled with the system's C
-compiler (``$CC``, else ``cc``) on first use and kept in ``$BATMANN_HOME/kernels``, named by a
+XOR/popcount product, tiles of 16 pixels against 8 output channels at a time) are compiled with
+the system's C compiler (``$CC``, else ``cc``) on first use and kept in ``$BATMANN_HOME/kernels``, named by a
 hash of the source and flags; they run on ``torch.get_num_threads()`` threads, each on its own
 images. The counting loop runs on 512-bit blocks with VPOPCNTQ where the CPU has AVX-512
 VPOPCNTDQ, else on 256-bit blocks with AVX2 (:func:`isa`, chosen at run time). Outputs are

@@ -241,7 +241,7 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
              float *out, int64_t sob, int64_t soc, int64_t sop, const float *scale, int relu, int pool) {
     const int64_t Ho = (H - k) / stride + 1, Wo = (W - k) / stride + 1, P = Ho * Wo, Op = (O + 7) / 8 * 8;
     void (*count_rows)(const uint64_t *, int64_t, const uint64_t *, int64_t, int64_t, int32_t *) =
-        pm1_isa(0) == 512 ? count_rows_avx512 : count_rows_avx2;
+        (isa ? isa : pm1_isa(0)) == 512 ? count_rows_avx512 : count_rows_avx2; /* set at load */
     uint64_t *patch = aligned_alloc(32, (size_t)(TILE * kwp) * sizeof(uint64_t));
     int32_t *counts = malloc((size_t)(TILE * Op) * sizeof(int32_t));
     if (patch == NULL || counts == NULL) {
