@@ -71,7 +71,7 @@ static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
                       int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
     const int64_t P = Hp * Wp;
-    int64_t *pk = malloc((size_t)(P * O) * sizeof(int64_t));
+    int64_t *pk = malloc((size_t)(P * O + 1) * sizeof(int64_t)); /* + a slot for the zeros' writes */
     int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
     float *out = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
     if (!pk || !start || !out) {
@@ -83,20 +83,19 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
         const uint8_t *db = d + b * O * P;
         memset(out, 0, (size_t)(H * W * C) * sizeof(float));
         /* per pooled position, its non-zero gradients grouped by argmax offset (a counting sort) */
-        for (int64_t p = 0; p < P; p++) {
+        for (int64_t p = 0; p < P; p++) { /* without branches on the data: zeros count 0, write to a spare slot */
             int32_t cnt[4] = {0, 0, 0, 0};
-            for (int64_t o = 0; o < O; o++)
-                if (gb[o * P + p] != 0.0f) cnt[db[o * P + p] & 3]++;
+            for (int64_t o = 0; o < O; o++) cnt[db[o * P + p] & 3] += gb[o * P + p] != 0.0f;
             int32_t *s = start + p * 5;
             s[0] = (int32_t)(p * O);
             for (int q = 0; q < 4; q++) s[q + 1] = s[q] + cnt[q];
             int32_t pos[4] = {s[0], s[1], s[2], s[3]};
+            const int32_t spare = (int32_t)(P * O);
             for (int64_t o = 0; o < O; o++) {
                 const float v = gb[o * P + p];
-                if (v != 0.0f) {
-                    const int q = db[o * P + p] & 3;
-                    pk[pos[q]++] = pack(v, o);
-                }
+                const int q = db[o * P + p] & 3, nz = v != 0.0f;
+                pk[nz ? pos[q] : spare] = pack(v, o);
+                pos[q] += nz;
             }
         }
         for (int64_t kh = 0; kh < k; kh++)
@@ -149,10 +148,13 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
     int64_t *lp = malloc((size_t)(no * chunk) * sizeof(int64_t));
     int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
     float *ab = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
-    if (!lp || !cnt || !ab) {
-        free(lp); free(cnt); free(ab);
+    int64_t *at0 = malloc((size_t)P * sizeof(int64_t)); /* where each window's patch starts in ab */
+    if (!lp || !cnt || !ab || !at0) {
+        free(lp); free(cnt); free(ab); free(at0);
         return 1;
     }
+    for (int64_t p = 0; p < P; p++) at0[p] = (ps * (p / Wp) * W + ps * (p % Wp)) * C;
+    const int64_t qoff[4] = {0, C, W * C, (W + 1) * C}; /* argmax offset dy * 2 + dx within the window */
     memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
     for (int64_t b = blo; b < bhi; b++) {
         transpose(a + b * C * H * W, C, H * W, ab);
@@ -161,11 +163,13 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
             for (int64_t o = olo; o < ohi; o++) {
                 const float *go = g + (b * O + o) * P + p0;
                 const uint8_t *dq = d + (b * O + o) * P + p0;
+                /* every position written, the count advanced only past non-zero gradients (no
+                 * branch to mispredict; a slot past the count is overwritten or unused) */
+                int64_t *lo_ = lp + (o - olo) * chunk;
                 int32_t c = 0;
                 for (int64_t p = 0; p < np; p++) {
-                    if (go[p] == 0.0f) continue;
-                    const int64_t i = (p0 + p) / Wp, j = (p0 + p) % Wp, q = dq[p] & 3;
-                    lp[(o - olo) * chunk + c++] = pack(go[p], ((ps * i + (q >> 1)) * W + (ps * j + (q & 1))) * C);
+                    lo_[c] = pack(go[p], at0[p0 + p] + qoff[dq[p] & 3]);
+                    c += go[p] != 0.0f;
                 }
                 cnt[o - olo] = c;
             }
@@ -201,7 +205,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                     }
         }
     }
-    free(lp); free(cnt); free(ab);
+    free(lp); free(cnt); free(ab); free(at0);
     return 0;
 }
 
