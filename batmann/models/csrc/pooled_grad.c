@@ -78,6 +78,7 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
         free(pk); free(start); free(out);
         return 1;
     }
+    const int32_t spare = (int32_t)(P * O); /* where the zero gradients' entries go */
     for (int64_t b = lo; b < hi; b++) {
         const float *gb = g + b * O * P;
         const uint8_t *db = d + b * O * P;
@@ -90,7 +91,6 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
             s[0] = (int32_t)(p * O);
             for (int q = 0; q < 4; q++) s[q + 1] = s[q] + cnt[q];
             int32_t pos[4] = {s[0], s[1], s[2], s[3]};
-            const int32_t spare = (int32_t)(P * O);
             for (int64_t o = 0; o < O; o++) {
                 const float v = gb[o * P + p];
                 const int q = db[o * P + p] & 3, nz = v != 0.0f;
@@ -165,10 +165,10 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                 const uint8_t *dq = d + (b * O + o) * P + p0;
                 /* every position written, the count advanced only past non-zero gradients (no
                  * branch to mispredict; a slot past the count is overwritten or unused) */
-                int64_t *lo_ = lp + (o - olo) * chunk;
+                int64_t *list = lp + (o - olo) * chunk;
                 int32_t c = 0;
                 for (int64_t p = 0; p < np; p++) {
-                    lo_[c] = pack(go[p], at0[p0 + p] + qoff[dq[p] & 3]);
+                    list[c] = pack(go[p], at0[p0 + p] + qoff[dq[p] & 3]);
                     c += go[p] != 0.0f;
                 }
                 cnt[o - olo] = c;
