@@ -70,12 +70,12 @@ def supports(a: Tensor, w: Tensor, pool: int = 2) -> bool:
     with ``w`` (O, C, k, k) followed by a ``pool`` x ``pool`` max pool (2, or 1: none): CPU
     float32, C a multiple of 8, square kernel, an output that ``pool`` divides, one image's input
     and one image's pooled outputs of all channels each under 2^31 elements (the kernels index
-    them with 32-bit integers)."""
+    them with 32-bit integers; the input with 8 floats of padding per pixel)."""
     if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
         return False
     c, h, wd = a.shape[1:]
     k = w.shape[-1]
-    small = h * wd * c < 2**31 and w.shape[0] * ((h - k + 1) // pool) ** 2 < 2**31
+    small = h * wd * (c + 8) < 2**31 and w.shape[0] * ((h - k + 1) // pool) ** 2 < 2**31
     return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % pool == 0 and h >= k and small
 
 

@@ -35,8 +35,13 @@ static inline int64_t pack(float v, int64_t at) {
 static inline __m256 value(int64_t w) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)w)); }
 static inline int64_t where_of(int64_t w) { return w >> 32; }
 
-/* d (cols, rows) = the transpose of s (rows, cols), both row-major */
-static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
+/* floats between pixels of the weight gradient's channels-last image beyond its C channels: at
+ * C = 128 the patch rows of a chunk would start a multiple of 512 bytes apart and share half of
+ * the L1 cache's sets; 32 bytes more spread them over all */
+#define PIXEL_PAD 8
+
+/* d (cols, rows) = the transpose of s (rows, cols), both row-major, d's rows ds floats apart */
+static void transpose_to(const float *s, int64_t rows, int64_t cols, float *d, int64_t ds) {
     int64_t r = 0;
     for (; r + 8 <= rows; r += 8) {
         int64_t c = 0;
@@ -54,18 +59,20 @@ static void transpose(const float *s, int64_t rows, int64_t cols, float *d) {
                 u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
                 u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
             }
-            float *y = d + c * rows + r;
+            float *y = d + c * ds + r;
             for (int i = 0; i < 4; i++) {
-                _mm256_storeu_ps(y + i * rows, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-                _mm256_storeu_ps(y + (i + 4) * rows, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+                _mm256_storeu_ps(y + i * ds, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+                _mm256_storeu_ps(y + (i + 4) * ds, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
             }
         }
         for (; c < cols; c++)
-            for (int64_t i = r; i < r + 8; i++) d[c * rows + i] = s[i * cols + c];
+            for (int64_t i = r; i < r + 8; i++) d[c * ds + i] = s[i * cols + c];
     }
     for (; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) d[c * rows + r] = s[r * cols + c];
+        for (int64_t c = 0; c < cols; c++) d[c * ds + r] = s[r * cols + c];
 }
+
+static void transpose(const float *s, int64_t rows, int64_t cols, float *d) { transpose_to(s, rows, cols, d, rows); }
 
 /* ga (hi - lo, C, H, W), overwritten: the input gradient of images [lo, hi) */
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
@@ -147,17 +154,18 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
     /* per output channel, the chunk's non-zero gradients and where their patches start */
     int64_t *lp = malloc((size_t)(no * chunk) * sizeof(int64_t));
     int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
-    float *ab = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
+    const int64_t Cs = C + PIXEL_PAD; /* floats from one pixel to the next in ab */
+    float *ab = malloc((size_t)(H * W * Cs) * sizeof(float)); /* one image, channels-last */
     int64_t *at0 = malloc((size_t)P * sizeof(int64_t)); /* where each window's patch starts in ab */
     if (!lp || !cnt || !ab || !at0) {
         free(lp); free(cnt); free(ab); free(at0);
         return 1;
     }
-    for (int64_t p = 0; p < P; p++) at0[p] = (ps * (p / Wp) * W + ps * (p % Wp)) * C;
-    const int64_t qoff[4] = {0, C, W * C, (W + 1) * C}; /* argmax offset dy * 2 + dx within the window */
+    for (int64_t p = 0; p < P; p++) at0[p] = (ps * (p / Wp) * W + ps * (p % Wp)) * Cs;
+    const int64_t qoff[4] = {0, Cs, W * Cs, (W + 1) * Cs}; /* argmax offset dy * 2 + dx within the window */
     memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
     for (int64_t b = blo; b < bhi; b++) {
-        transpose(a + b * C * H * W, C, H * W, ab);
+        transpose_to(a + b * C * H * W, C, H * W, ab, Cs);
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
             const int64_t np = P - p0 < chunk ? P - p0 : chunk;
             for (int64_t o = olo; o < ohi; o++) {
@@ -177,7 +185,7 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                 for (int64_t kw = 0; kw < k; kw++)
                     for (int64_t cb = 0; cb < C; cb += NV * 8) {
                         const int64_t nv = (C - cb) / 8 < NV ? (C - cb) / 8 : NV;
-                        const float *at = ab + (kh * W + kw) * C + cb;
+                        const float *at = ab + (kh * W + kw) * Cs + cb;
                         const int64_t off = (kh * k + kw) * C + cb;
                         for (int64_t o = olo; o < ohi; o++) {
                             const int64_t *pl = lp + (o - olo) * chunk;
