@@ -45,6 +45,32 @@ def test_compiled_sign_matches_eager(surrogate):
     torch.testing.assert_close(dx_c, dx_e, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("surrogate", ["hardtanh", "rbnn"])
+def test_sign_with_relu_is_the_sign_of_the_relu(surrogate):
+    """``relu=True`` binarises ``relu(x)`` with the ReLU in the sign's own passes: eager, the same
+    bits as the separate ops (values and the gradient with respect to ``x``); compiled, close."""
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(6))
+    g = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+
+    def separate(t):
+        return centered_sign_ste(torch.relu(t), surrogate, 0.7)
+
+    def folded(t):
+        return centered_sign_ste(t, surrogate, 0.7, relu=True)
+
+    want = _grads(separate, x, g)
+    got = _grads(folded, x, g)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert (got[1][x <= 0] == 0).all()
+    if surrogate == "hardtanh" and fused.compiler_available():
+        with fused.compiled_kernels(True):
+            y_c, dx_c = _grads(folded, x, g)
+        r = torch.relu(x)
+        clear = (r - r.mean((1, 2, 3), keepdim=True)).abs() > 1e-5  # signs can only differ on the mean
+        assert torch.equal(y_c[clear], want[0][clear])
+        torch.testing.assert_close(dx_c, want[1], rtol=1e-4, atol=1e-6)
+
+
 @needs_compiler
 def test_compiled_standardize_matches_eager():
     x, g = _x(2), torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))

@@ -205,6 +205,31 @@ def test_bf16_gradient_products_take_the_pooled_forward_with_the_same_gradients(
             torch.testing.assert_close(got[2][name], g, rtol=1e-4, atol=1e-4 * g.abs().max().item(), msg=name)
 
 
+@pytest.mark.parametrize("grad_dtype", [None, torch.bfloat16])
+def test_conv1s_relu_runs_in_conv2s_centered_sign_with_the_same_bits(grad_dtype, kernels, monkeypatch):
+    """In training the XNOR controller's conv1 ReLU is computed inside conv2's centered sign (its
+    mask in the sign's backward, ``relu(x)`` never stored): the same outputs and gradients, bit
+    for bit, as the ReLU's own call (which a hooked ReLU keeps)."""
+    if bk.kernel_for(torch.device("cpu")) is None:
+        pytest.skip("no exact forward kernel here")
+    model = layers.set_gradient_dtype(build_controller("xnor"), grad_dtype)
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    folded = []
+    real = layers._CenteredSign.apply
+    monkeypatch.setattr(layers._CenteredSign, "apply", lambda *a: folded.append(a[-1]) or real(*a))
+    got = _controller_grads(model, x, "auto", monkeypatch)
+    assert folded == [True, False, False]  # conv2's input; conv3 and conv4 binarise pooled or ReLU outputs
+    handle = model.features.relu1.register_forward_hook(lambda *a: None)
+    try:
+        want = _controller_grads(model, x, "auto", monkeypatch)
+    finally:
+        handle.remove()
+    assert folded[3:] == [False, False, False]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for name, g in want[2].items():
+        assert torch.equal(got[2][name], g), name
+
+
 @pytest.mark.parametrize("kind", ["xnor", "fp", "rbnn"])
 @pytest.mark.parametrize("grad_dtype", [None, torch.bfloat16])
 def test_deterministic_training_takes_conv3_from_its_relu_gradient(kind, grad_dtype, kernels, monkeypatch):

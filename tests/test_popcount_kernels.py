@@ -247,8 +247,8 @@ def test_the_scale_relu_and_pool_epilogue_gives_the_separate_ops_bits(channels_l
 
 def test_the_controller_runs_each_xnor_conv_its_relu_and_pool_as_one_call(kernels, monkeypatch):
     """The XNOR controller hands each conv's ReLU (and the max pool after it) to the conv (the same
-    features as the layers one by one), with autograd too; with a hook on a layer, each layer
-    runs alone."""
+    features as the layers one by one), with autograd too (and there conv1's ReLU to conv2); with
+    a hook on a layer, each layer runs alone."""
     from batmann.models import build_controller
 
     model = build_controller("xnor", feature_dim=32).eval()
@@ -256,9 +256,9 @@ def test_the_controller_runs_each_xnor_conv_its_relu_and_pool_as_one_call(kernel
     calls = []
     real = layers.XnorConv2d.forward
 
-    def spy(self, inp, relu=False, pool=None):
-        calls.append((relu, pool is not None))
-        return real(self, inp, relu=relu, pool=pool)
+    def spy(self, inp, relu=False, pool=None, input_relu=False):
+        calls.append((relu, pool is not None) + ((True,) if input_relu else ()))
+        return real(self, inp, relu=relu, pool=pool, input_relu=input_relu)
 
     monkeypatch.setattr(layers.XnorConv2d, "forward", spy)
     with torch.no_grad():
@@ -272,4 +272,5 @@ def test_the_controller_runs_each_xnor_conv_its_relu_and_pool_as_one_call(kernel
     calls.clear()
     out = model(x)
     out.sum().backward()
-    assert torch.equal(out.detach(), one_by_one) and calls == [(True, True), (True, False), (True, True)]
+    # in training conv1's ReLU is conv2's input_relu (tests/test_pooled_grad.py)
+    assert torch.equal(out.detach(), one_by_one) and calls == [(True, True, True), (True, False), (True, True)]

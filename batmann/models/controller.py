@@ -205,18 +205,25 @@ class Controller(nn.Module):
         kernel's epilogue on the popcount kernels; in float32 training, one backward from the
         pooled gradient); a plain convolution with its ReLU (and, in training, its max pool) is
         :func:`batmann.models.layers.conv_relu_pool` (the same backward from the pooled
-        gradient); without autograd any other ReLU after a convolution runs in place on that
-        convolution's fresh output. Layers with hooks keep their own calls."""
+        gradient); in training, the ReLU of a convolution whose output an XNOR convolution
+        binarises is that layer's ``input_relu`` (folded into its centered sign, the same values);
+        without autograd any other ReLU after a convolution runs in place on that convolution's
+        fresh output. Layers with hooks keep their own calls."""
         grad = torch.is_grad_enabled()
         mods = list(self.features.children())
-        i = 0
+        i, relu_pending = 0, False
         while i < len(mods):
             m, nxt, after = (mods + [None, None])[i:i + 3]
             fuse = type(nxt) is nn.ReLU and isinstance(m, nn.Conv2d) and not _hooked(m) and not _hooked(nxt)
+            if relu_pending and not (fuse and type(m) is XnorConv2d):  # not taken up: applied here
+                x, relu_pending = torch.relu(x), False
             if fuse and isinstance(m, (XnorConv2d, RbnnConv2d)):
                 pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
-                x = m(x, relu=True, pool=pool)
+                x = m(x, relu=True, pool=pool, input_relu=True) if relu_pending else m(x, relu=True, pool=pool)
                 i += 2 if pool is None else 3
+                relu_pending = False
+            elif fuse and grad and type(after) is XnorConv2d and not _hooked(after):
+                x, i, relu_pending = m(x), i + 2, True
             elif fuse and type(m) is nn.Conv2d:
                 pool = after if grad and isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = conv_relu_pool(m, x, pool)

@@ -88,10 +88,28 @@ def _standardize_grad(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
     return _standardize_backward(x, mu, s, g.float())
 
 
+# The same of relu(y), from the ReLU's input y: the ReLU computed on the fly and its gradient mask
+# applied in the same pass, so that neither relu(y) nor its gradient is stored.
+
+def _sign_forward_relu(y: Tensor, out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    return _sign_forward(torch.relu(y), out_dtype)
+
+
+def _sign_backward_hardtanh_relu(y: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    return torch.where(y > 0, _sign_backward_hardtanh(torch.relu(y), mu, s, g), 0.0)
+
+
+def _sign_backward_rbnn_relu(y: Tensor, mu: Tensor, s: Tensor, g: Tensor, t: Tensor) -> Tensor:
+    return torch.where(y > 0, _sign_backward_rbnn(torch.relu(y), mu, s, g, t), 0.0)
+
+
 _EAGER: dict[str, Callable] = {
     "sign_forward": _sign_forward,
     "sign_backward_hardtanh": _sign_backward_hardtanh,
     "sign_backward_rbnn": _sign_backward_rbnn,
+    "sign_forward_relu": _sign_forward_relu,
+    "sign_backward_hardtanh_relu": _sign_backward_hardtanh_relu,
+    "sign_backward_rbnn_relu": _sign_backward_rbnn_relu,
     "standardize_forward": _standardize_forward,
     "standardize_backward": _standardize_grad,
 }
@@ -136,20 +154,27 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
         _enabled = before
 
 
-def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None, compiled: bool = True,
+                 relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(sign_pm1(x - mu), mu, s)`` per sample: +-1 in ``out_dtype`` (default ``x``'s), the
-    float32 mean and unbiased std. ``compiled=False``: eager whatever the setting (inference)."""
-    return (_kernel("sign_forward", x) if compiled else _EAGER["sign_forward"])(x, out_dtype or x.dtype)
+    float32 mean and unbiased std. ``compiled=False``: eager whatever the setting (inference).
+    ``relu``: the same of ``torch.relu(x)``, the ReLU computed on the fly (not stored)."""
+    name = "sign_forward_relu" if relu else "sign_forward"
+    return (_kernel(name, x) if compiled else _EAGER[name])(x, out_dtype or x.dtype)
 
 
-def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float) -> Tensor:
+def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float,
+                  relu: bool = False) -> Tensor:
     """Gradient of the centered sign at ``x`` given ``g`` at its output: ``g`` times the surrogate
     derivative at ``x_hat = (x - mu) / s`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
-    ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation."""
+    ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation.
+    ``relu``: that of the centered sign of ``torch.relu(x)``, with respect to ``x`` (the ReLU's
+    gradient mask ``x > 0`` applied in the same pass)."""
+    tail = "_relu" if relu else ""
     if surrogate == "hardtanh":
-        return _kernel("sign_backward_hardtanh", x)(x, mu, s, g)
+        return _kernel("sign_backward_hardtanh" + tail, x)(x, mu, s, g)
     t_ = torch.tensor(float(t), dtype=torch.float32, device=x.device)  # a tensor: no recompile per t
-    return _kernel("sign_backward_rbnn", x)(x, mu, s, g, t_)
+    return _kernel("sign_backward_rbnn" + tail, x)(x, mu, s, g, t_)
 
 
 def standardize_forward(x: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:

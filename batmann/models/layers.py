@@ -82,21 +82,22 @@ class _CenteredSign(torch.autograd.Function):
     CPU; fused further where :func:`batmann.models.fused.compiled_kernels` is on). Backward:
     ``g_hat = g * surrogate(x_hat)`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
     ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation:
-    ``(g_hat - mean(g_hat) - x_hat * sum(g_hat * x_hat) / (N - 1)) / std``.
+    ``(g_hat - mean(g_hat) - x_hat * sum(g_hat * x_hat) / (N - 1)) / std``. With ``relu``, the
+    same of ``relu(x)`` and its gradient with respect to ``x``, the ReLU in the same passes.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, surrogate: str, t: float, out_dtype: torch.dtype | None,  # noqa: D102
-                training: bool) -> Tensor:
-        out, mu, s = fused.sign_forward(x, out_dtype, compiled=training)
+                training: bool, relu: bool = False) -> Tensor:
+        out, mu, s = fused.sign_forward(x, out_dtype, compiled=training, relu=relu)
         ctx.save_for_backward(x, mu, s)
-        ctx.surrogate, ctx.t = surrogate, float(t)
+        ctx.surrogate, ctx.t, ctx.relu = surrogate, float(t), relu
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t), None, None, None, None
+        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t, ctx.relu), None, None, None, None, None
 
 
 class _Standardize(torch.autograd.Function):
@@ -146,11 +147,12 @@ def centered_sign_int8(x: Tensor) -> Tensor:
 
 
 def centered_sign_ste(x: Tensor, surrogate: str = "hardtanh", t: float = 1.0,
-                      out_dtype: torch.dtype | None = None) -> Tensor:
+                      out_dtype: torch.dtype | None = None, relu: bool = False) -> Tensor:
     """Binarise activations per row with an STE (``"hardtanh"`` for XNOR, ``"rbnn"`` for RBNN);
     +-1 in ``out_dtype`` (default ``x``'s; +-1 is exact in every float dtype). Without autograd,
-    eager (:mod:`batmann.models.fused`)."""
-    return _CenteredSign.apply(x, surrogate, t, out_dtype, torch.is_grad_enabled())
+    eager (:mod:`batmann.models.fused`). ``relu``: of ``torch.relu(x)``, the same values and
+    gradients with the ReLU folded into the sign's passes (``relu(x)`` is never stored)."""
+    return _CenteredSign.apply(x, surrogate, t, out_dtype, torch.is_grad_enabled(), relu)
 
 
 def _fp32(t: Tensor):
@@ -578,13 +580,19 @@ class _XnorMixin:
         return (self.grad_dtype in (None, torch.bfloat16) and _pooled_ok(self, x, pool)
                 and self._exact_fp32_training(x))
 
-    def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
-        """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it.
+    def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None,
+                input_relu: bool = False) -> Tensor:
+        """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it;
+        ``input_relu``: the output for ``torch.relu(x)`` (the previous layer's ReLU).
         At inference on the popcount kernels the product, ``alpha``, the ReLU and a 2x2 max pool
         are one pass (the same values; the passes over the full-size output saved). In training
         with a 2x2 max pool (float32 or bf16 gradient products), the backward of all three starts
         from the pooled gradient (:class:`_ConvReluPool`; the same forward values); with a ReLU
-        and no pool, likewise inside ``deterministic_kernels`` (see :func:`_pooled_ok`)."""
+        and no pool, likewise inside ``deterministic_kernels`` (see :func:`_pooled_ok`). There an
+        ``input_relu`` is folded into the centered sign of ``x`` (:func:`centered_sign_ste`, the
+        same values and gradients)."""
+        if input_relu and not (relu and self._pooled_training(x, pool)):
+            x, input_relu = torch.relu(x), False
         kernel = _inference_kernel(self, x)  # inference: the same numbers from int8 / popcount units
         if kernel is not None and self.bias is None and _packs_from_real(x, self, kernel):
             fuse_pool = relu and pool is not None and is_2x2_pool(pool) and isinstance(self, nn.Conv2d) \
@@ -594,7 +602,7 @@ class _XnorMixin:
         if relu and self._pooled_training(x, pool):
             with _fp32(x):
                 bw = q.xnor_weight_sign(standardize_rows(self.weight))
-                ba = centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype)
+                ba = centered_sign_ste(x, "hardtanh", out_dtype=self.grad_dtype, relu=input_relu)
             return _ConvReluPool.apply(ba, bw, None, self.alpha, self, True, self.grad_dtype, _pool_size(pool))
         out = self._forward(x, kernel)  # a new tensor: relu in place unless autograd records it
         if relu:
