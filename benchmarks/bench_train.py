@@ -12,7 +12,7 @@ episodes/s for 20-way 5-shot on this machine kind (fp32, torch 2.14).
 
     .venv/bin/python benchmarks/bench_train.py [--tasks 20w5s,100w5s] [--controllers fp,xnor]
         [--precisions fp32,bf16] [--deterministic off,on] [--compile off,on] [--train-kernels fp32,auto]
-        [--pooled off,on]
+        [--pooled off,on] [--pooled-isa auto,256,512]
 """
 
 from __future__ import annotations
@@ -60,6 +60,19 @@ def pooled_backward(enabled: bool) -> Iterator[None]:
         yield
     finally:
         pooled_grad.available = real
+
+
+@contextlib.contextmanager
+def pooled_isa(name: str) -> Iterator[str]:
+    """The pooled-gradient kernels' inner loops ``name`` (auto, or a width in bits) inside the
+    block; yields the width that runs ("-" where the kernels do not)."""
+    if not pooled_grad.available():
+        yield "-"
+    elif name == "auto":
+        yield str(pooled_grad.isa())
+    else:
+        with pooled_grad.using_isa(int(name)) as bits:
+            yield str(bits)
 
 
 def train_rate(cfg: TrainConfig, cache, steps: int) -> float:
@@ -116,6 +129,9 @@ def main() -> None:
     ap.add_argument("--pooled", default="on",
                     help="the pooled layers' one autograd function (off, on, or off,on side by side): "
                          "off runs the separate alpha / ReLU / pool ops and the dense gradient products")
+    ap.add_argument("--pooled-isa", default="auto",
+                    help="the pooled-gradient kernels' inner loops (comma list of auto, 256, 512; the same "
+                         "bits): auto is this CPU's choice; the column gives the width that ran")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps (median)")
     ap.add_argument("--test-episodes", type=int, default=4)
     ap.add_argument("--cached", action="store_true", help="also time tests with the feature cache (slow)")
@@ -126,6 +142,10 @@ def main() -> None:
         bad = [v for v in getattr(args, name).split(",") if v not in ("off", "on")]
         if bad:
             ap.error(f"--{name} {bad[0]!r}: expected off, on or off,on")
+    isas = args.pooled_isa.split(",")
+    bad = [v for v in isas if v != "auto" and not (v.isdigit() and int(v) in pooled_grad.ISAS)]
+    if bad:
+        ap.error(f"--pooled-isa {bad[0]!r}: expected auto, {', '.join(map(str, pooled_grad.ISAS))}")
     cache = load_image_cache(32)
     retain_freed_memory()  # as the command line does (benchmarks/bench_allocator.py)
     cpu = torch.device("cpu")
@@ -137,11 +157,12 @@ def main() -> None:
           "products on it (same features)")
     print("train: bf16 is autocast for fp, and for xnor an exact forward with bf16 gradient products; "
           "train kernel: fp32 = plain autograd")
-    print("| task | controller | precision | deterministic | compiled | train kernel | pooled | train ep/s | x seed | "
+    print("| task | controller | precision | deterministic | compiled | train kernel | pooled | pooled isa | "
+          "train ep/s | x seed | "
           "test ep/s | "
           "x seed | test ep/s, exact kernel | x seed | test ep/s, feature cache | x seed | feature cache, exact kernel "
           "| x seed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in args.tasks.split(","):
         for kind in args.controllers.split(","):
             for prec in args.precisions.split(","):
@@ -158,15 +179,15 @@ def main() -> None:
                     if args.cached and exact else nan
                 compiles = args.compile.split(",") if kind != "fp" else ["off"]
                 kernels = args.train_kernels.split(",")
-                for det, comp, tk, pooled in itertools.product(args.deterministic.split(","), compiles, kernels,
-                                                               args.pooled.split(",")):
+                for det, comp, tk, pooled, pi in itertools.product(args.deterministic.split(","), compiles, kernels,
+                                                                   args.pooled.split(","), isas):
                     binary_kernels.KERNEL = tk
                     with deterministic_kernels("cpu", enabled=det == "on"), compiled_kernels(comp == "on"), \
-                            pooled_backward(pooled == "on"):
+                            pooled_backward(pooled == "on"), pooled_isa(pi) as bits:
                         tr = train_rate(cfg, cache, steps)
                     ref = tag == "20w5s"  # the seed's reference was measured for 20-way 5-shot only
                     r = (lambda v, base: f"{v / base:.1f}" if ref and v == v else "-")
-                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {pooled} | {tr:.2f} | "
+                    print(f"| {tag} | {kind} | {prec} | {det} | {comp} | {tk} | {pooled} | {bits} | {tr:.2f} | "
                           f"{r(tr, SEED_TRAIN_EPS)} | "
                           f"{te:.2f} | {r(te, SEED_TEST_EPS)} | {te8:.2f} | {r(te8, SEED_TEST_EPS)} | {tc:.1f} | "
                           f"{r(tc, SEED_TEST_EPS)} | {tc8:.1f} | {r(tc8, SEED_TEST_EPS)} |", flush=True)

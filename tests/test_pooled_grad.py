@@ -72,6 +72,39 @@ def test_without_pool_the_gradients_match_the_dense_convolution_backward(kernels
         kernels.conv_backward(g, torch.zeros(g.shape, dtype=torch.uint8), a, w, pool=1)
 
 
+def test_the_inner_loops_are_chosen_from_the_cpu_and_can_be_forced(kernels):
+    default = kernels.isa()
+    assert default in kernels.ISAS
+    with kernels.using_isa(256) as bits:
+        assert bits == 256 and kernels.isa() == 256
+    assert kernels.isa() == default
+    with pytest.raises(ValueError, match="isa 128 is not one of 256, 512"):
+        with kernels.using_isa(128):
+            pass
+
+
+@pytest.mark.parametrize("b, c, h, k, o, zeros, pool", [
+    (3, 128, 12, 5, 9, 0.3, 2),   # 64-channel tiles; an odd channel count (the weight loop's pairs and last row)
+    (2, 72, 10, 3, 6, 0.6, 2),    # a 64-channel tile and an 8-channel one
+    (2, 64, 14, 3, 7, 0.95, 2),   # lists mostly empty, lengths far apart
+    (2, 128, 9, 3, 5, 0.5, 1),    # no pool
+])
+def test_the_512_bit_loops_give_the_same_bits_as_the_256_bit_ones(kernels, b, c, h, k, o, zeros, pool):
+    with kernels.using_isa(512) as bits:
+        if bits != 512:
+            pytest.skip("this CPU has no AVX-512")
+    a, w, g, d = _problem(b, c, h, k, o, seed=c + o, zeros=zeros)
+    if pool == 1:
+        n = h - k + 1
+        gen = torch.Generator().manual_seed(o)
+        g, d = torch.randn(b, o, n, n, generator=gen) * (torch.rand(b, o, n, n, generator=gen) > zeros), None
+    got = {}
+    for width in (256, 512):
+        with kernels.using_isa(width):
+            got[width] = kernels.conv_backward(g, d, a, w, pool=pool)
+    assert torch.equal(got[256][0], got[512][0]) and torch.equal(got[256][1], got[512][1])
+
+
 def test_the_same_bits_on_one_or_two_threads(kernels):
     a, w, g, d = _problem(5, 24, 10, 3, 7, seed=3)
     n = torch.get_num_threads()

@@ -8,14 +8,17 @@ alone (``csrc/pooled_grad.c``, AVX2 + FMA): a quarter of the multiply-adds of th
 ``convolution_backward``. They equal it to float32 rounding (another summation order), and are
 the same bits whatever the thread count: images are split between threads, the weight gradient
 summed over a fixed number of image groups added in order, and each element is summed in one
-order.
+order. The inner loops run on 256-bit vectors, or on Intel CPUs with AVX-512 on 512-bit vectors
+two lists of terms at a time (:func:`isa`; the same bits).
 Built like the popcount kernels (:mod:`batmann.models.native`); where it does not build,
 :func:`available` is False and the callers keep autograd.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -48,6 +51,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.relu_pool_argmax.restype = None
     lib.unpool_bf16.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P]
     lib.unpool_bf16.restype = None
+    lib.pooled_grad_isa.argtypes = [ctypes.c_int]
+    lib.pooled_grad_isa.restype = ctypes.c_int
+    lib.pooled_grad_isa(0)  # settled once here, before any kernel runs on the pool's threads
 
 
 LIBRARY = native.NativeLibrary("pooled_grad.c", CFLAGS, _declare,
@@ -63,6 +69,34 @@ def unavailable_reason() -> str | None:
     """Why :func:`available` is False (one line), or None."""
     LIBRARY.load()
     return LIBRARY.reason
+
+
+#: the inner loops by width in bits: what :func:`isa` returns, and its name
+ISAS = {256: "AVX2", 512: "AVX-512"}
+
+
+def isa() -> int:
+    """The inner loops' width in use (a key of :data:`ISAS`; the same bits either way): 512 on
+    Intel CPUs with AVX-512F, else 256. Needs :func:`available`."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
+    return int(lib.pooled_grad_isa(0))
+
+
+@contextlib.contextmanager
+def using_isa(bits: int) -> Iterator[int]:
+    """Run the kernels with the ``bits``-wide inner loops (256 or 512) inside the block, where this
+    CPU has them (for tests and benchmarks; not thread-safe against kernels already running).
+    Yields the width in use; the previous one is restored after."""
+    if bits not in ISAS:
+        raise ValueError(f"isa {bits} is not one of {', '.join(map(str, ISAS))}")
+    before = isa()
+    lib = LIBRARY.load()
+    try:
+        yield int(lib.pooled_grad_isa(bits))
+    finally:
+        lib.pooled_grad_isa(before)
 
 
 def supports(a: Tensor, w: Tensor, pool: int = 2) -> bool:

@@ -1,4 +1,4 @@
-/* Gradients of a convolution followed by ReLU and a 2x2 stride-2 max pool (AVX2 + FMA).
+/* Gradients of a convolution followed by ReLU and a 2x2 stride-2 max pool (AVX2 + FMA, or AVX-512).
  *
  * Behind a 2x2 max pool, each pooled output passes its gradient to one convolution output of its
  * window (the argmax), and the ReLU drops it where the output was clipped: at most a quarter of
@@ -15,6 +15,12 @@
  * multiple of 8. Each output element is summed in one fixed order, whatever the image or channel
  * ranges the caller splits the work into (so any thread count gives the same bits); the weight
  * gradient of an image range is one partial sum, which the caller adds to the others in order.
+ *
+ * The inner loops have two forms, chosen at run time (pooled_grad_isa): 256-bit, one list of
+ * terms at a time into 8 accumulators of 8 floats; or 512-bit (compiled for AVX-512F alone), two
+ * lists at a time, each into 4 accumulators of 16 floats. Every float is summed in the same
+ * order by both, so the bits are the same; the 512-bit form keeps twice the multiply-adds in
+ * flight, for cores whose 512-bit units run at full width.
  *
  * Loaded by batmann/models/pooled_grad.py (ctypes); built with -O3 -mavx2 -mfma.
  */
@@ -34,6 +40,94 @@ static inline int64_t pack(float v, int64_t at) {
 }
 static inline __m256 value(int64_t w) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)w)); }
 static inline int64_t where_of(int64_t w) { return w >> 32; }
+
+/* the inner loops' width in bits, 256 or 512 (0: not chosen yet) */
+static int isa = 0;
+
+/* The loops the kernels use: 512 on Intel CPUs with AVX-512F (full-width 512-bit units), else
+ * 256 (AMD's Zen 4 splits 512-bit operations in two halves). want (256 or 512) selects one where
+ * the CPU runs it (0: keep the choice); returns the one in use. */
+int pooled_grad_isa(int want) {
+    __builtin_cpu_init();
+    const int has512 = __builtin_cpu_supports("avx512f");
+    if (want == 256 || (want == 512 && has512)) isa = want;
+    if (isa == 0) isa = has512 && __builtin_cpu_is("intel") ? 512 : 256;
+    return isa;
+}
+
+#define AVX512 __attribute__((target("avx512f")))
+
+AVX512 static inline __m512 value512(int64_t w) { return _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)w)); }
+
+/* acc[0..3] (64 floats) += the terms [t0, t1) of list times their rows, at base + where * stride */
+AVX512 static inline void terms512(__m512 *acc, const int64_t *list, int32_t t0, int32_t t1, const float *base,
+                                   int64_t stride) {
+    for (int32_t t = t0; t < t1; t++) {
+        const __m512 x = value512(list[t]);
+        const float *r = base + where_of(list[t]) * stride;
+        for (int v = 0; v < 4; v++) acc[v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(r + 16 * v), acc[v]);
+    }
+}
+
+/* terms512 of list a [a0, a1) into acc_a and of list b [b0, b1) into acc_b, side by side while
+ * both have terms: each accumulator sums its own list's terms in order */
+AVX512 static inline void two_lists512(__m512 *acc_a, const int64_t *la, int32_t a0, int32_t a1, __m512 *acc_b,
+                                       const int64_t *lb, int32_t b0, int32_t b1, const float *base, int64_t stride) {
+    const int32_t n = a1 - a0 < b1 - b0 ? a1 - a0 : b1 - b0;
+    for (int32_t t = 0; t < n; t++) {
+        const __m512 xa = value512(la[a0 + t]), xb = value512(lb[b0 + t]);
+        const float *ra = base + where_of(la[a0 + t]) * stride, *rb = base + where_of(lb[b0 + t]) * stride;
+        for (int v = 0; v < 4; v++) acc_a[v] = _mm512_fmadd_ps(xa, _mm512_loadu_ps(ra + 16 * v), acc_a[v]);
+        for (int v = 0; v < 4; v++) acc_b[v] = _mm512_fmadd_ps(xb, _mm512_loadu_ps(rb + 16 * v), acc_b[v]);
+    }
+    terms512(acc_a, la, a0 + n, a1, base, stride);
+    terms512(acc_b, lb, b0 + n, b1, base, stride);
+}
+
+/* the input gradient's inner loop at one pooled position, 64 channels: dst[q] += the sum of the
+ * terms [s[q], s[q + 1]) of pk times their weight rows (wtile + o * 64), groups q = 0, 1 and 2, 3
+ * side by side */
+AVX512 static void input_groups512(const int64_t *pk, const int32_t *s, float *const *dst, const float *wtile) {
+    for (int q = 0; q < 4; q += 2) {
+        __m512 a[4], b[4];
+        for (int v = 0; v < 4; v++) a[v] = b[v] = _mm512_setzero_ps();
+        two_lists512(a, pk, s[q], s[q + 1], b, pk, s[q + 1], s[q + 2], wtile, 64);
+        if (s[q] != s[q + 1])
+            for (int v = 0; v < 4; v++)
+                _mm512_storeu_ps(dst[q] + 16 * v, _mm512_add_ps(_mm512_loadu_ps(dst[q] + 16 * v), a[v]));
+        if (s[q + 1] != s[q + 2])
+            for (int v = 0; v < 4; v++)
+                _mm512_storeu_ps(dst[q + 1] + 16 * v, _mm512_add_ps(_mm512_loadu_ps(dst[q + 1] + 16 * v), b[v]));
+    }
+}
+
+/* the weight gradient's inner loop at one (kh, kw, 64 channels), rows o < no of gw (K apart from
+ * dst): += the sum of o's cnt[o] terms (lists chunk apart) times their patch rows (at + where),
+ * output channels two at a time */
+AVX512 static void weight_rows512(const int64_t *lp, const int32_t *cnt, int64_t no, int64_t chunk, const float *at,
+                                  float *dst, int64_t K) {
+    int64_t o = 0;
+    for (; o + 2 <= no; o += 2) {
+        float *da = dst + o * K, *db = da + K;
+        __m512 a[4], b[4];
+        for (int v = 0; v < 4; v++) {
+            a[v] = _mm512_loadu_ps(da + 16 * v);
+            b[v] = _mm512_loadu_ps(db + 16 * v);
+        }
+        two_lists512(a, lp + o * chunk, 0, cnt[o], b, lp + (o + 1) * chunk, 0, cnt[o + 1], at, 1);
+        for (int v = 0; v < 4; v++) {
+            _mm512_storeu_ps(da + 16 * v, a[v]);
+            _mm512_storeu_ps(db + 16 * v, b[v]);
+        }
+    }
+    if (o < no) {
+        float *da = dst + o * K;
+        __m512 a[4];
+        for (int v = 0; v < 4; v++) a[v] = _mm512_loadu_ps(da + 16 * v);
+        terms512(a, lp + o * chunk, 0, cnt[o], at, 1);
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(da + 16 * v, a[v]);
+    }
+}
 
 /* floats between pixels of the weight gradient's channels-last image beyond its C channels: at
  * C = 128 the patch rows of a chunk would start a multiple of 512 bytes apart and share half of
@@ -113,6 +207,13 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                     for (int64_t p = 0; p < P; p++) {
                         const int64_t i = p / Wp, j = p % Wp;
                         const int32_t *s = start + p * 5;
+                        if (isa == 512 && nv == NV) {
+                            float *dsts[4];
+                            for (int q = 0; q < 4; q++)
+                                dsts[q] = out + ((ps * i + (q >> 1) + kh) * W + (ps * j + (q & 1) + kw)) * C + cb;
+                            input_groups512(pk, s, dsts, wtile);
+                            continue;
+                        }
                         for (int q = 0; q < 4; q++) {
                             if (s[q] == s[q + 1]) continue;
                             float *dst = out + ((ps * i + (q >> 1) + kh) * W + (ps * j + (q & 1) + kw)) * C + cb;
@@ -187,6 +288,10 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                         const int64_t nv = (C - cb) / 8 < NV ? (C - cb) / 8 : NV;
                         const float *at = ab + (kh * W + kw) * Cs + cb;
                         const int64_t off = (kh * k + kw) * C + cb;
+                        if (isa == 512 && nv == NV) {
+                            weight_rows512(lp, cnt, no, chunk, at, gw + olo * K + off, K);
+                            continue;
+                        }
                         for (int64_t o = olo; o < ohi; o++) {
                             const int64_t *pl = lp + (o - olo) * chunk;
                             const int32_t n_o = cnt[o - olo];
