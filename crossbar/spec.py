@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from crossbar.options import ANALOG_PARTS, CONV_ROW_ORDERS, PROGRAMMING_ROUTES, WEIGHT_MAPPINGS  # noqa: F401
 from device_models.errors import HardwareSpecError
 from device_models.nonidealities import (
     ADC,
@@ -26,11 +27,6 @@ from device_models.nonidealities import (
 )
 from device_models.presets import PRESETS, DevicePreset, get_preset
 
-ANALOG_PARTS = ("keys", "controller", "all")
-WEIGHT_MAPPINGS = ("per_column", "naive")
-#: how a convolution's (c, kh, kw) weight rows are laid along the arrays' word lines
-CONV_ROW_ORDERS = ("channel", "kernel")
-PROGRAMMING_ROUTES = ("fast", "memtorch")
 #: The shortcut fields of :class:`HardwareSpec` and the non-ideality kind each one sets (each
 #: non-ideality class declares its own in ``shortcuts``).
 SHORTCUT_KINDS = {name: cls.kind for cls in NONIDEALITY_TYPES.values() for name in cls.shortcuts}

@@ -41,10 +41,15 @@ from typing import ClassVar
 import torch
 
 from device_models.errors import HardwareSpecError
-
-VARIABILITY_MODES = ("own_range", "memtorch_clip")
-ADC_METHODS = ("linear",)
-ADC_RANGES = ("worst", "calibrated", "calibrated_column")
+from device_models.options import (  # noqa: F401 - the option lists, re-exported
+    ADC_METHODS,
+    ADC_RANGES,
+    DRIFT_COMPENSATIONS,
+    IR_DROP_SOLVERS,
+    PROGRAMMING_NOISE_MODES,
+    STAGES,
+    VARIABILITY_MODES,
+)
 
 
 def _is_number(v) -> bool:
@@ -53,12 +58,6 @@ def _is_number(v) -> bool:
 
 def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, int)
-
-
-STAGES = ("device", "program", "read", "circuit")
-DRIFT_COMPENSATIONS = ("none", "global")
-PROGRAMMING_NOISE_MODES = ("window", "state", "measured")
-IR_DROP_SOLVERS = ("auto", "exact", "approx")
 
 
 class NonIdeality(ABC):

@@ -7,8 +7,8 @@ import argparse
 import json
 
 from batmann.cli.train_cmd import add_protocol_options
-from crossbar.spec import SHORTCUT_KINDS
-from device_models.nonidealities import ADC_RANGES, DRIFT_COMPENSATIONS, IR_DROP_SOLVERS, NONIDEALITY_TYPES
+from crossbar.options import ANALOG_PARTS, CONV_ROW_ORDERS
+from device_models.options import ADC_RANGES, DRIFT_COMPENSATIONS, IR_DROP_SOLVERS
 
 
 def _tile(text: str) -> tuple[int, int]:
@@ -22,8 +22,6 @@ def _tile(text: str) -> tuple[int, int]:
 def add_hardware_options(p: argparse.ArgumentParser) -> None:
     """The chip's flags, named as the :class:`crossbar.HardwareSpec` fields; unset ones stay None
     (the spec file's value, else the field's default)."""
-    from crossbar.spec import ANALOG_PARTS, CONV_ROW_ORDERS
-
     g = p.add_argument_group("hardware (HardwareSpec fields)")
     g.add_argument("--preset", default=None, help="device preset (see `batmann crossbar presets`; default ideal)")
     g.add_argument("--analog", choices=ANALOG_PARTS, default=None, help="which parts run on crossbars (default keys)")
@@ -100,8 +98,12 @@ def periphery_from_args(args: argparse.Namespace):
     return get_periphery(args.periphery, **{f: getattr(args, a, None) for a, f in PERIPHERY_FLAGS.items()})
 
 
-#: The hardware flags: the preset, the analog part, the conv row order and every shortcut field of HardwareSpec.
-HARDWARE_FLAGS = ("preset", "analog", "conv_rows") + tuple(SHORTCUT_KINDS)
+def hardware_flags() -> tuple[str, ...]:
+    """The hardware flags: the preset, the analog part, the conv row order and every shortcut
+    field of HardwareSpec (imports the simulators: called when a command runs, not to parse)."""
+    from crossbar.spec import SHORTCUT_KINDS
+
+    return ("preset", "analog", "conv_rows") + tuple(SHORTCUT_KINDS)
 
 
 def spec_from_args(args: argparse.Namespace, seed: int):
@@ -109,9 +111,11 @@ def spec_from_args(args: argparse.Namespace, seed: int):
     that was set laid over it; ``seed`` is the chip's unless the file names one."""
     from batmann.hardware import hardware_spec
     from crossbar import HardwareSpec
+    from crossbar.spec import SHORTCUT_KINDS
+    from device_models.nonidealities import NONIDEALITY_TYPES
 
     base = HardwareSpec.load(args.spec).to_dict() if getattr(args, "spec", None) else {"seed": seed}
-    given = {k: getattr(args, k) for k in HARDWARE_FLAGS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in hardware_flags() if getattr(args, k, None) is not None}
     items = base.get("nonidealities", {})
     for kind in {SHORTCUT_KINDS[f] for f in given if f in SHORTCUT_KINDS}:
         # a flag replaces the file's non-ideality of its kind; the kind's other shortcut fields
