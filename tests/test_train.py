@@ -65,13 +65,17 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, omniglot_cache, controlle
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("controller,precision", [("xnor", "fp32"), ("fp", "fp32"), ("xnor", "bf16"), ("fp", "bf16")])
-def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_threads(controller, precision, tmp_path,
-                                                                                  omniglot_cache):
-    """--deterministic leaves the C kernels (popcount forward, pooled backward) and torch's
-    convolutions in fixed image ranges (one thread each; bf16: XNOR's gradient products, the fp
-    controller's autocast convolutions) their threads: their sums do not depend on how many
-    threads run them, so neither do the weights."""
+@pytest.mark.parametrize("controller,precision,compile", [
+    ("xnor", "fp32", "off"), ("fp", "fp32", "off"), ("xnor", "bf16", "off"), ("fp", "bf16", "off"),
+    pytest.param("xnor", "fp32", "on", marks=pytest.mark.skipif(
+        not __import__("batmann.models.fused", fromlist=["x"]).compiler_available(), reason="no C++ compiler")),
+])
+def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_threads(controller, precision, compile,
+                                                                                  tmp_path, omniglot_cache):
+    """--deterministic leaves the C kernels (popcount forward, pooled backward), the compiled
+    element-wise kernels and torch's convolutions in fixed image ranges (one thread each; bf16:
+    XNOR's gradient products, the fp controller's autocast convolutions) their threads: their
+    sums do not depend on how many threads run them, so neither do the weights."""
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -79,7 +83,7 @@ def test_deterministic_runs_are_the_same_bits_whatever_the_native_kernels_thread
             torch.set_num_threads(n)  # deterministic training keeps this count for the C kernels only
             run = tmp_path / f"threads{n}"
             steps = 3 if precision == "fp32" else 2  # bf16 is emulated (slow) on CPUs without it
-            train(tiny_config(controller=controller, precision=precision, compile="off", train_episode=steps,
+            train(tiny_config(controller=controller, precision=precision, compile=compile, train_episode=steps,
                               val_interval=steps, checkpoint_interval=steps), run, progress=False,
                   cache=omniglot_cache)
             runs.append(_weights(run))
