@@ -12,6 +12,15 @@ from batmann.models.layers import XnorConv2d, BinaryLinear, centered_sign_ste, s
 
 needs_compiler = pytest.mark.skipif(not fused.compiler_available(), reason="no C++ compiler for TorchInductor")
 
+
+@pytest.fixture
+def inductor(monkeypatch):
+    """The compiled form itself: the C kernels that take a float32 sign instead are left out
+    (tests/test_sign_kernels.py)."""
+    from batmann.models import sign_kernels
+
+    monkeypatch.setattr(sign_kernels, "available", lambda: False)
+
 # (16, 8, 24, 24) = 73,728 elements: above fused.MIN_COMPILED_NUMEL, small enough to compile fast
 SHAPE = (16, 8, 24, 24)
 
@@ -30,7 +39,7 @@ def _grads(fn, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @needs_compiler
 @pytest.mark.parametrize("surrogate", ["hardtanh", "rbnn"])
-def test_compiled_sign_matches_eager(surrogate):
+def test_compiled_sign_matches_eager(surrogate, inductor):
     x, g = _x(0), torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
 
     def fn(t):
@@ -46,7 +55,7 @@ def test_compiled_sign_matches_eager(surrogate):
 
 
 @pytest.mark.parametrize("surrogate", ["hardtanh", "rbnn"])
-def test_sign_with_relu_is_the_sign_of_the_relu(surrogate):
+def test_sign_with_relu_is_the_sign_of_the_relu(surrogate, inductor):
     """``relu=True`` binarises ``relu(x)`` with the ReLU in the sign's own passes: eager, the same
     bits as the separate ops (values and the gradient with respect to ``x``); compiled, close."""
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(6))
@@ -82,7 +91,7 @@ def test_compiled_standardize_matches_eager():
 
 
 @needs_compiler
-def test_compiled_kernels_same_bits_on_one_and_two_threads():
+def test_compiled_kernels_same_bits_on_one_and_two_threads(inductor):
     x, g = _x(4), torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
     before = torch.get_num_threads()
     outs = []

@@ -8,8 +8,12 @@ mean, a difference, a norm, a comparison, a cast, ... one pass each). Compiled b
 reduction pass and one element-wise pass.
 
 Both forms compute the same formulas; the compiled reductions sum in another order, so the
-results agree to float32 rounding, not bit for bit. Each sample's sums stay on one thread, so
-the compiled kernels give the same bits on one or several threads (``tests/test_fused.py``).
+results agree to float32 rounding, not bit for bit. TorchInductor picks its loops for the
+thread count it compiles for, so the compiled kernels may sum in another order on another
+number of threads (at 7 or 20 samples of 128 x 28 x 28 they do; at 16 samples of 8 x 24 x 24,
+``tests/test_fused.py``, they do not); inside ``deterministic_kernels`` they run on torch's one
+thread. A float32 centered sign runs instead on C kernels where they build
+(:mod:`batmann.models.sign_kernels`: every core, the same bits on any number of threads).
 :func:`compiled_kernels` switches the compiled form on for a block (training does, see
 ``TrainConfig.compile``); eager is the default everywhere else, and inference (no autograd: the
 validation and test inside a training run) stays eager within the block too: the compiled
@@ -154,13 +158,28 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
         _enabled = before
 
 
+def _native(x: Tensor, *others: Tensor) -> bool:
+    """Whether the centered sign of ``x`` runs on the C kernels (:mod:`batmann.models.sign_kernels`):
+    where the compiled form would, for float32 tensors, the library here."""
+    from batmann.models import sign_kernels
+
+    return _enabled and x.device.type == "cpu" and x.numel() >= MIN_COMPILED_NUMEL and sign_kernels.applies(x, *others)
+
+
 def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None, compiled: bool = True,
                  relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(sign_pm1(x - mu), mu, s)`` per sample: +-1 in ``out_dtype`` (default ``x``'s), the
     float32 mean and unbiased std. ``compiled=False``: eager whatever the setting (inference).
-    ``relu``: the same of ``torch.relu(x)``, the ReLU computed on the fly (not stored)."""
+    ``relu``: the same of ``torch.relu(x)``, the ReLU computed on the fly (not stored). Where the
+    compiled form would run, a float32 sign runs on the C kernels instead (every core, the same
+    bits on any number of threads)."""
+    out_dtype = out_dtype or x.dtype
+    if compiled and out_dtype == torch.float32 and _native(x):
+        from batmann.models import sign_kernels
+
+        return sign_kernels.sign_forward(x, relu)
     name = "sign_forward_relu" if relu else "sign_forward"
-    return (_kernel(name, x) if compiled else _EAGER[name])(x, out_dtype or x.dtype)
+    return (_kernel(name, x) if compiled else _EAGER[name])(x, out_dtype)
 
 
 def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float,
@@ -169,7 +188,12 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t
     derivative at ``x_hat = (x - mu) / s`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
     ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation.
     ``relu``: that of the centered sign of ``torch.relu(x)``, with respect to ``x`` (the ReLU's
-    gradient mask ``x > 0`` applied in the same pass)."""
+    gradient mask ``x > 0`` applied in the same pass). Float32 on the C kernels where
+    :func:`sign_forward` runs there."""
+    if _native(x, g):
+        from batmann.models import sign_kernels
+
+        return sign_kernels.sign_backward(x, mu, s, g, surrogate, t, relu)
     tail = "_relu" if relu else ""
     if surrogate == "hardtanh":
         return _kernel("sign_backward_hardtanh" + tail, x)(x, mu, s, g)
