@@ -392,7 +392,9 @@ class _ConvReluPool(torch.autograd.Function):
     The forward is the separate ops' (``exact``: the bias-free +-1 x +-1 product on the exact
     kernels, as :class:`_Pm1Product`), then one pass for alpha, the ReLU and the pool that keeps each window's
     argmax (:func:`batmann.models.pooled_grad.relu_pool`): the same bits. The backward starts from
-    the pooled gradient and the argmax. With ``grad_dtype`` None, in float32
+    the pooled gradient and the argmax, masked and scaled by alpha in one pass that also sums
+    alpha's gradient (:func:`batmann.models.pooled_grad.scale_grad`: in double, per image group,
+    the same bits on any number of threads). With ``grad_dtype`` None, in float32
     (:func:`batmann.models.pooled_grad.conv_backward`: a quarter of the dense products' work); it
     equals autograd's through the separate ops to float32 rounding (another summation order).
     With ``grad_dtype`` bf16 (an exact +-1 layer), the convolution's output gradient is laid out
@@ -417,9 +419,9 @@ class _ConvReluPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, w, scale, kept, y_at, offsets = ctx.saved_tensors
-        gz = torch.where(kept, g, 0.0)  # the ReLU's gradient at the argmax
-        g_alpha = (gz * y_at).sum((0, 2, 3)) if ctx.has_alpha and ctx.needs_input_grad[3] else None
-        gy = gz * scale.view(1, -1, 1, 1) if ctx.has_alpha else gz
+        # the ReLU's gradient at the argmax, times alpha; alpha's gradient: one pass
+        gy, g_alpha = pooled_grad.scale_grad(g, kept, y_at, scale)
+        g_alpha = g_alpha if ctx.has_alpha and ctx.needs_input_grad[3] else None
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if ctx.grad_dtype is None:
             ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, need_a, need_w, pool=ctx.pool)

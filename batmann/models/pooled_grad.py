@@ -51,6 +51,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.relu_pool_argmax.restype = None
     lib.unpool_bf16.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P]
     lib.unpool_bf16.restype = None
+    lib.pooled_grad_scale.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _P]
+    lib.pooled_grad_scale.restype = None
     lib.pooled_grad_isa.argtypes = [ctypes.c_int]
     lib.pooled_grad_isa.restype = ctypes.c_int
     lib.pooled_grad_isa(0)  # settled once here, before any kernel runs on the pool's threads
@@ -144,6 +146,44 @@ def relu_pool(y: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     native.parallel(part, b)
     return out, offsets, y_at
+
+
+def scale_grad(grad: Tensor, kept: Tensor, y_at: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The backward of ``relu(y * scale)`` (per channel, then pooled) from its output gradient, in
+    one pass: ``(gy, g_scale)`` with ``gy = torch.where(kept, grad, 0) * scale.view(1, -1, 1, 1)``
+    (the same values) and ``g_scale`` (O,) the sum of ``torch.where(kept, grad, 0) * y_at`` over
+    images and positions, float32 (summed in double, per :data:`WEIGHT_GROUPS` image groups
+    added in order: the same bits on any number of threads). ``grad``, ``y_at`` (B, O, ...)
+    float32, ``kept`` bool of that shape, ``scale`` (O,)."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
+    if grad.shape != kept.shape or grad.shape != y_at.shape or grad.dim() < 2 or kept.dtype != torch.bool:
+        raise ValueError(f"scale_grad needs a gradient, a bool mask and y of one (B, O, ...) shape, got "
+                         f"{tuple(grad.shape)}, {tuple(kept.shape)} {kept.dtype}, {tuple(y_at.shape)}")
+    b, o = grad.shape[:2]
+    p = grad[0, 0].numel() if b and o else 0
+    g = grad.detach().to(torch.float32).contiguous()
+    k = kept.contiguous().view(torch.uint8)
+    ya = y_at.detach().to(torch.float32).contiguous()
+    al = scale.detach().reshape(-1).to(torch.float32).contiguous()
+    if al.numel() != o:
+        raise ValueError(f"scale_grad needs {o} scales, got {al.numel()}")
+    gy = torch.empty(grad.shape, dtype=torch.float32)
+    groups = max(1, min(b, WEIGHT_GROUPS))
+    bounds = [b * i // groups for i in range(groups + 1)]
+    parts = torch.zeros(groups, o, dtype=torch.float64)
+
+    def part(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            lib.pooled_grad_scale(g.data_ptr(), k.data_ptr(), ya.data_ptr(), al.data_ptr(), bounds[i], bounds[i + 1],
+                                  o, p, gy.data_ptr(), parts[i].data_ptr())
+
+    native.parallel(part, groups)
+    total = parts[0].clone()
+    for i in range(1, groups):  # a fixed order, whatever the threads
+        total += parts[i]
+    return gy, total.to(torch.float32)
 
 
 def unpool_bf16(grad: Tensor, offsets: Tensor) -> Tensor:

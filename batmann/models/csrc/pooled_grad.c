@@ -420,3 +420,23 @@ void unpool_bf16(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64
         }
     }
 }
+
+/* For images [lo, hi) of (n, O, P): gy = (kept ? g : 0) * scale[o] (the values of torch.where
+ * and the product: the gradient behind alpha and the ReLU), and part[o] += the sum over these
+ * images and positions, in order, of (kept ? g : 0) * y_at (float32 products, double sums: the
+ * gradient of alpha, per image group). kept is 0 or 1 per element. */
+void pooled_grad_scale(const float *g, const uint8_t *kept, const float *y_at, const float *scale, int64_t lo,
+                       int64_t hi, int64_t O, int64_t P, float *gy, double *part) {
+    for (int64_t b = lo; b < hi; b++)
+        for (int64_t o = 0; o < O; o++) {
+            const int64_t base = (b * O + o) * P;
+            const float al = scale[o];
+            double acc = 0.0;
+            for (int64_t p = 0; p < P; p++) {
+                const float z = kept[base + p] ? g[base + p] : 0.0f;
+                gy[base + p] = z * al;
+                acc += (double)(z * y_at[base + p]);
+            }
+            part[o] += acc;
+        }
+}
