@@ -35,6 +35,9 @@ CHUNK = 16
 WEIGHT_GROUPS = 8
 #: channels per tile in the kernels (the weights' block layout for the input gradient)
 BLOCK = 64
+#: floats of padding per pixel of the weight gradient's channels-last image (``PIXEL_PAD`` of
+#: ``csrc/pooled_grad.c``)
+PIXEL_PAD = 8
 
 _I64 = ctypes.c_int64
 _P = ctypes.c_void_p
@@ -106,12 +109,12 @@ def supports(a: Tensor, w: Tensor, pool: int = 2) -> bool:
     with ``w`` (O, C, k, k) followed by a ``pool`` x ``pool`` max pool (2, or 1: none): CPU
     float32, C a multiple of 8, square kernel, an output that ``pool`` divides, one image's input
     and one image's pooled outputs of all channels each under 2^31 elements (the kernels index
-    them with 32-bit integers; the input with 8 floats of padding per pixel)."""
+    them with 32-bit integers; the input with :data:`PIXEL_PAD` floats more per pixel)."""
     if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
         return False
     c, h, wd = a.shape[1:]
     k = w.shape[-1]
-    small = h * wd * (c + 8) < 2**31 and w.shape[0] * ((h - k + 1) // pool) ** 2 < 2**31
+    small = h * wd * (c + PIXEL_PAD) < 2**31 and w.shape[0] * ((h - k + 1) // pool) ** 2 < 2**31
     return c % 8 == 0 and w.shape[-2] == k and h == wd and (h - k + 1) % pool == 0 and h >= k and small
 
 
@@ -148,6 +151,20 @@ def relu_pool(y: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return out, offsets, y_at
 
 
+def _image_groups(batch: int) -> list[int]:
+    """The bounds of at most :data:`WEIGHT_GROUPS` image groups of a batch (fixed by its size alone)."""
+    groups = max(1, min(batch, WEIGHT_GROUPS))
+    return [batch * i // groups for i in range(groups + 1)]
+
+
+def _add_in_order(parts: Tensor) -> Tensor:
+    """``parts[0] + parts[1] + ...`` in that order (the same bits whatever the threads that made them)."""
+    total = parts[0]
+    for i in range(1, parts.shape[0]):
+        total += parts[i]
+    return total
+
+
 def scale_grad(grad: Tensor, kept: Tensor, y_at: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     """The backward of ``relu(y * scale)`` (per channel, then pooled) from its output gradient, in
     one pass: ``(gy, g_scale)`` with ``gy = torch.where(kept, grad, 0) * scale.view(1, -1, 1, 1)``
@@ -170,8 +187,8 @@ def scale_grad(grad: Tensor, kept: Tensor, y_at: Tensor, scale: Tensor) -> tuple
     if al.numel() != o:
         raise ValueError(f"scale_grad needs {o} scales, got {al.numel()}")
     gy = torch.empty(grad.shape, dtype=torch.float32)
-    groups = max(1, min(b, WEIGHT_GROUPS))
-    bounds = [b * i // groups for i in range(groups + 1)]
+    bounds = _image_groups(b)
+    groups = len(bounds) - 1
     parts = torch.zeros(groups, o, dtype=torch.float64)
 
     def part(lo: int, hi: int) -> None:
@@ -180,10 +197,7 @@ def scale_grad(grad: Tensor, kept: Tensor, y_at: Tensor, scale: Tensor) -> tuple
                                   o, p, gy.data_ptr(), parts[i].data_ptr())
 
     native.parallel(part, groups)
-    total = parts[0].clone()
-    for i in range(1, groups):  # a fixed order, whatever the threads
-        total += parts[i]
-    return gy, total.to(torch.float32)
+    return gy, _add_in_order(parts).to(torch.float32)
 
 
 def unpool_bf16(grad: Tensor, offsets: Tensor) -> Tensor:
@@ -263,9 +277,9 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
     if need_weight:
         ac = a.detach().contiguous()
-        groups = min(b, WEIGHT_GROUPS)
+        bounds = _image_groups(b)
+        groups = len(bounds) - 1
         chunk = CHUNK * 4 // pool**2
-        bounds = [b * i // groups for i in range(groups + 1)]
         parts = torch.empty(groups, o, k, k, c, dtype=torch.float32)
 
         def weight_part(lo: int, hi: int) -> int:
@@ -276,8 +290,5 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
         codes = native.parallel(weight_part, groups)
         if any(codes):
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
-        out = parts[0]
-        for i in range(1, groups):  # a fixed order, whatever the threads
-            out += parts[i]
-        gw = out.permute(0, 3, 1, 2).contiguous()
+        gw = _add_in_order(parts).permute(0, 3, 1, 2).contiguous()
     return ga, gw
