@@ -34,6 +34,13 @@ def has_int8_matrix_units(device: torch.device) -> bool:
     return device.type == "cpu" and _flag("_is_amx_tile_supported")
 
 
+def has_bf16_matrix_units(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU with AMX tiles, where oneDNN's dense bf16 convolutions outrun
+    float32 kernels that skip the zeros behind a max pool; on a CPU whose bf16 is AVX512-BF16
+    alone they do not (docs/performance.md)."""
+    return device.type == "cpu" and _flag("_is_amx_tile_supported")
+
+
 def _cpu_int8() -> bool:
     return _flag("_is_amx_tile_supported") or _flag("_is_vnni_supported")
 

@@ -370,3 +370,52 @@ def test_other_settings_keep_autograd(kernels, monkeypatch):
     model(x).sum().backward()
     handle.remove()
     assert calls == [model.features.conv4]
+
+
+def test_the_bf16_conversions_are_torchs_bits(kernels):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 16, 7, 7, generator=gen)
+    x[0, 1, 0, :3] = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -0.0])  # ties to even, a signed zero
+    x[1, 2, 3, 3] = float("inf")
+    got = kernels.to_bfloat16_channels_last(x)
+    want = x.to(torch.bfloat16, memory_format=torch.channels_last)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == torch.bfloat16
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    back = kernels.to_float32(got)
+    assert back.is_contiguous() and back.dtype == torch.float32
+    assert torch.equal(back.view(torch.int32), want.float().view(torch.int32))
+    plain = x.to(torch.bfloat16)  # not channels-last: torch's own conversion
+    assert torch.equal(kernels.to_float32(plain), plain.float())
+
+
+def _fp_autocast_grads(model, x, monkeypatch, matrix_units):
+    monkeypatch.setattr("crossbar.cpu_features.has_bf16_matrix_units", lambda device: matrix_units)
+    model.zero_grad()
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(xg).float()
+    (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+    return out.detach(), xg.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fp_training_under_bf16_autocast_takes_float32_gradients_from_the_pooled_gradient(
+        kernels, monkeypatch, channels_last):
+    """Without bf16 matrix units, conv2 and conv4 of an fp controller under bf16 autocast keep the
+    bf16 forward (the same bits) and take float32 gradients from the pooled gradient: autocast's
+    own (bf16 products) to bf16 rounding."""
+    model = build_controller("fp")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(6))
+    calls = []
+    real = layers._ConvReluPool.apply
+    monkeypatch.setattr(layers._ConvReluPool, "apply", lambda *a: calls.append(a[4]) or real(*a))
+    dense = _fp_autocast_grads(model, x, monkeypatch, matrix_units=True)  # AMX: oneDNN's bf16 products
+    assert calls == []
+    got = _fp_autocast_grads(model, x, monkeypatch, matrix_units=False)
+    assert calls == [model.features.conv2, model.features.conv4]
+    assert torch.equal(got[0], dense[0])  # the same forward
+    for name, g in dense[2].items():  # the same gradients to bf16 rounding
+        assert (got[2][name] - g).norm() / g.norm() < 0.01, name
+    assert got[1].dtype == torch.float32 and (got[1] - dense[1]).norm() / dense[1].norm() < 0.01

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from batmann.models import binary_kernels, fused, grouped_conv, pooled_grad
 from batmann.models import quantizers as q
 from batmann.utils.determinism import in_deterministic_block
+from crossbar import cpu_features
 
 STD_EPS = fused.STD_EPS
 
@@ -400,12 +401,16 @@ class _ConvReluPool(torch.autograd.Function):
     With ``grad_dtype`` bf16 (an exact +-1 layer), the convolution's output gradient is laid out
     in one pass as bf16 channels-last (:func:`batmann.models.pooled_grad.unpool_bf16`) for the
     dense bf16 products of :class:`_Pm1Product`: the same input and weight gradients, bit for
-    bit, as :class:`_Pm1Product` followed by the separate alpha, ReLU and pool."""
+    bit, as :class:`_Pm1Product` followed by the separate alpha, ReLU and pool. Under CPU bf16
+    autocast (a plain convolution, :func:`_pooled_autocast_ok`) the product is autocast's bf16 one
+    and the rest as in float32: the ReLU and pool pick its values exactly, the gradients are
+    float32 sums of the bf16 operands, and the input gradient is handed back in the input's dtype."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, alpha: Tensor | None, layer: nn.Module,  # noqa: D102
                 exact: bool, grad_dtype: torch.dtype | None = None, pool: int = 2) -> Tensor:
         y = _exact_pm1_op(layer, x, w) if exact else _op(layer, x, w, b)  # exact: bias-free XNOR layers only
+        y = pooled_grad.to_float32(y)  # a bf16 product under autocast: exact (the ReLU and pool pick its values)
         scale = torch.ones(y.shape[1]) if alpha is None else alpha.detach().to(y.dtype)
         if pool == 2:
             out, offsets, y_at = pooled_grad.relu_pool(y, scale)  # y_at: d out / d alpha where out > 0
@@ -424,7 +429,13 @@ class _ConvReluPool(torch.autograd.Function):
         g_alpha = g_alpha if ctx.has_alpha and ctx.needs_input_grad[3] else None
         need_a, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if ctx.grad_dtype is None:
-            ga, gw = pooled_grad.conv_backward(gy, offsets, x, w, need_a, need_w, pool=ctx.pool)
+            # under bf16 autocast the product took x and w rounded to bf16: their float32 values
+            wp = w if x.dtype == torch.float32 else w.detach().to(x.dtype).float()
+            ga, gw = pooled_grad.conv_backward(gy, offsets, pooled_grad.to_float32(x), wp, need_a, need_w,
+                                               pool=ctx.pool)
+            if ga is not None and x.dtype != torch.float32:
+                ga = (pooled_grad.to_bfloat16_channels_last(ga) if x.dtype == torch.bfloat16
+                      and x.is_contiguous(memory_format=torch.channels_last) else ga.to(x.dtype))
         else:
             gd = pooled_grad.unpool_bf16(gy, offsets) if ctx.pool == 2 else \
                 gy.to(ctx.grad_dtype, memory_format=torch.channels_last)
@@ -447,6 +458,20 @@ def _pooled_ok(layer: nn.Module, x: Tensor, pool: nn.Module | None) -> bool:
             and pooled_grad.available())
 
 
+def _pooled_autocast_ok(layer: nn.Module, x: Tensor, pool: nn.Module | None) -> bool:
+    """Whether the training forward of a plain convolution ``layer`` on ``x`` with ReLU and a 2x2
+    max ``pool`` under CPU bf16 autocast takes :class:`_ConvReluPool` (the bf16 product, then its
+    float32 gradients from the pooled gradient): where bf16 is native without matrix units
+    (:func:`crossbar.cpu_features.has_bf16_matrix_units`; with AMX oneDNN's dense bf16 gradient
+    products are faster), stride 1, no padding, dilation or groups, and the kernels here."""
+    return (pool is not None and is_2x2_pool(pool) and isinstance(layer, nn.Conv2d) and _records_autograd(layer, x)
+            and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and binary_kernels.KERNEL != "fp32"
+            and not cpu_features.has_bf16_matrix_units(x.device)
+            and layer.stride == (1, 1) and layer.padding in (0, (0, 0)) and layer.dilation == (1, 1)
+            and layer.groups == 1 and pooled_grad.supports(x[:1].float(), layer.weight, 2) and pooled_grad.available())
+
+
 def _pool_size(pool: nn.Module | None) -> int:
     """2 for a 2x2 max pool, 1 for none (:class:`_ConvReluPool`'s ``pool``)."""
     return 1 if pool is None else 2
@@ -464,9 +489,10 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     """``pool(relu(conv(x)))`` (no pool if None) for a plain ``nn.Conv2d``, the same values. In CPU
     float32 training a stride-1 unpadded convolution with a 2x2 max pool (or none, see
     :func:`_pooled_ok`) takes its gradients from the pooled (or the ReLU's sparse) gradient
-    (:class:`_ConvReluPool`), and a small fan-in convolution its weight gradient from one batched
+    (:class:`_ConvReluPool`), under bf16 autocast one with a 2x2 max pool where the CPU has no
+    bf16 matrix units (:func:`_pooled_autocast_ok`), and a small fan-in convolution its weight gradient from one batched
     product (:class:`_SmallFanInConv`)."""
-    if _pooled_ok(conv, x, pool):
+    if _pooled_ok(conv, x, pool) or _pooled_autocast_ok(conv, x, pool):
         return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False, None, _pool_size(pool))
     if _small_fan_in(conv, x):
         out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))

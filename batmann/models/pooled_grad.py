@@ -56,6 +56,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.unpool_bf16.restype = None
     lib.pooled_grad_scale.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _P]
     lib.pooled_grad_scale.restype = None
+    lib.bf16_nhwc_to_f32_nchw.argtypes = [_P, _I64, _I64, _I64, _I64, _P]
+    lib.bf16_nhwc_to_f32_nchw.restype = None
+    lib.f32_nchw_to_bf16_nhwc.argtypes = [_P, _I64, _I64, _I64, _I64, _P]
+    lib.f32_nchw_to_bf16_nhwc.restype = ctypes.c_int
     lib.pooled_grad_isa.argtypes = [ctypes.c_int]
     lib.pooled_grad_isa.restype = ctypes.c_int
     lib.pooled_grad_isa(0)  # settled once here, before any kernel runs on the pool's threads
@@ -292,3 +296,37 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
         gw = _add_in_order(parts).permute(0, 3, 1, 2).contiguous()
     return ga, gw
+
+
+def _channels_last_bf16(t: Tensor) -> bool:
+    return t.dim() == 4 and t.dtype == torch.bfloat16 and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def to_float32(t: Tensor) -> Tensor:
+    """``t`` (B, C, H, W) as contiguous float32, the same values: a channels-last bfloat16 tensor in
+    one pass on every core (the conversion is exact, the same bits on any thread count), any other
+    by ``Tensor.float().contiguous()``."""
+    lib = LIBRARY.load()
+    if lib is None or t.device.type != "cpu" or not _channels_last_bf16(t) or t.is_contiguous():
+        return t.float().contiguous()
+    b, c, h, w = t.shape
+    out = torch.empty(b, c, h, w, dtype=torch.float32)
+    src = t.detach()
+    native.parallel(lambda lo, hi: lib.bf16_nhwc_to_f32_nchw(src.data_ptr(), lo, hi, c, h * w, out.data_ptr()), b)
+    return out
+
+
+def to_bfloat16_channels_last(t: Tensor) -> Tensor:
+    """``t`` (B, C, H, W) float32, contiguous, as channels-last bfloat16, rounded to nearest even
+    as ``Tensor.to(torch.bfloat16)`` (the same bits), in one pass on every core."""
+    lib = LIBRARY.load()
+    if lib is None or t.device.type != "cpu" or t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
+        return t.to(torch.bfloat16, memory_format=torch.channels_last)
+    b, c, h, w = t.shape
+    out = torch.empty(b, c, h, w, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    src = t.detach()
+    codes = native.parallel(
+        lambda lo, hi: lib.f32_nchw_to_bf16_nhwc(src.data_ptr(), lo, hi, c, h * w, out.data_ptr()), b)
+    if any(codes):
+        raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
+    return out

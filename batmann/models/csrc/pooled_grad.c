@@ -440,3 +440,33 @@ void pooled_grad_scale(const float *g, const uint8_t *kept, const float *y_at, c
             part[o] += acc;
         }
 }
+
+/* Images [lo, hi) of a bfloat16 tensor (n, P, C) (channels-last, P pixels) into float32
+ * (n, C, P): exact (a bfloat16 is the upper half of a float32). */
+void bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t C, int64_t P, float *dst) {
+    float *buf = malloc((size_t)(P * C) * sizeof(float));
+    if (!buf) return;
+    for (int64_t b = lo; b < hi; b++) {
+        const uint16_t *s = src + b * P * C;
+        for (int64_t i = 0; i < P * C; i++) {
+            const uint32_t u = (uint32_t)s[i] << 16;
+            memcpy(buf + i, &u, sizeof u);
+        }
+        transpose(buf, P, C, dst + b * C * P);
+    }
+    free(buf);
+}
+
+/* Images [lo, hi) of a float32 tensor (n, C, P) into bfloat16 (n, P, C) (channels-last), each
+ * rounded to nearest even as Tensor.to(torch.bfloat16). Returns 1 where a buffer cannot be had. */
+int f32_nchw_to_bf16_nhwc(const float *src, int64_t lo, int64_t hi, int64_t C, int64_t P, uint16_t *dst) {
+    float *buf = malloc((size_t)(P * C) * sizeof(float));
+    if (!buf) return 1;
+    for (int64_t b = lo; b < hi; b++) {
+        transpose(src + b * C * P, C, P, buf);
+        uint16_t *d = dst + b * P * C;
+        for (int64_t i = 0; i < P * C; i++) d[i] = to_bf16(buf[i]);
+    }
+    free(buf);
+    return 0;
+}
