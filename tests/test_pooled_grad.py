@@ -372,20 +372,20 @@ def test_other_settings_keep_autograd(kernels, monkeypatch):
     assert calls == [model.features.conv4]
 
 
-def test_the_bf16_conversions_are_torchs_bits(kernels):
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(5, 16, 7, 7, generator=gen)
-    x[0, 1, 0, :3] = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -0.0])  # ties to even, a signed zero
-    x[1, 2, 3, 3] = float("inf")
-    got = kernels.to_bfloat16_channels_last(x)
-    want = x.to(torch.bfloat16, memory_format=torch.channels_last)
-    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == torch.bfloat16
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
-    back = kernels.to_float32(got)
-    assert back.is_contiguous() and back.dtype == torch.float32
-    assert torch.equal(back.view(torch.int32), want.float().view(torch.int32))
-    plain = x.to(torch.bfloat16)  # not channels-last: torch's own conversion
-    assert torch.equal(kernels.to_float32(plain), plain.float())
+def test_a_channels_last_bf16_input_is_read_as_it_is_and_its_gradient_rounded_to_bf16(kernels):
+    a, w, g, d = _problem(3, 16, 12, 3, 8, seed=4)
+    a = (a * torch.rand(a.shape, generator=torch.Generator().manual_seed(5))).to(torch.bfloat16)
+    a[0, 1, 0, :3] = torch.tensor([1 + 2**-7, -0.0, float("inf")])
+    cl = a.contiguous(memory_format=torch.channels_last)
+    back = kernels.to_float32(cl)  # exact, torch's bits
+    assert back.is_contiguous() and torch.equal(back.view(torch.int32), a.float().view(torch.int32))
+    a[0, 1, 0, 2] = 1.0  # finite values for the products
+    cl = a.contiguous(memory_format=torch.channels_last)
+    ga, gw = kernels.conv_backward(g, d, cl, w)
+    ga32, gw32 = kernels.conv_backward(g, d, a.float(), w)
+    assert ga.dtype == torch.bfloat16 and ga.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ga.view(torch.int16), ga32.to(torch.bfloat16).view(torch.int16))
+    assert torch.equal(gw, gw32)
 
 
 def _fp_autocast_grads(model, x, monkeypatch, matrix_units):

@@ -431,11 +431,9 @@ class _ConvReluPool(torch.autograd.Function):
         if ctx.grad_dtype is None:
             # under bf16 autocast the product took x and w rounded to bf16: their float32 values
             wp = w if x.dtype == torch.float32 else w.detach().to(x.dtype).float()
-            ga, gw = pooled_grad.conv_backward(gy, offsets, pooled_grad.to_float32(x), wp, need_a, need_w,
-                                               pool=ctx.pool)
-            if ga is not None and x.dtype != torch.float32:
-                ga = (pooled_grad.to_bfloat16_channels_last(ga) if x.dtype == torch.bfloat16
-                      and x.is_contiguous(memory_format=torch.channels_last) else ga.to(x.dtype))
+            xk = x if pooled_grad.supports(x, wp, ctx.pool) else pooled_grad.to_float32(x)  # bf16 channels-last as it is
+            ga, gw = pooled_grad.conv_backward(gy, offsets, xk, wp, need_a, need_w, pool=ctx.pool)
+            ga = None if ga is None else ga.to(x.dtype)
         else:
             gd = pooled_grad.unpool_bf16(gy, offsets) if ctx.pool == 2 else \
                 gy.to(ctx.grad_dtype, memory_format=torch.channels_last)

@@ -45,10 +45,10 @@ _P = ctypes.c_void_p
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.pooled_grad_input.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64,
-                                      _P]
+                                      _P, ctypes.c_int]
     lib.pooled_grad_input.restype = ctypes.c_int
     lib.pooled_grad_weight.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _I64, _I64, _I64, _I64, _I64,
-                                       _I64, _I64, _P]
+                                       _I64, _I64, _P, ctypes.c_int]
     lib.pooled_grad_weight.restype = ctypes.c_int
     lib.relu_pool_argmax.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _P, _P, _P]
     lib.relu_pool_argmax.restype = None
@@ -58,8 +58,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pooled_grad_scale.restype = None
     lib.bf16_nhwc_to_f32_nchw.argtypes = [_P, _I64, _I64, _I64, _I64, _P]
     lib.bf16_nhwc_to_f32_nchw.restype = None
-    lib.f32_nchw_to_bf16_nhwc.argtypes = [_P, _I64, _I64, _I64, _I64, _P]
-    lib.f32_nchw_to_bf16_nhwc.restype = ctypes.c_int
     lib.pooled_grad_isa.argtypes = [ctypes.c_int]
     lib.pooled_grad_isa.restype = ctypes.c_int
     lib.pooled_grad_isa(0)  # settled once here, before any kernel runs on the pool's threads
@@ -114,7 +112,9 @@ def supports(a: Tensor, w: Tensor, pool: int = 2) -> bool:
     float32, C a multiple of 8, square kernel, an output that ``pool`` divides, one image's input
     and one image's pooled outputs of all channels each under 2^31 elements (the kernels index
     them with 32-bit integers; the input with :data:`PIXEL_PAD` floats more per pixel)."""
-    if a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32 or a.dim() != 4:
+    if a.device.type != "cpu" or w.dtype != torch.float32 or a.dim() != 4:
+        return False
+    if a.dtype != torch.float32 and not _channels_last_bf16(a):
         return False
     c, h, wd = a.shape[1:]
     k = w.shape[-1]
@@ -245,7 +245,9 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
     ``grad`` (B, O, Hp, Wp) float32: the gradient at that place; ``offsets`` (B, O, Hp, Wp) uint8:
     the place, ``dy * 2 + dx`` in the window (:func:`argmax_offsets`; None with ``pool`` 1);
     ``a`` (B, C, H, W), ``w`` (O, C, k, k) with H - k + 1 = pool Hp (see :func:`supports`).
-    Returns ``(grad_a, grad_w)``, contiguous, each None unless asked for."""
+    Returns ``(grad_a, grad_w)``, each None unless asked for: contiguous float32, or for a
+    channels-last bfloat16 ``a`` (read as it is, exactly) ``grad_a`` channels-last bfloat16, the
+    float32 sums rounded to nearest even."""
     lib = LIBRARY.load()
     if lib is None:
         raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")
@@ -266,21 +268,25 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
                          f"{None if offsets is None else tuple(offsets.shape)}")
     g = grad.to(torch.float32).contiguous()
     d = offsets.to(torch.uint8).contiguous()
+    bf16 = a.dtype == torch.bfloat16  # channels-last (supports)
     ga = gw = None
     if need_input:
         wt = _weight_blocks(w.detach())
-        ga = torch.empty(b, c, h, wd, dtype=torch.float32)
-        row = h * wd * c * 4
+        if bf16:
+            ga = torch.empty(b, c, h, wd, dtype=torch.bfloat16, memory_format=torch.channels_last)
+        else:
+            ga = torch.empty(b, c, h, wd, dtype=torch.float32)
+        row = h * wd * c * ga.element_size()
 
         def input_part(lo: int, hi: int) -> int:
             return lib.pooled_grad_input(g.data_ptr(), d.data_ptr(), lo, hi, o, hp, wp, pool, wt.data_ptr(), c, k, h,
-                                         wd, ga.data_ptr() + lo * row)
+                                         wd, ga.data_ptr() + lo * row, int(bf16))
 
         codes = native.parallel(input_part, b)
         if any(codes):
             raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
     if need_weight:
-        ac = a.detach().contiguous()
+        ac = a.detach() if bf16 else a.detach().contiguous()
         bounds = _image_groups(b)
         groups = len(bounds) - 1
         chunk = CHUNK * 4 // pool**2
@@ -288,7 +294,8 @@ def conv_backward(grad: Tensor, offsets: Tensor | None, a: Tensor, w: Tensor, ne
 
         def weight_part(lo: int, hi: int) -> int:
             return sum(lib.pooled_grad_weight(g.data_ptr(), d.data_ptr(), bounds[i], bounds[i + 1], o, hp, wp,
-                                              pool, ac.data_ptr(), c, k, h, wd, 0, o, chunk, parts[i].data_ptr())
+                                              pool, ac.data_ptr(), c, k, h, wd, 0, o, chunk, parts[i].data_ptr(),
+                                              int(bf16))
                        for i in range(lo, hi))
 
         codes = native.parallel(weight_part, groups)
@@ -315,18 +322,3 @@ def to_float32(t: Tensor) -> Tensor:
     native.parallel(lambda lo, hi: lib.bf16_nhwc_to_f32_nchw(src.data_ptr(), lo, hi, c, h * w, out.data_ptr()), b)
     return out
 
-
-def to_bfloat16_channels_last(t: Tensor) -> Tensor:
-    """``t`` (B, C, H, W) float32, contiguous, as channels-last bfloat16, rounded to nearest even
-    as ``Tensor.to(torch.bfloat16)`` (the same bits), in one pass on every core."""
-    lib = LIBRARY.load()
-    if lib is None or t.device.type != "cpu" or t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
-        return t.to(torch.bfloat16, memory_format=torch.channels_last)
-    b, c, h, w = t.shape
-    out = torch.empty(b, c, h, w, dtype=torch.bfloat16, memory_format=torch.channels_last)
-    src = t.detach()
-    codes = native.parallel(
-        lambda lo, hi: lib.f32_nchw_to_bf16_nhwc(src.data_ptr(), lo, hi, c, h * w, out.data_ptr()), b)
-    if any(codes):
-        raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
-    return out

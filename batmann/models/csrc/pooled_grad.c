@@ -168,9 +168,13 @@ static void transpose_to(const float *s, int64_t rows, int64_t cols, float *d, i
 
 static void transpose(const float *s, int64_t rows, int64_t cols, float *d) { transpose_to(s, rows, cols, d, rows); }
 
-/* ga (hi - lo, C, H, W), overwritten: the input gradient of images [lo, hi) */
+static inline uint16_t to_bf16(float f);
+
+/* ga (hi - lo, C, H, W) float32, overwritten: the input gradient of images [lo, hi); with
+ * ga_bf16, ga (hi - lo, H, W, C) bfloat16 (channels-last), each rounded to nearest even */
 int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
-                      int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, float *ga) {
+                      int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, void *ga,
+                      int ga_bf16) {
     const int64_t P = Hp * Wp;
     int64_t *pk = malloc((size_t)(P * O + 1) * sizeof(int64_t)); /* + a slot for the zeros' writes */
     int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
@@ -240,17 +244,23 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                         }
                     }
                 }
-        transpose(out, H * W, C, ga + (b - lo) * C * H * W);
+        if (ga_bf16) {
+            uint16_t *dst = (uint16_t *)ga + (b - lo) * H * W * C;
+            for (int64_t i = 0; i < H * W * C; i++) dst[i] = to_bf16(out[i]);
+        } else {
+            transpose(out, H * W, C, (float *)ga + (b - lo) * C * H * W);
+        }
     }
     free(pk); free(start); free(out);
     return 0;
 }
 
 /* gw rows [olo, ohi) of (O, k, k, C), overwritten: the weight gradient over images [blo, bhi),
- * summed image by image; within an image, chunk by chunk of `chunk` pooled positions */
+ * summed image by image; within an image, chunk by chunk of `chunk` pooled positions. a is
+ * float32 (n, C, H, W), or with a_bf16 bfloat16 (n, H, W, C) (channels-last). */
 int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bhi, int64_t O, int64_t Hp, int64_t Wp,
-                       int64_t ps, const float *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
-                       int64_t chunk, float *gw) {
+                       int64_t ps, const void *a, int64_t C, int64_t k, int64_t H, int64_t W, int64_t olo, int64_t ohi,
+                       int64_t chunk, float *gw, int a_bf16) {
     const int64_t P = Hp * Wp, K = k * k * C, no = ohi - olo;
     /* per output channel, the chunk's non-zero gradients and where their patches start */
     int64_t *lp = malloc((size_t)(no * chunk) * sizeof(int64_t));
@@ -266,7 +276,16 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
     const int64_t qoff[4] = {0, Cs, W * Cs, (W + 1) * Cs}; /* argmax offset dy * 2 + dx within the window */
     memset(gw + olo * K, 0, (size_t)(no * K) * sizeof(float));
     for (int64_t b = blo; b < bhi; b++) {
-        transpose_to(a + b * C * H * W, C, H * W, ab, Cs);
+        if (a_bf16) { /* exact: a bfloat16 is the upper half of a float32 */
+            const uint16_t *src = (const uint16_t *)a + b * H * W * C;
+            for (int64_t px = 0; px < H * W; px++)
+                for (int64_t c = 0; c < C; c++) {
+                    const uint32_t u = (uint32_t)src[px * C + c] << 16;
+                    memcpy(ab + px * Cs + c, &u, sizeof u);
+                }
+        } else {
+            transpose_to((const float *)a + b * C * H * W, C, H * W, ab, Cs);
+        }
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
             const int64_t np = P - p0 < chunk ? P - p0 : chunk;
             for (int64_t o = olo; o < ohi; o++) {
@@ -457,16 +476,3 @@ void bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t 
     free(buf);
 }
 
-/* Images [lo, hi) of a float32 tensor (n, C, P) into bfloat16 (n, P, C) (channels-last), each
- * rounded to nearest even as Tensor.to(torch.bfloat16). Returns 1 where a buffer cannot be had. */
-int f32_nchw_to_bf16_nhwc(const float *src, int64_t lo, int64_t hi, int64_t C, int64_t P, uint16_t *dst) {
-    float *buf = malloc((size_t)(P * C) * sizeof(float));
-    if (!buf) return 1;
-    for (int64_t b = lo; b < hi; b++) {
-        transpose(src + b * C * P, C, P, buf);
-        uint16_t *d = dst + b * P * C;
-        for (int64_t i = 0; i < P * C; i++) d[i] = to_bf16(buf[i]);
-    }
-    free(buf);
-    return 0;
-}
