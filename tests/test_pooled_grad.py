@@ -419,3 +419,13 @@ def test_fp_training_under_bf16_autocast_takes_float32_gradients_from_the_pooled
     for name, g in dense[2].items():  # the same gradients to bf16 rounding
         assert (got[2][name] - g).norm() / g.norm() < 0.01, name
     assert got[1].dtype == torch.float32 and (got[1] - dense[1]).norm() / dense[1].norm() < 0.01
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_matrix_units_are_amx_tiles_on_the_cpu(monkeypatch, amx):
+    from crossbar import cpu_features
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_features.has_bf16_matrix_units(torch.device("cpu")) is amx
+    assert cpu_features.has_bf16_matrix_units(torch.device("meta")) is False
