@@ -38,6 +38,7 @@ from batmann.data.augment import augment_episode
 from batmann.tasks import make_sampler
 from batmann.utils.atomic import atomic_write_json
 from batmann.models.fused import compiled_kernels
+from batmann.models.layers import describe_training_path
 from batmann.utils.determinism import deterministic_kernels
 from batmann.utils.device import describe_device, resolve_device
 from batmann.utils.seeding import seed_everything
@@ -320,6 +321,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, cac
         log.info("config %s", config.to_dict())
         log.info("precision %s (asked: %s); compiled kernels %s (asked: %s)", config.effective_precision,
                  config.precision, "on" if config.effective_compile else "off", config.compile)
+        log.info("convolutions train with %s",
+                 describe_training_path(config.model.controller, config.effective_precision, device))
         if config.freeze:
             log.info("frozen layers %s%s", ",".join(config.freeze),
                      f" ({','.join(trunk.layers)} outputs cached)" if trunk is not None else "")

@@ -429,3 +429,26 @@ def test_bf16_matrix_units_are_amx_tiles_on_the_cpu(monkeypatch, amx):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert cpu_features.has_bf16_matrix_units(torch.device("cpu")) is amx
     assert cpu_features.has_bf16_matrix_units(torch.device("meta")) is False
+
+
+def test_the_training_log_names_the_convolutions_path(kernels, monkeypatch):
+    from crossbar import cpu_features
+
+    isa = pg.ISAS[pg.isa()]
+    pooled = f"pooled layers: float32 gradients from the pooled gradient ({isa} loops)"
+    monkeypatch.setattr(cpu_features, "has_bf16_matrix_units", lambda device: False)
+    assert layers.describe_training_path("fp", "fp32", "cpu") == pooled
+    assert layers.describe_training_path("fp", "bf16", "cpu") == f"bf16 products; {pooled}"
+    assert layers.describe_training_path("rbnn", "bf16", "cpu") == "bf16 autocast, autograd's dense bf16 products"
+    monkeypatch.setattr(cpu_features, "has_bf16_matrix_units", lambda device: True)
+    assert layers.describe_training_path("fp", "bf16", "cpu") == "bf16 autocast, autograd's dense bf16 products"
+    if bk.kernel_for(torch.device("cpu")) is not None:
+        xnor = layers.describe_training_path("xnor", "fp32", "cpu")
+        assert xnor.startswith("+-1 products: ") and "exact" in xnor and xnor.endswith(pooled)
+        assert layers.describe_training_path("xnor", "bf16", "cpu").endswith("; bf16 gradient products")
+    monkeypatch.setattr(bk, "KERNEL", "fp32")
+    assert layers.describe_training_path("xnor", "fp32", "cpu") == "plain autograd (BATMANN_BINARY_KERNEL=fp32)"
+    monkeypatch.setattr(bk, "KERNEL", "auto")
+    monkeypatch.setattr(pg, "available", lambda: False)
+    assert layers.describe_training_path("fp", "fp32", "cpu").startswith("autograd (pooled kernels unavailable")
+    assert layers.describe_training_path("fp", "fp32", "meta") == "autograd"

@@ -432,6 +432,7 @@ def test_train_cli_runs_resumes_and_refuses_bad_input(tmp_path, omniglot_cache):
     assert "episodes: 3" in resumed.stdout
     log = (tmp_path / "run" / "train.log").read_text()
     assert "resumed from" in log and "episode 2 validation" in log
+    assert "convolutions train with " in log  # the path chosen for this CPU, named once
     seed_names = subprocess.run(base[:4] + ["--quantization-learn", "XNOR", "--quantization-infer", "1",
                                             "--binary-id", "2", "--keys", "bipolar"], capture_output=True, text=True)
     assert seed_names.returncode == 2 and "contradicts" in seed_names.stderr

@@ -509,6 +509,30 @@ def set_gradient_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module
     return model
 
 
+def describe_training_path(controller: str, precision: str, device: torch.device | str) -> str:
+    """How the convolutions of a ``controller`` (a :data:`batmann.options.CONTROLLERS` kind) train
+    in ``precision`` (``fp32`` or ``bf16``, the effective one) on ``device``, in one line for the
+    training log: e.g. ``pooled layers: float32 gradients from the pooled gradient (AVX2 loops)``."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return "autograd"
+    if binary_kernels.KERNEL == "fp32":
+        return "plain autograd (BATMANN_BINARY_KERNEL=fp32)"
+    if not pooled_grad.available():
+        return f"autograd (pooled kernels unavailable: {pooled_grad.unavailable_reason()})"
+    pooled = f"pooled layers: float32 gradients from the pooled gradient ({pooled_grad.ISAS[pooled_grad.isa()]} loops)"
+    if controller.startswith("xnor"):
+        if binary_kernels.kernel_for(device) is None:
+            return "autograd (no exact +-1 kernel here)"
+        forward = f"+-1 products: {binary_kernels.describe_kernel(device)}"
+        return f"{forward}; " + ("bf16 gradient products" if precision == "bf16" else pooled)
+    if precision != "bf16":
+        return pooled
+    if controller == "fp" and not cpu_features.has_bf16_matrix_units(device):
+        return f"bf16 products; {pooled}"
+    return "bf16 autocast, autograd's dense bf16 products"
+
+
 def _bias_view(layer: nn.Module) -> Tensor:
     b = layer.bias.float()
     return b.view(1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else b
