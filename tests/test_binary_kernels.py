@@ -252,3 +252,22 @@ def test_a_bad_kernel_setting_is_one_line_and_exit_status_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "batmann evaluate: error: BATMANN_BINARY_KERNEL='int4' is not one of auto, int8, popcount, fp32"]
+
+
+def test_bf16_evaluation_on_the_cpu_takes_channels_last_weights_with_the_same_values():
+    from batmann.evaluate import DigitalSystem
+    from batmann.models.controller import build_controller
+
+    model = build_controller("fp")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    images = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(images).float()
+    system = DigitalSystem(model, keys="real", autocast=True)
+    conv = system.model.features.conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(p, before[n]) for n, p in system.model.named_parameters())
+    torch.testing.assert_close(system.features(images), want, rtol=0.02, atol=0.02)  # bf16 rounding
+    plain = build_controller("fp")
+    DigitalSystem(plain, keys="real")  # fp32: left as it is
+    assert plain.features.conv2.weight.is_contiguous()
