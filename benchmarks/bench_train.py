@@ -32,6 +32,7 @@ from batmann.data import load_image_cache
 from batmann.evaluate import DigitalSystem, score_episode
 from batmann.models import binary_kernels, pooled_grad
 from batmann.models.fused import compiled_kernels
+from batmann.models.layers import describe_training_path
 from batmann.tasks import make_sampler
 from batmann.train import train_step
 from batmann.utils.determinism import deterministic_kernels
@@ -156,7 +157,10 @@ def main() -> None:
     print(f"test: fp32 kernels; with the exact kernel ({exact_kernel or 'none here'}): the XNOR layers' +-1 "
           "products on it (same features)")
     print("train: bf16 is autocast for fp, and for xnor an exact forward with bf16 gradient products; "
-          "train kernel: fp32 = plain autograd")
+          "train kernel: fp32 = plain autograd; with the auto kernels here:")
+    for kind in args.controllers.split(","):
+        for prec in args.precisions.split(","):
+            print(f"  {kind} {prec}: convolutions train with {describe_training_path(kind, prec, cpu)}")
     print("| task | controller | precision | deterministic | compiled | train kernel | pooled | pooled isa | "
           "train ep/s | x seed | "
           "test ep/s | "
