@@ -57,7 +57,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pooled_grad_scale.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _P]
     lib.pooled_grad_scale.restype = None
     lib.bf16_nhwc_to_f32_nchw.argtypes = [_P, _I64, _I64, _I64, _I64, _P]
-    lib.bf16_nhwc_to_f32_nchw.restype = None
+    lib.bf16_nhwc_to_f32_nchw.restype = ctypes.c_int
     lib.pooled_grad_isa.argtypes = [ctypes.c_int]
     lib.pooled_grad_isa.restype = ctypes.c_int
     lib.pooled_grad_isa(0)  # settled once here, before any kernel runs on the pool's threads
@@ -319,6 +319,9 @@ def to_float32(t: Tensor) -> Tensor:
     b, c, h, w = t.shape
     out = torch.empty(b, c, h, w, dtype=torch.float32)
     src = t.detach()
-    native.parallel(lambda lo, hi: lib.bf16_nhwc_to_f32_nchw(src.data_ptr(), lo, hi, c, h * w, out.data_ptr()), b)
+    codes = native.parallel(lambda lo, hi: lib.bf16_nhwc_to_f32_nchw(src.data_ptr(), lo, hi, c, h * w,
+                                                                      out.data_ptr()), b)
+    if any(codes):
+        raise MemoryError("the pooled-gradient kernels could not allocate their buffers")
     return out
 

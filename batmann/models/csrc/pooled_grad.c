@@ -168,7 +168,13 @@ static void transpose_to(const float *s, int64_t rows, int64_t cols, float *d, i
 
 static void transpose(const float *s, int64_t rows, int64_t cols, float *d) { transpose_to(s, rows, cols, d, rows); }
 
-static inline uint16_t to_bf16(float f);
+/* float32 -> bfloat16 bits, rounded to nearest even, NaN -> 0x7FC0 (as torch converts) */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if (f != f) return 0x7FC0;
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 /* ga (hi - lo, C, H, W) float32, overwritten: the input gradient of images [lo, hi); with
  * ga_bf16, ga (hi - lo, H, W, C) bfloat16 (channels-last), each rounded to nearest even */
@@ -411,14 +417,6 @@ void relu_pool_argmax(const float *y, const float *alpha, int64_t lo, int64_t hi
         }
 }
 
-/* float32 -> bfloat16 bits, rounded to nearest even, NaN -> 0x7FC0 (as torch converts) */
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if (f != f) return 0x7FC0;
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* For images [lo, hi): the convolution's output gradient as bfloat16, channels-last
  * out (n, 2 Hp, 2 Wp, O): g (n, O, Hp, Wp) at offset d of each 2x2 window, zero elsewhere. */
 void unpool_bf16(const float *g, const uint8_t *d, int64_t lo, int64_t hi, int64_t O, int64_t Hp, int64_t Wp,
@@ -461,10 +459,11 @@ void pooled_grad_scale(const float *g, const uint8_t *kept, const float *y_at, c
 }
 
 /* Images [lo, hi) of a bfloat16 tensor (n, P, C) (channels-last, P pixels) into float32
- * (n, C, P): exact (a bfloat16 is the upper half of a float32). */
-void bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t C, int64_t P, float *dst) {
+ * (n, C, P): exact (a bfloat16 is the upper half of a float32). Returns 1 where its buffer
+ * cannot be had. */
+int bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t C, int64_t P, float *dst) {
     float *buf = malloc((size_t)(P * C) * sizeof(float));
-    if (!buf) return;
+    if (!buf) return 1;
     for (int64_t b = lo; b < hi; b++) {
         const uint16_t *s = src + b * P * C;
         for (int64_t i = 0; i < P * C; i++) {
@@ -474,5 +473,5 @@ void bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t 
         transpose(buf, P, C, dst + b * C * P);
     }
     free(buf);
+    return 0;
 }
-
