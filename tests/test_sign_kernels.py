@@ -115,3 +115,53 @@ def test_training_takes_them_where_the_compiled_form_would(kernels, monkeypatch)
     clear = (r - r.mean((1, 2, 3), keepdim=True)).abs() > 1e-5
     assert torch.equal(native[0][clear], eager[0][clear])
     torch.testing.assert_close(native[1], eager[1], rtol=1e-4, atol=1e-5 * eager[1].abs().max().item())
+
+
+@pytest.mark.parametrize("shape", [(7, 128, 12, 12), (3, 5, 7, 7), (4, 13)])
+def test_the_standardisation_and_its_gradient_are_the_float64_formulas(kernels, shape):
+    x, g = _data(shape, seed=sum(shape) + 1)
+    xh, mu, s = kernels.standardize_forward(x)
+    gx = kernels.standardize_backward(x, mu, s, g)
+    xd, gd = x.double(), g.double()
+    dims = tuple(range(1, x.dim()))
+    r_mu = xd.mean(dims, keepdim=True)
+    r_s = ((xd - r_mu).square().sum(dims, keepdim=True) / (x[0].numel() - 1)).sqrt()
+    assert xh.dtype == gx.dtype == torch.float32 and xh.shape == gx.shape == shape
+    torch.testing.assert_close(xh.double(), (xd - r_mu) / r_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s.double(), r_s, rtol=1e-6, atol=0)
+    r_gx = fused._EAGER["standardize_backward"](xd, r_mu, r_s, gd)  # the eager formula in float64
+    torch.testing.assert_close(gx.double(), r_gx, rtol=1e-4, atol=1e-5 * r_gx.abs().max().item())
+    xg = xd.clone().requires_grad_()  # and autograd's gradient of the float64 standardisation
+    ((xg - xg.mean(dims, keepdim=True)) / xg.std(dims, keepdim=True)).backward(gd)
+    torch.testing.assert_close(gx.double(), xg.grad, rtol=1e-4, atol=1e-5 * xg.grad.abs().max().item())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.standardize_forward(x)[0], kernels.standardize_backward(x, mu, s, g)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], xh) and torch.equal(one[1], gx)
+
+
+def test_rbnn_training_standardises_on_them_where_the_compiled_form_would(kernels, monkeypatch):
+    from batmann.models.layers import standardize_activations
+
+    x, g = _data((16, 8, 24, 24), seed=6)
+    calls = []
+    for name in ("standardize_forward", "standardize_backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+
+    def grads():
+        xg = x.clone().requires_grad_()
+        y = standardize_activations(xg)
+        y.backward(g)
+        return y.detach(), xg.grad
+
+    eager = grads()
+    assert calls == []
+    with fused.compiled_kernels(True):
+        native = grads()
+    assert calls == ["standardize_forward", "standardize_backward"]
+    torch.testing.assert_close(native[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(native[1], eager[1], rtol=1e-4, atol=1e-5 * eager[1].abs().max().item())

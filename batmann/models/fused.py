@@ -202,10 +202,20 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t
 
 
 def standardize_forward(x: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """``((x - mu) / s, mu, s)`` per sample, float32; ``compiled=False`` as in :func:`sign_forward`."""
+    """``((x - mu) / s, mu, s)`` per sample, float32; ``compiled=False`` as in :func:`sign_forward`.
+    Where the compiled form would run, a float32 ``x`` runs on the C kernels instead, as the sign."""
+    if compiled and _native(x):
+        from batmann.models import sign_kernels
+
+        return sign_kernels.standardize_forward(x)
     return (_kernel("standardize_forward", x) if compiled else _EAGER["standardize_forward"])(x)
 
 
 def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
-    """Exact gradient of :func:`standardize_forward` at ``x`` given ``g`` at its output."""
+    """Exact gradient of :func:`standardize_forward` at ``x`` given ``g`` at its output (on the C
+    kernels where :func:`standardize_forward` runs there)."""
+    if _native(x, g):
+        from batmann.models import sign_kernels
+
+        return sign_kernels.standardize_backward(x, mu, s, g)
     return _kernel("standardize_backward", x)(x, mu, s, g)

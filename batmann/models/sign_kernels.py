@@ -1,4 +1,5 @@
-"""The centered sign of activations and its straight-through gradient in C (AVX2), on every core.
+"""The centered sign of activations and its straight-through gradient in C (AVX2), on every core;
+the standardisation (``(x - mean) / std`` per sample) and its gradient likewise.
 
 The training form of :func:`batmann.models.fused.sign_forward` / ``sign_backward`` for float32
 tensors on the CPU (``csrc/centered_sign.c``): each sample's mean, standard deviation and
@@ -28,13 +29,15 @@ STD_EPS = 1e-12
 
 #: surrogate derivatives of the sign by name, as the kernels number them
 SURROGATES = {"hardtanh": 0, "rbnn": 1}
+#: the kernels' surrogate 2: the identity, for the standardisation's own gradient
+IDENTITY = "identity"
 
 _I64 = ctypes.c_int64
 _P = ctypes.c_void_p
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    lib.sign_forward.argtypes = [_P, _I64, _I64, _I64, ctypes.c_int, ctypes.c_float, _P, _P, _P]
+    lib.sign_forward.argtypes = [_P, _I64, _I64, _I64, ctypes.c_int, ctypes.c_float, _P, _P, _P, ctypes.c_int]
     lib.sign_forward.restype = None
     lib.sign_backward.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, ctypes.c_int, ctypes.c_int, ctypes.c_float, _P]
     lib.sign_backward.restype = None
@@ -65,10 +68,10 @@ def _stat_shape(x: Tensor) -> tuple[int, ...]:
     return (x.shape[0],) + (1,) * (x.dim() - 1)
 
 
-def sign_forward(x: Tensor, relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def sign_forward(x: Tensor, relu: bool = False, standardize: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(sign_pm1(r - mu), mu, s)`` of ``r = relu(x)`` (``relu``) or ``x``, per sample: +-1
     float32 of ``x``'s shape, the float32 mean and unbiased standard deviation (clamped below at
-    :data:`STD_EPS`), each (B, 1, ...)."""
+    :data:`STD_EPS`), each (B, 1, ...). ``standardize``: ``(r - mu) / s`` in place of the sign."""
     lib = LIBRARY.load()
     if lib is None:
         raise RuntimeError(f"centered-sign kernels unavailable: {LIBRARY.reason}")
@@ -77,7 +80,7 @@ def sign_forward(x: Tensor, relu: bool = False) -> tuple[Tensor, Tensor, Tensor]
     mu = torch.empty(_stat_shape(x), dtype=torch.float32)
     s = torch.empty(_stat_shape(x), dtype=torch.float32)
     native.parallel(lambda lo, hi: lib.sign_forward(xc.data_ptr(), lo, hi, n, int(relu), STD_EPS, out.data_ptr(),
-                                                    mu.data_ptr(), s.data_ptr()), b)
+                                                    mu.data_ptr(), s.data_ptr(), int(standardize)), b)
     return out, mu, s
 
 
@@ -90,7 +93,7 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str = 
     lib = LIBRARY.load()
     if lib is None:
         raise RuntimeError(f"centered-sign kernels unavailable: {LIBRARY.reason}")
-    if surrogate not in SURROGATES:
+    if surrogate not in SURROGATES and surrogate != IDENTITY:
         raise ValueError(f"surrogate {surrogate!r} is not one of {', '.join(SURROGATES)}")
     if g.shape != x.shape:
         raise ValueError(f"the output gradient must have x's shape {tuple(x.shape)}, got {tuple(g.shape)}")
@@ -104,5 +107,17 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str = 
         raise ValueError(f"the surrogate's t must be finite, got {t}")
     gx = torch.empty(x.shape, dtype=torch.float32)
     native.parallel(lambda lo, hi: lib.sign_backward(xc.data_ptr(), m.data_ptr(), sd.data_ptr(), gc.data_ptr(), lo, hi,
-                                                     n, int(relu), SURROGATES[surrogate], t, gx.data_ptr()), b)
+                                                     n, int(relu), SURROGATES.get(surrogate, 2), t, gx.data_ptr()), b)
     return gx
+
+
+def standardize_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``((x - mu) / s, mu, s)`` per sample (see :func:`sign_forward`): float32 of ``x``'s shape,
+    the mean and unbiased standard deviation each (B, 1, ...)."""
+    return sign_forward(x, standardize=True)
+
+
+def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    """The exact gradient at ``x`` of :func:`standardize_forward` given ``g`` at its output:
+    ``(g - mean(g) - x_hat * sum(g x_hat) / (N - 1)) / s`` per sample."""
+    return sign_backward(x, mu, s, g, IDENTITY)

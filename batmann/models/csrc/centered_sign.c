@@ -2,8 +2,9 @@
  *
  * Rows of x (n, N) float32, one sample each, optionally through a ReLU first (r = relu(x), else
  * r = x). Forward: mu = mean(r), c = r - mu, s = max(sqrt(sum c^2 / (N - 1)), eps), out = +1
- * where c > 0 else -1. Backward, from g at the output: x_hat = (r - mu) / s, g_hat = g times the
- * surrogate derivative at x_hat (hardtanh: |x_hat| < 1; rbnn: max(0, sqrt(2) t - t^2 |x_hat|)),
+ * where c > 0 else -1 (standardize: out = c / s instead). Backward, from g at the output: x_hat =
+ * (r - mu) / s, g_hat = g times the surrogate derivative at x_hat (hardtanh: |x_hat| < 1; rbnn:
+ * max(0, sqrt(2) t - t^2 |x_hat|); identity: 1, the gradient of the standardisation alone),
  * then the exact gradient of the standardisation
  *     g_r = (g_hat - mean(g_hat) - x_hat * sum(g_hat x_hat) / (N - 1)) / s,
  * and with the ReLU g_x = g_r where x > 0, else 0.
@@ -45,7 +46,7 @@ static inline double lanes(const __m256d *acc) {
 
 /* rows [lo, hi): out (+-1), mu and s per row */
 void sign_forward(const float *x, int64_t lo, int64_t hi, int64_t N, int relu, float eps, float *out, float *mu,
-                  float *s) {
+                  float *s, int standardize) {
     const int64_t N8 = N / 8 * 8;
     for (int64_t b = lo; b < hi; b++) {
         const float *xr = x + b * N;
@@ -60,36 +61,45 @@ void sign_forward(const float *x, int64_t lo, int64_t hi, int64_t N, int relu, f
         for (int64_t i = 0; i < N8; i += 8) {
             const __m256 c = _mm256_sub_ps(load_r(xr + i, relu), mv);
             add8(sq, _mm256_mul_ps(c, c));
-            _mm256_storeu_ps(o + i, _mm256_blendv_ps(neg, one, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_GT_OQ)));
+            if (!standardize)
+                _mm256_storeu_ps(o + i, _mm256_blendv_ps(neg, one, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_GT_OQ)));
         }
         double ss = lanes(sq);
         for (int64_t i = N8; i < N; i++) {
             const float c = scalar_r(xr[i], relu) - m;
             ss += (double)(c * c);
-            o[i] = c > 0.0f ? 1.0f : -1.0f;
+            if (!standardize) o[i] = c > 0.0f ? 1.0f : -1.0f;
         }
         const float sd = (float)sqrt(ss / (double)(N > 1 ? N - 1 : 1));
         mu[b] = m;
         s[b] = sd > eps ? sd : eps; /* NaN stays NaN, as clamp_min */
         if (sd != sd) s[b] = sd;
+        if (standardize) { /* a third read: c / s, the eager formula's float32 operations */
+            const __m256 sv = _mm256_set1_ps(s[b]);
+            for (int64_t i = 0; i < N8; i += 8)
+                _mm256_storeu_ps(o + i, _mm256_div_ps(_mm256_sub_ps(load_r(xr + i, relu), mv), sv));
+            for (int64_t i = N8; i < N; i++) o[i] = (scalar_r(xr[i], relu) - m) / s[b];
+        }
     }
 }
 
 /* g_hat at x_hat: surrogate 0 = hardtanh, 1 = rbnn with slope t */
 static inline __m256 surrogate(__m256 g, __m256 xh, int kind, __m256 a, __m256 t2) {
     const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), xh);
+    if (kind == 2) return g;
     if (kind == 0) return _mm256_and_ps(g, _mm256_cmp_ps(ax, _mm256_set1_ps(1.0f), _CMP_LT_OQ));
     return _mm256_mul_ps(g, _mm256_max_ps(_mm256_setzero_ps(), _mm256_sub_ps(a, _mm256_mul_ps(t2, ax))));
 }
 static inline float surrogate1(float g, float xh, int kind, float a, float t2) {
     const float ax = fabsf(xh);
+    if (kind == 2) return g;
     if (kind == 0) return ax < 1.0f ? g : 0.0f;
     const float d = a - t2 * ax;
     return g * (0.0f > d ? 0.0f : d);
 }
 
 /* rows [lo, hi): gx, the gradient at x of the centered sign (see above) given g at its output;
- * kind 0 hardtanh, 1 rbnn with slope t */
+ * kind 0 hardtanh, 1 rbnn with slope t, 2 the identity (the standardisation's gradient) */
 void sign_backward(const float *x, const float *mu, const float *s, const float *g, int64_t lo, int64_t hi, int64_t N,
                    int relu, int kind, float t, float *gx) {
     const int64_t N8 = N / 8 * 8;
