@@ -165,3 +165,35 @@ def test_rbnn_training_standardises_on_them_where_the_compiled_form_would(kernel
     assert calls == ["standardize_forward", "standardize_backward"]
     torch.testing.assert_close(native[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(native[1], eager[1], rtol=1e-4, atol=1e-5 * eager[1].abs().max().item())
+
+
+@pytest.mark.parametrize("a32", [1, 0])
+def test_rbnn_conv1s_relu_runs_in_conv2s_input_with_the_same_bits(kernels, monkeypatch, a32):
+    """In compiled training the RBNN controller's conv1 ReLU is computed inside conv2's
+    standardisation (``a32``) or centered sign: the same outputs and gradients, bit for bit, as
+    the ReLU's own call after conv1."""
+    from batmann.models import controller
+    from batmann.models.controller import build_controller
+
+    model = build_controller("rbnn", a32=a32)
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(7))
+    calls = []
+    real = model.features.conv2.forward
+    monkeypatch.setattr(model.features.conv2, "forward",
+                        lambda *a, **k: calls.append(k.get("input_relu", False)) or real(*a, **k))
+
+    def grads():
+        model.zero_grad()
+        xg = x.clone().requires_grad_()
+        with fused.compiled_kernels(True):
+            out = model(xg)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        return out.detach(), xg.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    got = grads()
+    monkeypatch.setattr(controller, "_FOLDS_INPUT_RELU", (controller.XnorConv2d,))  # the ReLU's own call
+    want = grads()
+    assert calls == [True, False]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for name, g in want[2].items():
+        assert torch.equal(got[2][name], g), name

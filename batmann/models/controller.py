@@ -50,10 +50,14 @@ from batmann.models.layers import (
     RbnnLinear,
     XnorConv2d,
     _RbnnMixin,
+    conv_output,
     conv_relu_pool,
 )
 
 CONTROLLER_KINDS = CONTROLLERS
+#: binarized layers that take the previous layer's ReLU into their input's sign or
+#: standardisation in training (``input_relu``)
+_FOLDS_INPUT_RELU = (XnorConv2d, RbnnConv2d)
 INPUT_SIZE = 32
 CHANNELS = 128
 FC_IN = CHANNELS * 4 * 4  # 2048 for a 32x32 input
@@ -205,8 +209,9 @@ class Controller(nn.Module):
         kernel's epilogue on the popcount kernels; in float32 training, one backward from the
         pooled gradient); a plain convolution with its ReLU (and, in training, its max pool) is
         :func:`batmann.models.layers.conv_relu_pool` (the same backward from the pooled
-        gradient); in training, the ReLU of a convolution whose output an XNOR convolution
-        binarises is that layer's ``input_relu`` (folded into its centered sign, the same values);
+        gradient); in training, the ReLU of a convolution whose output an XNOR or RBNN convolution
+        binarises or standardises is that layer's ``input_relu`` (folded into its centered sign or
+        standardisation, the same values);
         without autograd any other ReLU after a convolution runs in place on that convolution's
         fresh output. Layers with hooks keep their own calls."""
         grad = torch.is_grad_enabled()
@@ -215,15 +220,15 @@ class Controller(nn.Module):
         while i < len(mods):
             m, nxt, after = (mods + [None, None])[i:i + 3]
             fuse = type(nxt) is nn.ReLU and isinstance(m, nn.Conv2d) and not _hooked(m) and not _hooked(nxt)
-            if relu_pending and not (fuse and type(m) is XnorConv2d):  # not taken up: applied here
+            if relu_pending and not (fuse and type(m) in _FOLDS_INPUT_RELU):  # not taken up: applied here
                 x, relu_pending = torch.relu(x), False
             if fuse and isinstance(m, (XnorConv2d, RbnnConv2d)):
                 pool = after if isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = m(x, relu=True, pool=pool, input_relu=True) if relu_pending else m(x, relu=True, pool=pool)
                 i += 2 if pool is None else 3
                 relu_pending = False
-            elif fuse and grad and type(after) is XnorConv2d and not _hooked(after):
-                x, i, relu_pending = m(x), i + 2, True
+            elif fuse and grad and type(after) in _FOLDS_INPUT_RELU and not _hooked(after):
+                x, i, relu_pending = (conv_output(m, x) if type(m) is nn.Conv2d else m(x)), i + 2, True
             elif fuse and type(m) is nn.Conv2d:
                 pool = after if grad and isinstance(after, MaxPool2d) and not _hooked(after) else None
                 x = conv_relu_pool(m, x, pool)

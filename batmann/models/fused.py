@@ -201,21 +201,33 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t
     return _kernel("sign_backward_rbnn" + tail, x)(x, mu, s, g, t_)
 
 
-def standardize_forward(x: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def on_native_kernels(x: Tensor) -> bool:
+    """Whether a training sign or standardisation of ``x`` runs on the C kernels (see
+    :func:`sign_forward`): inside :func:`compiled_kernels`, a large float32 CPU tensor, the library
+    here. Only there does :func:`standardize_forward` take ``relu``."""
+    return _native(x)
+
+
+def standardize_forward(x: Tensor, compiled: bool = True, relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``((x - mu) / s, mu, s)`` per sample, float32; ``compiled=False`` as in :func:`sign_forward`.
-    Where the compiled form would run, a float32 ``x`` runs on the C kernels instead, as the sign."""
+    Where the compiled form would run, a float32 ``x`` runs on the C kernels instead, as the sign;
+    there ``relu`` standardises ``torch.relu(x)`` (computed on the fly), elsewhere it is refused."""
     if compiled and _native(x):
         from batmann.models import sign_kernels
 
-        return sign_kernels.standardize_forward(x)
+        return sign_kernels.standardize_forward(x, relu)
+    if relu:
+        raise ValueError("standardize_forward's relu runs on the C kernels only (see on_native_kernels)")
     return (_kernel("standardize_forward", x) if compiled else _EAGER["standardize_forward"])(x)
 
 
-def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
-    """Exact gradient of :func:`standardize_forward` at ``x`` given ``g`` at its output (on the C
-    kernels where :func:`standardize_forward` runs there)."""
-    if _native(x, g):
+def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, relu: bool = False,
+                         native: bool | None = None) -> Tensor:
+    """Exact gradient of :func:`standardize_forward` at ``x`` given ``g`` at its output: on the C
+    kernels with ``native`` (the forward's choice; None: where :func:`standardize_forward` would
+    run there now), and always with ``relu``, which only they take."""
+    if relu or (native if native is not None else _native(x, g)):
         from batmann.models import sign_kernels
 
-        return sign_kernels.standardize_backward(x, mu, s, g)
+        return sign_kernels.standardize_backward(x, mu, s, g.float(), relu)
     return _kernel("standardize_backward", x)(x, mu, s, g)

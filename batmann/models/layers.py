@@ -105,21 +105,28 @@ class _Standardize(torch.autograd.Function):
     """``(x - mean) / std`` per row (float32 out) with the exact gradient, fused (see :class:`_CenteredSign`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, training: bool) -> Tensor:  # noqa: D102
-        xh, mu, s = fused.standardize_forward(x, compiled=training)
+    def forward(ctx, x: Tensor, training: bool, relu: bool = False) -> Tensor:  # noqa: D102
+        xh, mu, s = fused.standardize_forward(x, compiled=training, relu=relu)
         ctx.save_for_backward(x, mu, s)
+        ctx.relu = relu
+        ctx.native = training and fused.on_native_kernels(x)  # the backward runs where the forward ran
         return xh
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        return fused.standardize_backward(x, mu, s, g), None
+        return fused.standardize_backward(x, mu, s, g, ctx.relu, native=ctx.native), None, None
 
 
-def standardize_activations(x: Tensor) -> Tensor:
+def standardize_activations(x: Tensor, relu: bool = False) -> Tensor:
     """Per-row ``(x - mean) / std`` in float32 (fused forward and backward); the RBNN ``a32`` input.
-    Without autograd, eager (:mod:`batmann.models.fused`)."""
-    return _Standardize.apply(x, torch.is_grad_enabled())
+    Without autograd, eager (:mod:`batmann.models.fused`). ``relu``: that of ``torch.relu(x)``;
+    in training on the C kernels the ReLU runs on the fly and its mask in the backward (the same
+    values and gradients, ``relu(x)`` never stored)."""
+    training = torch.is_grad_enabled()
+    if relu and not (training and fused.on_native_kernels(x)):
+        x, relu = torch.relu(x), False
+    return _Standardize.apply(x, training, relu)
 
 
 def _row_mean(x: Tensor) -> Tensor:
@@ -483,6 +490,15 @@ def _training_kernels_apply(layer: nn.Module, x: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and binary_kernels.KERNEL != "fp32")
 
 
+def conv_output(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a plain ``nn.Conv2d``, the same values, with the training kernels of
+    :func:`conv_relu_pool` that apply without a ReLU (:class:`_SmallFanInConv`; the image ranges
+    of :mod:`batmann.models.grouped_conv`): for a convolution whose ReLU the next layer folds in."""
+    if _small_fan_in(conv, x):
+        return _SmallFanInConv.apply(x, conv.weight, conv.bias, conv)
+    return grouped_conv.layer_conv2d(conv, x, conv.weight, conv.bias) if _in_ranges(conv, x) else conv(x)
+
+
 def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor:
     """``pool(relu(conv(x)))`` (no pool if None) for a plain ``nn.Conv2d``, the same values. In CPU
     float32 training a stride-1 unpadded convolution with a 2x2 max pool (or none, see
@@ -492,10 +508,7 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     product (:class:`_SmallFanInConv`)."""
     if _pooled_ok(conv, x, pool) or _pooled_autocast_ok(conv, x, pool):
         return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False, None, _pool_size(pool))
-    if _small_fan_in(conv, x):
-        out = torch.relu(_SmallFanInConv.apply(x, conv.weight, conv.bias, conv))
-        return out if pool is None else pool(out)
-    out = grouped_conv.layer_conv2d(conv, x, conv.weight, conv.bias) if _in_ranges(conv, x) else conv(x)
+    out = conv_output(conv, x)
     out = torch.relu(out) if _records_autograd(conv, x) else out.relu_()
     return out if pool is None else pool(out)
 
@@ -795,16 +808,19 @@ class _RbnnMixin:
         if self.epoch >= 0 and self.epoch % self.rotation_update == 0:
             self.update_rotation()
 
-    def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None) -> Tensor:
-        """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it. In
-        CPU float32 training with a 2x2 max pool (or none, see :func:`_pooled_ok`), they are
+    def forward(self, x: Tensor, relu: bool = False, pool: nn.Module | None = None,
+                input_relu: bool = False) -> Tensor:
+        """The layer's output; ``relu``: ``torch.relu`` of it; ``pool``: then that module of it;
+        ``input_relu``: the output for ``torch.relu(x)`` (the previous layer's ReLU, folded into
+        the standardisation or sign of ``x``: the same values and gradients). In CPU float32
+        training with a 2x2 max pool (or none, see :func:`_pooled_ok`), they are
         :class:`_ConvReluPool` (the same values, the backward from the pooled gradient)."""
         with _fp32(x):
             bw = q.rbnn_weight_sign(self._rotated(), self.k, self.t)
             if self.a32:
-                ba = standardize_activations(x)
+                ba = standardize_activations(x, relu=input_relu)
             else:  # == rbnn_act_sign(standardize_rows(x), t): k = 1, t' = max(t, 1)
-                ba = centered_sign_ste(x, "rbnn", max(self.t, 1.0))
+                ba = centered_sign_ste(x, "rbnn", max(self.t, 1.0), relu=input_relu)
         if relu and _pooled_ok(self, ba, pool):
             return _ConvReluPool.apply(ba, bw, self.bias, self.alpha, self, False, None, _pool_size(pool))
         out = _op(self, ba, bw, self.bias)

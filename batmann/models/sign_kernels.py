@@ -111,13 +111,15 @@ def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str = 
     return gx
 
 
-def standardize_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``((x - mu) / s, mu, s)`` per sample (see :func:`sign_forward`): float32 of ``x``'s shape,
-    the mean and unbiased standard deviation each (B, 1, ...)."""
-    return sign_forward(x, standardize=True)
+def standardize_forward(x: Tensor, relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``((r - mu) / s, mu, s)`` per sample of ``r = relu(x)`` (``relu``) or ``x`` (see
+    :func:`sign_forward`): float32 of ``x``'s shape, the mean and unbiased standard deviation
+    each (B, 1, ...)."""
+    return sign_forward(x, relu, standardize=True)
 
 
-def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor) -> Tensor:
+def standardize_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, relu: bool = False) -> Tensor:
     """The exact gradient at ``x`` of :func:`standardize_forward` given ``g`` at its output:
-    ``(g - mean(g) - x_hat * sum(g x_hat) / (N - 1)) / s`` per sample."""
-    return sign_backward(x, mu, s, g, IDENTITY)
+    ``(g - mean(g) - x_hat * sum(g x_hat) / (N - 1)) / s`` per sample, with ``relu`` times the
+    ReLU's mask ``x > 0``."""
+    return sign_backward(x, mu, s, g, IDENTITY, 1.0, relu)
