@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batmann.models import binary_kernels, fused, grouped_conv, pooled_grad
+from batmann.models import binary_kernels, fused, grouped_conv, pooled_grad, small_fan_in
 from batmann.models import quantizers as q
 from batmann.utils.determinism import in_deterministic_block
 from crossbar import cpu_features
@@ -911,12 +911,14 @@ SMALL_FAN_IN = 64
 
 
 class _SmallFanInConv(torch.autograd.Function):
-    """``F.conv2d`` (the same forward) whose weight gradient is one batched matrix product of the
-    output gradient with the unfolded input, summed over the batch: for a small fan-in (the first
-    convolution: 1 x 5 x 5) about 5x faster on CPU than ``convolution_backward``'s, equal to it
-    to float32 rounding. The input gradient, when asked for, is ``convolution_backward``'s. Inside
-    ``deterministic_kernels`` the weight gradient is summed in the image ranges of
-    :mod:`batmann.models.grouped_conv` (every core, the same bits on any thread count)."""
+    """``F.conv2d`` (the same forward) whose weight gradient, for a small fan-in (the first
+    convolution: 1 x 5 x 5), is the C kernel of :mod:`batmann.models.small_fan_in` where it
+    applies (stride 1, no padding; with the bias gradient; every core, the same bits on any thread
+    count), else one batched matrix product of the output gradient with the unfolded input,
+    summed over the batch (about 5x faster on CPU than ``convolution_backward``'s; inside
+    ``deterministic_kernels`` summed in the image ranges of :mod:`batmann.models.grouped_conv`).
+    Either equals ``convolution_backward``'s to float32 rounding. The input gradient, when asked
+    for, is ``convolution_backward``'s."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
@@ -931,7 +933,10 @@ class _SmallFanInConv(torch.autograd.Function):
         ga = gw = gb = None
         if ctx.needs_input_grad[0]:
             ga = _conv_grads(g, x, w, layer, True, False)[0]
-        if ctx.needs_input_grad[1]:
+        with_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] and small_fan_in.supports(x, w, layer):
+            gw, gb = small_fan_in.grads(g, x, w.shape[-1], with_bias)
+        elif ctx.needs_input_grad[1]:
             def part(lo: int, hi: int) -> Tensor:
                 # (b, C k k, L) patches and (b, O, L) gradients -> (O, C k k), summed over the images
                 cols = F.unfold(x[lo:hi], layer.kernel_size, layer.dilation, layer.padding, layer.stride)
@@ -942,7 +947,7 @@ class _SmallFanInConv(torch.autograd.Function):
                 gw = grouped_conv.sum_in_order(grouped_conv.each(part, x.shape[0])).to(w.dtype).view_as(w)
             else:
                 gw = part(0, x.shape[0]).view_as(w)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if with_bias and gb is None:
             gb = g.sum((0, 2, 3))
         return ga, gw, gb, None
 

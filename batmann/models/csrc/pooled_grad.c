@@ -41,6 +41,10 @@ static inline int64_t pack(float v, int64_t at) {
 static inline __m256 value(int64_t w) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)w)); }
 static inline int64_t where_of(int64_t w) { return w >> 32; }
 
+/* n bytes aligned to a cache line (64 bytes: no vector load of a row split across two lines),
+ * released with free() */
+static void *lines(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+
 /* the inner loops' width in bits, 256 or 512 (0: not chosen yet) */
 static int isa = 0;
 
@@ -182,9 +186,9 @@ int pooled_grad_input(const float *g, const uint8_t *d, int64_t lo, int64_t hi, 
                       int64_t ps, const float *wt, int64_t C, int64_t k, int64_t H, int64_t W, void *ga,
                       int ga_bf16) {
     const int64_t P = Hp * Wp;
-    int64_t *pk = malloc((size_t)(P * O + 1) * sizeof(int64_t)); /* + a slot for the zeros' writes */
+    int64_t *pk = lines((size_t)(P * O + 1) * sizeof(int64_t)); /* + a slot for the zeros' writes */
     int32_t *start = malloc((size_t)(P * 5) * sizeof(int32_t));
-    float *out = malloc((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
+    float *out = lines((size_t)(H * W * C) * sizeof(float)); /* one image, channels-last */
     if (!pk || !start || !out) {
         free(pk); free(start); free(out);
         return 1;
@@ -269,10 +273,10 @@ int pooled_grad_weight(const float *g, const uint8_t *d, int64_t blo, int64_t bh
                        int64_t chunk, float *gw, int a_bf16) {
     const int64_t P = Hp * Wp, K = k * k * C, no = ohi - olo;
     /* per output channel, the chunk's non-zero gradients and where their patches start */
-    int64_t *lp = malloc((size_t)(no * chunk) * sizeof(int64_t));
+    int64_t *lp = lines((size_t)(no * chunk) * sizeof(int64_t));
     int32_t *cnt = malloc((size_t)no * sizeof(int32_t));
     const int64_t Cs = C + PIXEL_PAD; /* floats from one pixel to the next in ab */
-    float *ab = malloc((size_t)(H * W * Cs) * sizeof(float)); /* one image, channels-last */
+    float *ab = lines((size_t)(H * W * Cs) * sizeof(float)); /* one image, channels-last */
     int64_t *at0 = malloc((size_t)P * sizeof(int64_t)); /* where each window's patch starts in ab */
     if (!lp || !cnt || !ab || !at0) {
         free(lp); free(cnt); free(ab); free(at0);
@@ -462,7 +466,7 @@ void pooled_grad_scale(const float *g, const uint8_t *kept, const float *y_at, c
  * (n, C, P): exact (a bfloat16 is the upper half of a float32). Returns 1 where its buffer
  * cannot be had. */
 int bf16_nhwc_to_f32_nchw(const uint16_t *src, int64_t lo, int64_t hi, int64_t C, int64_t P, float *dst) {
-    float *buf = malloc((size_t)(P * C) * sizeof(float));
+    float *buf = lines((size_t)(P * C) * sizeof(float));
     if (!buf) return 1;
     for (int64_t b = lo; b < hi; b++) {
         const uint16_t *s = src + b * P * C;
