@@ -36,8 +36,8 @@ WEIGHT_GROUPS = 8
 #: channels per tile in the kernels (the weights' block layout for the input gradient)
 BLOCK = 64
 #: floats of padding per pixel of the weight gradient's channels-last image (``PIXEL_PAD`` of
-#: ``csrc/pooled_grad.c``)
-PIXEL_PAD = 8
+#: ``csrc/pooled_grad.c``: one cache line)
+PIXEL_PAD = 16
 
 _I64 = ctypes.c_int64
 _P = ctypes.c_void_p

@@ -243,7 +243,8 @@ int pm1_conv(const uint64_t *xa, int64_t n, int64_t H, int64_t W, int64_t cw, in
     void (*count_rows)(const uint64_t *, int64_t, const uint64_t *, int64_t, int64_t, int32_t *) =
         (isa ? isa : pm1_isa(0)) == 512 ? count_rows_avx512 : count_rows_avx2; /* set at load */
     uint64_t *patch = aligned_alloc(32, (size_t)(TILE * kwp) * sizeof(uint64_t));
-    int32_t *counts = malloc((size_t)(TILE * Op) * sizeof(int32_t));
+    /* on a cache line: rows of 8 counts never split across two lines */
+    int32_t *counts = aligned_alloc(64, ((size_t)(TILE * Op) * sizeof(int32_t) + 63) / 64 * 64);
     if (patch == NULL || counts == NULL) {
         free(patch); free(counts);
         return -1;

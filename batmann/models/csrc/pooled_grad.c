@@ -135,8 +135,10 @@ AVX512 static void weight_rows512(const int64_t *lp, const int32_t *cnt, int64_t
 
 /* floats between pixels of the weight gradient's channels-last image beyond its C channels: at
  * C = 128 the patch rows of a chunk would start a multiple of 512 bytes apart and share half of
- * the L1 cache's sets; 32 bytes more spread them over all (pooled_grad.PIXEL_PAD: the same) */
-#define PIXEL_PAD 8
+ * the L1 cache's sets; one cache line more spreads them over all, and keeps every row on a line
+ * boundary (C a multiple of 16, the buffer from `lines`): no 256- or 512-bit load of a row is
+ * split across two lines (pooled_grad.PIXEL_PAD: the same) */
+#define PIXEL_PAD 16
 
 /* d (cols, rows) = the transpose of s (rows, cols), both row-major, d's rows ds floats apart */
 static void transpose_to(const float *s, int64_t rows, int64_t cols, float *d, int64_t ds) {
