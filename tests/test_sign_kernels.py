@@ -117,6 +117,34 @@ def test_training_takes_them_where_the_compiled_form_would(kernels, monkeypatch)
     torch.testing.assert_close(native[1], eager[1], rtol=1e-4, atol=1e-5 * eager[1].abs().max().item())
 
 
+@pytest.mark.parametrize("forward_inside", [True, False])
+def test_the_signs_backward_runs_where_its_forward_ran(kernels, forward_inside, monkeypatch):
+    """A forward inside ``compiled_kernels`` (on the C kernels) whose backward runs outside takes
+    the C kernels back (the same bits as both inside), and one outside whose backward runs inside
+    does not (the compiled or eager formulas: float32 rounding)."""
+    x, g = _data((16, 8, 24, 24), seed=8)
+    calls = []
+    real = kernels.sign_backward
+    monkeypatch.setattr(kernels, "sign_backward", lambda *a: calls.append(1) or real(*a))
+
+    def grads(forward_in: bool, backward_in: bool):
+        xg = x.clone().requires_grad_()
+        with fused.compiled_kernels(forward_in):
+            y = centered_sign_ste(xg, "hardtanh", relu=True)
+        with fused.compiled_kernels(backward_in):
+            y.backward(g)
+        return xg.grad
+
+    want = grads(forward_inside, forward_inside)
+    calls.clear()
+    got = grads(forward_inside, not forward_inside)
+    assert calls == ([1] if forward_inside else [])
+    if forward_inside:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("shape", [(7, 128, 12, 12), (3, 5, 7, 7), (4, 13)])
 def test_the_standardisation_and_its_gradient_are_the_float64_formulas(kernels, shape):
     x, g = _data(shape, seed=sum(shape) + 1)

@@ -183,17 +183,17 @@ def sign_forward(x: Tensor, out_dtype: torch.dtype | None = None, compiled: bool
 
 
 def sign_backward(x: Tensor, mu: Tensor, s: Tensor, g: Tensor, surrogate: str, t: float,
-                  relu: bool = False) -> Tensor:
+                  relu: bool = False, native: bool | None = None) -> Tensor:
     """Gradient of the centered sign at ``x`` given ``g`` at its output: ``g`` times the surrogate
     derivative at ``x_hat = (x - mu) / s`` (``"hardtanh"``: ``|x_hat| < 1``; ``"rbnn"``:
     ``max(0, sqrt(2) t - t^2 |x_hat|)``), then the exact gradient of the standardisation.
     ``relu``: that of the centered sign of ``torch.relu(x)``, with respect to ``x`` (the ReLU's
-    gradient mask ``x > 0`` applied in the same pass). Float32 on the C kernels where
-    :func:`sign_forward` runs there."""
-    if _native(x, g):
+    gradient mask ``x > 0`` applied in the same pass). Float32 on the C kernels with ``native``
+    (the forward's choice; None: where :func:`sign_forward` would run there now)."""
+    if native if native is not None else _native(x, g):
         from batmann.models import sign_kernels
 
-        return sign_kernels.sign_backward(x, mu, s, g, surrogate, t, relu)
+        return sign_kernels.sign_backward(x, mu, s, g.float(), surrogate, t, relu)
     tail = "_relu" if relu else ""
     if surrogate == "hardtanh":
         return _kernel("sign_backward_hardtanh" + tail, x)(x, mu, s, g)

@@ -93,12 +93,15 @@ class _CenteredSign(torch.autograd.Function):
         out, mu, s = fused.sign_forward(x, out_dtype, compiled=training, relu=relu)
         ctx.save_for_backward(x, mu, s)
         ctx.surrogate, ctx.t, ctx.relu = surrogate, float(t), relu
+        # the backward runs where the forward ran (sign_forward's choice)
+        ctx.native = training and (out_dtype or x.dtype) == torch.float32 and fused.on_native_kernels(x)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # noqa: D102
         x, mu, s = ctx.saved_tensors
-        return fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t, ctx.relu), None, None, None, None, None
+        gx = fused.sign_backward(x, mu, s, g, ctx.surrogate, ctx.t, ctx.relu, native=ctx.native)
+        return gx, None, None, None, None, None
 
 
 class _Standardize(torch.autograd.Function):
