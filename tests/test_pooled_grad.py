@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from batmann.models import binary_kernels as bk
 from batmann.models import layers
 from batmann.models import pooled_grad as pg
+from batmann.models import small_fan_in
 from batmann.models.controller import build_controller
 
 
@@ -437,15 +438,17 @@ def test_the_training_log_names_the_convolutions_path(kernels, monkeypatch):
     isa = pg.ISAS[pg.isa()]
     pooled = f"pooled layers: float32 gradients from the pooled gradient ({isa} loops)"
     monkeypatch.setattr(cpu_features, "has_bf16_matrix_units", lambda device: False)
-    assert layers.describe_training_path("fp", "fp32", "cpu") == pooled
-    assert layers.describe_training_path("fp", "bf16", "cpu") == f"bf16 products; {pooled}"
+    first = (f"; conv1's weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
+             if small_fan_in.available() else "")
+    assert layers.describe_training_path("fp", "fp32", "cpu") == pooled + first
+    assert layers.describe_training_path("fp", "bf16", "cpu") == f"bf16 products; {pooled}"  # conv1 under autocast
     assert layers.describe_training_path("rbnn", "bf16", "cpu") == "bf16 autocast, autograd's dense bf16 products"
     monkeypatch.setattr(cpu_features, "has_bf16_matrix_units", lambda device: True)
     assert layers.describe_training_path("fp", "bf16", "cpu") == "bf16 autocast, autograd's dense bf16 products"
     if bk.kernel_for(torch.device("cpu")) is not None:
         xnor = layers.describe_training_path("xnor", "fp32", "cpu")
-        assert xnor.startswith("+-1 products: ") and "exact" in xnor and xnor.endswith(pooled)
-        assert layers.describe_training_path("xnor", "bf16", "cpu").endswith("; bf16 gradient products")
+        assert xnor.startswith("+-1 products: ") and "exact" in xnor and xnor.endswith(pooled + first)
+        assert layers.describe_training_path("xnor", "bf16", "cpu").endswith("; bf16 gradient products" + first)
     monkeypatch.setattr(bk, "KERNEL", "fp32")
     assert layers.describe_training_path("xnor", "fp32", "cpu") == "plain autograd (BATMANN_BINARY_KERNEL=fp32)"
     monkeypatch.setattr(bk, "KERNEL", "auto")

@@ -537,13 +537,16 @@ def describe_training_path(controller: str, precision: str, device: torch.device
     if not pooled_grad.available():
         return f"autograd (pooled kernels unavailable: {pooled_grad.unavailable_reason()})"
     pooled = f"pooled layers: float32 gradients from the pooled gradient ({pooled_grad.ISAS[pooled_grad.isa()]} loops)"
+    first = ""  # conv1 outside autocast: its weight gradient on the small fan-in kernel
+    if small_fan_in.available() and (precision != "bf16" or controller.startswith("xnor")):
+        first = f"; conv1's weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
     if controller.startswith("xnor"):
         if binary_kernels.kernel_for(device) is None:
             return "autograd (no exact +-1 kernel here)"
         forward = f"+-1 products: {binary_kernels.describe_kernel(device)}"
-        return f"{forward}; " + ("bf16 gradient products" if precision == "bf16" else pooled)
+        return f"{forward}; " + ("bf16 gradient products" if precision == "bf16" else pooled) + first
     if precision != "bf16":
-        return pooled
+        return pooled + first
     if controller == "fp" and not cpu_features.has_bf16_matrix_units(device):
         return f"bf16 products; {pooled}"
     return "bf16 autocast, autograd's dense bf16 products"
