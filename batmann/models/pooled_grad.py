@@ -8,8 +8,8 @@ alone (``csrc/pooled_grad.c``, AVX2 + FMA): a quarter of the multiply-adds of th
 ``convolution_backward``. They equal it to float32 rounding (another summation order), and are
 the same bits whatever the thread count: images are split between threads, the weight gradient
 summed over a fixed number of image groups added in order, and each element is summed in one
-order. The inner loops run on 256-bit vectors, or on Intel CPUs with AVX-512 on 512-bit vectors
-two lists of terms at a time (:func:`isa`; the same bits).
+order. The inner loops run on 256-bit vectors, or on CPUs with AVX-512 on 512-bit vectors two
+lists of terms at a time (:func:`isa`; the same bits).
 Built like the popcount kernels (:mod:`batmann.models.native`); where it does not build,
 :func:`available` is False and the callers keep autograd.
 """
@@ -84,7 +84,7 @@ ISAS = {256: "AVX2", 512: "AVX-512"}
 
 def isa() -> int:
     """The inner loops' width in use (a key of :data:`ISAS`; the same bits either way): 512 on
-    Intel CPUs with AVX-512F, else 256. Needs :func:`available`."""
+    CPUs with AVX-512F, else 256. Needs :func:`available`."""
     lib = LIBRARY.load()
     if lib is None:
         raise RuntimeError(f"pooled-gradient kernels unavailable: {LIBRARY.reason}")

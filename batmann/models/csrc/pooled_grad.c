@@ -20,7 +20,7 @@
  * terms at a time into 8 accumulators of 8 floats; or 512-bit (compiled for AVX-512F alone), two
  * lists at a time, each into 4 accumulators of 16 floats. Every float is summed in the same
  * order by both, so the bits are the same; the 512-bit form keeps twice the multiply-adds in
- * flight, for cores whose 512-bit units run at full width.
+ * flight (faster on Zen 4 too, whose 512-bit operations run as two halves).
  *
  * Loaded by batmann/models/pooled_grad.py (ctypes); built with -O3 -mavx2 -mfma.
  */
@@ -48,14 +48,13 @@ static void *lines(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
 /* the inner loops' width in bits, 256 or 512 (0: not chosen yet) */
 static int isa = 0;
 
-/* The loops the kernels use: 512 on Intel CPUs with AVX-512F (full-width 512-bit units), else
- * 256 (AMD's Zen 4 splits 512-bit operations in two halves). want (256 or 512) selects one where
- * the CPU runs it (0: keep the choice); returns the one in use. */
+/* The loops the kernels use: 512 on CPUs with AVX-512F, else 256. want (256 or 512) selects one
+ * where the CPU runs it (0: keep the choice); returns the one in use. */
 int pooled_grad_isa(int want) {
     __builtin_cpu_init();
     const int has512 = __builtin_cpu_supports("avx512f");
     if (want == 256 || (want == 512 && has512)) isa = want;
-    if (isa == 0) isa = has512 && __builtin_cpu_is("intel") ? 512 : 256;
+    if (isa == 0) isa = has512 ? 512 : 256;
     return isa;
 }
 
