@@ -5,10 +5,10 @@ weight gradient of only ``O x C x k x k`` sums, each over every image and output
 :func:`grads` computes them with ``csrc/small_fan_in.c`` (AVX2 + FMA): rows of the output
 gradient times shifted rows of the input, five kernel columns and two output channels per pass
 (four with AVX-512VL), about twice as fast as the batched product of the unfolded input on the
-same cores.
-They equal ``convolution_backward``'s to float32 rounding (another summation order) and are the
-same bits on any thread count: the batch is cut into :data:`GROUPS` image ranges fixed by its
-size, each range summed in one order, the ranges added in order.
+same cores. They equal ``convolution_backward``'s to float32 rounding (another summation order)
+and are the same bits on any thread count: the batch is cut into the image ranges of
+:func:`batmann.models.grouped_conv.bounds` (fixed by its size), each summed in one order, the
+ranges added in order.
 
 Built like the other kernels (:mod:`batmann.models.native`); where it does not build,
 :func:`available` is False and the caller keeps the batched product.
@@ -23,13 +23,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from batmann.models import native
+from batmann.models import grouped_conv, native
 
 CFLAGS = ("-O3", "-std=c11", "-mavx2", "-mfma", "-fPIC", "-shared")
-
-#: image ranges of a batch, each summed by one call, then added in order (the same bits on any
-#: number of threads)
-GROUPS = 8
 
 _I64 = ctypes.c_int64
 _P = ctypes.c_void_p
@@ -93,11 +89,6 @@ def supports(x: Tensor, w: Tensor, conv: torch.nn.Conv2d) -> bool:
     return max(c * h * wd, o * (h - k + 1) * (wd - k + 1)) < 2**31 and available()
 
 
-def _bounds(batch: int) -> list[int]:
-    groups = max(1, min(batch, GROUPS))
-    return [batch * i // groups for i in range(groups + 1)]
-
-
 def grads(g: Tensor, x: Tensor, k: int, bias: bool) -> tuple[Tensor, Tensor | None]:
     """``(grad_w, grad_b)`` of ``conv2d(x, w, b)`` (stride 1, no padding; see :func:`supports`) from
     its output gradient ``g`` (B, O, Ho, Wo): ``grad_w`` (O, C, k, k) float32, ``grad_b`` (O,)
@@ -111,23 +102,16 @@ def grads(g: Tensor, x: Tensor, k: int, bias: bool) -> tuple[Tensor, Tensor | No
         raise ValueError(f"output gradient must be {(b, o, h - k + 1, wd - k + 1)}, got {tuple(g.shape)}")
     gc = g.detach().to(torch.float32).contiguous()
     xc = x.detach().to(torch.float32).contiguous()
-    bounds = _bounds(b)
-    groups = len(bounds) - 1
-    parts = torch.empty(groups, o, c, k, k, dtype=torch.float32)
-    bparts = torch.empty(groups, o, dtype=torch.float32) if bias else None
+    ranges = grouped_conv.bounds(b)
+    parts = torch.empty(len(ranges), o, c, k, k, dtype=torch.float32)
+    bparts = torch.empty(len(ranges), o, dtype=torch.float32) if bias else None
 
     def part(lo: int, hi: int) -> int:
-        return sum(lib.small_fan_in_grad(gc.data_ptr(), xc.data_ptr(), bounds[i], bounds[i + 1], o, c, h, wd, k,
+        return sum(lib.small_fan_in_grad(gc.data_ptr(), xc.data_ptr(), *ranges[i], o, c, h, wd, k,
                                          parts[i].data_ptr(), None if bparts is None else bparts[i].data_ptr())
                    for i in range(lo, hi))
 
-    if any(native.parallel(part, groups)):
+    if any(native.parallel(part, len(ranges))):
         raise MemoryError("the small fan-in kernel could not allocate its buffers")
-    return _add_in_order(parts), None if bparts is None else _add_in_order(bparts)
-
-
-def _add_in_order(parts: Tensor) -> Tensor:
-    total = parts[0].clone()
-    for i in range(1, parts.shape[0]):
-        total += parts[i]
-    return total
+    gb = None if bparts is None else grouped_conv.sum_in_order(list(bparts))
+    return grouped_conv.sum_in_order(list(parts)), gb
