@@ -110,7 +110,7 @@ int small_fan_in_grad(const float *g, const float *x, int64_t lo, int64_t hi, in
         for (int64_t o = 0; o < O; o += no) {
             const float *rows[4];
             float *p[4];
-            float scratch[4][GROUP * 8]; /* the sums of channels past O (rows repeated), dropped */
+            float scratch[4][GROUP * 8] = {{0}}; /* the sums of channels past O (rows repeated), dropped */
             for (int64_t c = 0; c < C; c++)
                 for (int64_t dy = 0; dy < k; dy++) {
                     const float *xs = x + ((n * C + c) * H + dy) * W;
