@@ -80,6 +80,15 @@ def each(fn: Callable[[int, int], T], batch: int) -> list[T]:
         for r in part]
 
 
+def per_thread(fn: Callable[[int, int], T], batch: int) -> list[T]:
+    """``fn(lo, hi)`` over one image range per thread (:func:`batmann.models.native.split`), each
+    call on one torch thread in the caller's inference mode: for work whose values do not depend
+    on where the batch is cut (element by element, or image by image), with fewer calls than
+    :func:`each`."""
+    inference = torch.is_inference_mode_enabled()
+    return native.parallel(lambda lo, hi: _one_thread(lambda: fn(lo, hi), inference), batch)
+
+
 def sum_in_order(parts: Sequence[Tensor]) -> Tensor:
     """``parts[0] + parts[1] + ...`` in that order, in float32."""
     total = parts[0].to(torch.float32, copy=True)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batmann.models import binary_kernels, fused, grouped_conv, pooled_grad, small_fan_in
+from batmann.models import binary_kernels, fused, grouped_conv, grouped_relu_pool, pooled_grad, small_fan_in
 from batmann.models import quantizers as q
 from batmann.utils.determinism import in_deterministic_block
 from crossbar import cpu_features
@@ -512,8 +512,21 @@ def conv_relu_pool(conv: nn.Conv2d, x: Tensor, pool: nn.Module | None) -> Tensor
     if _pooled_ok(conv, x, pool) or _pooled_autocast_ok(conv, x, pool):
         return _ConvReluPool.apply(x, conv.weight, conv.bias, None, conv, False, None, _pool_size(pool))
     out = conv_output(conv, x)
+    if _records_autograd(conv, x) and _in_ranges_relu_pool(out, pool):
+        return grouped_relu_pool.relu_pool(out, pool)
     out = torch.relu(out) if _records_autograd(conv, x) else out.relu_()
     return out if pool is None else pool(out)
+
+
+def _in_ranges_relu_pool(y: Tensor, pool: nn.Module | None) -> bool:
+    """Whether the ReLU (and max ``pool``) of a convolution's output ``y`` in training run per image
+    range on every core (:mod:`batmann.models.grouped_relu_pool`, torch's values): inside
+    ``deterministic_kernels`` on the CPU, at least :data:`batmann.models.grouped_relu_pool.MIN_ELEMENTS`
+    elements, with a pool it covers or in bf16 (autocast; torch's float32 ReLU alone is bound by
+    memory, no faster on two cores), unless the kernel setting is ``fp32``."""
+    return (grouped_conv.active(y) and y.numel() >= grouped_relu_pool.MIN_ELEMENTS
+            and (pool is not None or y.dtype == torch.bfloat16) and grouped_relu_pool.covers(pool)
+            and binary_kernels.KERNEL != "fp32")
 
 
 def set_gradient_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
