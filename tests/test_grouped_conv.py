@@ -61,6 +61,25 @@ def test_forward_is_torch_range_by_range(channels_last, two_threads):
     torch.testing.assert_close(got, F.conv2d(x, w, bias, 1, 1, 1, 2))
 
 
+def test_output_layout_follows_torch_where_strides_are_ambiguous(two_threads):
+    """One input channel (or a 1 x 1 image) fits both layouts' strides; torch reads the strides
+    themselves (a channels-last image of one channel gives a channels-last output), and so do the
+    ranges."""
+    gen = torch.Generator().manual_seed(4)
+    cases = [
+        (torch.randn(9, 32, 32, 1, generator=gen).permute(0, 3, 1, 2), torch.randn(6, 1, 5, 5, generator=gen)),
+        (torch.randn(9, 1, 32, 32, generator=gen), torch.randn(6, 5, 5, 1, generator=gen).permute(0, 3, 1, 2)),
+        (torch.randn(9, 1, 32, 32, generator=gen), torch.randn(6, 1, 5, 5, generator=gen)),
+        (torch.randn(9, 1, 1, 4, generator=gen).permute(0, 3, 1, 2), torch.randn(6, 4, 1, 1, generator=gen)),
+    ]
+    for x, w in cases:
+        with deterministic_kernels("cpu"):
+            got = gc.conv2d(x, w)
+        want = F.conv2d(x, w)
+        assert got.stride() == want.stride(), (x.stride(), w.stride())
+        torch.testing.assert_close(got, want)  # another batch size may sum in another order
+
+
 def test_inference_mode_reaches_the_ranges(two_threads):
     x, w, bias, _ = _operands()
     with deterministic_kernels("cpu"), torch.inference_mode():
@@ -147,10 +166,11 @@ def test_one_thread_restores_a_thread_count_it_changes():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fp_controller_training_takes_every_convolution_through_the_ranges(autocast, two_threads, monkeypatch):
-    """In deterministic training every convolution but the small fan-in conv1 runs in image
-    ranges: in float32 inside the pooled layers' function (conv2, conv4, and conv3 without a
-    pool), under bf16 autocast as :class:`GroupedConv2d` with its gradients. The kernel setting
-    ``fp32`` keeps plain autograd."""
+    """In deterministic training every convolution runs in image ranges: in float32 inside the
+    pooled layers' function (conv2, conv4, and conv3 without a pool; the small fan-in conv1 on one
+    thread), under bf16 autocast as :class:`GroupedConv2d` with its gradients (conv1 included;
+    conv2 and conv4 inside the pooled layers' function without AMX). The kernel setting ``fp32``
+    keeps plain autograd."""
     model = build_controller("fp")
     x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(3))
     calls = []
@@ -169,7 +189,9 @@ def test_fp_controller_training_takes_every_convolution_through_the_ranges(autoc
     want = run("fp32")
     assert calls == []
     got = run("auto")
-    convs = [tuple(m.weight.shape) for m in (model.features.conv2, model.features.conv3, model.features.conv4)]
+    f = model.features
+    convs = [tuple(m.weight.shape) for m in ((f.conv1, f.conv2, f.conv3, f.conv4) if autocast else
+                                             (f.conv2, f.conv3, f.conv4))]
     assert calls == convs
     tol = 2e-2 if autocast else 1e-4
     torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)

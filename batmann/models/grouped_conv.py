@@ -23,6 +23,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._prims_common import suggest_memory_format
 
 from batmann.models import native
 from batmann.utils.determinism import in_deterministic_block
@@ -102,15 +103,16 @@ def _pair(v: _Pair) -> list[int]:
 
 
 def _channels_last(*ts: Tensor) -> bool:
-    """Whether torch's CPU convolution gives a channels-last output for these operands (either one channels-last)."""
-    return any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-               for t in ts)
+    """Whether torch's CPU convolution gives a channels-last output for these operands: either one's
+    strides channels-last, read as torch reads them (a tensor of one channel, or of 1 x 1 images,
+    is contiguous in both layouts; its strides decide)."""
+    return any(t.dim() == 4 and suggest_memory_format(t) == torch.channels_last for t in ts)
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride: _Pair = 1, padding: _Pair = 0,
            dilation: _Pair = 1, groups: int = 1) -> Tensor:
     """``F.conv2d(x, w, b, ...)`` in image ranges (no autograd): x (B, C, H, W), w (O, C / groups,
-    kh, kw) -> (B, O, Ho, Wo), channels-last where either operand is (as torch's). Integer padding only."""
+    kh, kw) -> (B, O, Ho, Wo), channels-last where either operand's strides are (as torch's). Integer padding only."""
     st, pd, dl = _pair(stride), _pair(padding), _pair(dilation)
     ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1
               for n, p, d, k, s in zip(x.shape[-2:], pd, dl, w.shape[-2:], st))

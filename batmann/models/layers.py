@@ -578,11 +578,12 @@ def _fan_in(conv: nn.Conv2d) -> int:
 def _in_ranges(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``layer``'s convolution of ``x`` runs per image range on every core
     (:mod:`batmann.models.grouped_conv`): inside ``deterministic_kernels`` on the CPU, a
-    convolution it covers with a fan-in above :data:`SMALL_FAN_IN` (the first layer's 1 x 5 x 5
-    is cheap on one thread, and its ranges' outputs only add allocations), unless the kernel
-    setting is ``fp32`` (plain autograd)."""
+    convolution it covers with a fan-in above :data:`SMALL_FAN_IN`, or any under CPU autocast (in
+    float32 the first layer's 1 x 5 x 5 product is cheap on one thread and its ranges' outputs only
+    add allocations; oneDNN's bf16 one takes longer), unless the kernel setting is ``fp32`` (plain
+    autograd)."""
     return (grouped_conv.active(x) and grouped_conv.covers(layer) and binary_kernels.KERNEL != "fp32"
-            and _fan_in(layer) > SMALL_FAN_IN)
+            and (_fan_in(layer) > SMALL_FAN_IN or torch.is_autocast_enabled("cpu")))
 
 
 def _op(layer: nn.Module, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
