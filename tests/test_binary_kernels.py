@@ -30,6 +30,25 @@ def test_pm1_conv2d_is_bit_identical_to_the_fp32_convolution(b, c, o, k, h, stri
     assert got_cl.is_contiguous(memory_format=torch.channels_last) == (c > 1)  # C = 1: both formats at once
 
 
+def test_int8_kernels_run_on_every_core_inside_deterministic_blocks(monkeypatch):
+    """Integer sums do not depend on the thread count, so inside ``deterministic_kernels`` (one
+    torch thread) the int8 products get back the threads torch had before; the results are the
+    fp32 product's bits either way, and the block's one thread is restored after each call."""
+    from batmann.utils.determinism import deterministic_kernels
+
+    seen = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: seen.append(torch.get_num_threads()) or real(a, b))
+    x, w = pm1(5, 8, 7, 7, seed=5), pm1(4, 8, 3, 3, seed=6)
+    xl, wl = pm1(3, 64, seed=7), pm1(6, 64, seed=8)
+    torch.set_num_threads(2)  # the one_thread fixture restores the count after the test
+    with deterministic_kernels("cpu"):
+        got, got_l = bk.pm1_conv2d(x, w), bk.pm1_linear(xl, wl)
+        assert torch.get_num_threads() == 1
+    assert seen == [2, 2]
+    assert torch.equal(got, F.conv2d(x, w)) and torch.equal(got_l, F.linear(xl, wl))
+
+
 def test_pm1_kernels_reach_the_largest_sums_exactly():
     x, w = torch.ones(2, 128, 5, 5), torch.ones(3, 128, 5, 5)
     w[1] = -1

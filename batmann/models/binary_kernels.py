@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from batmann.errors import ConfigError
+from batmann.utils.determinism import every_core_for_exact_work
 from crossbar.cpu_features import has_fast_int8, has_int8_matrix_units
 
 #: the kernel settings: ``auto`` (int8 on AMX, else popcount where it builds and the convolution
@@ -113,8 +114,14 @@ def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tenso
     """``F.conv2d(x, w, stride=stride, padding=padding)`` for ``x`` (B, C, H, W) and ``w``
     (O, C, k, k) whose entries are all +-1 (any dtype, int8 included; zero padding allowed):
     float32 (B, O, H', W') in ``x``'s memory format (channels-last in, channels-last out, as
-    ``F.conv2d``), computed in int8 with int32 sums, bit-identical to fp32. Square kernels,
-    equal strides."""
+    ``F.conv2d``), computed in int8 with int32 sums, bit-identical to fp32, on every core inside
+    ``deterministic_kernels`` too (integer sums do not depend on the thread count). Square
+    kernels, equal strides."""
+    with every_core_for_exact_work():  # integer sums: the same bits on any thread count
+        return _pm1_conv2d_int8(x, w, stride, padding)
+
+
+def _pm1_conv2d_int8(x: Tensor, w: Tensor, stride: int, padding: int) -> Tensor:
     b, c, _, _ = x.shape
     o, _, k, _ = w.shape
     xi = x.to(torch.int8).permute(0, 2, 3, 1)  # (B, H, W, C), channels-last memory
@@ -146,4 +153,5 @@ def pm1_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tenso
 
 def pm1_linear(x: Tensor, w: Tensor) -> Tensor:
     """``F.linear(x, w)`` for +-1 entries ``x`` (B, K) and ``w`` (N, K): float32 (B, N), exact."""
-    return torch._int_mm(x.to(torch.int8), w.to(torch.int8).t()).float()
+    with every_core_for_exact_work():
+        return torch._int_mm(x.to(torch.int8), w.to(torch.int8).t()).float()

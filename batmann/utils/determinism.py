@@ -79,6 +79,21 @@ def invariant_threads() -> int:
 
 
 @contextlib.contextmanager
+def every_core_for_exact_work() -> Iterator[None]:
+    """Within the block torch has :func:`invariant_threads` intra-op threads (restored after): for
+    torch work whose results are the same bits on any thread count (integer products with integer
+    sums, copies, conversions), which inside :func:`deterministic_kernels` would run on one."""
+    threads, want = torch.get_num_threads(), invariant_threads()
+    if threads != want:
+        torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        if threads != want:
+            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def deterministic_kernels(device: torch.device | str = "cpu", enabled: bool = True) -> Iterator[None]:
     """Within the block: one intra-op thread, MKL without dynamic threads, oneDNN's (and on CUDA
     cuDNN's) deterministic algorithms; the previous settings are restored afterwards. The
