@@ -11,6 +11,7 @@ from batmann.models import grouped_conv as gc
 from batmann.models import layers
 from batmann.models.controller import build_controller
 from batmann.utils.determinism import deterministic_kernels
+from training_helpers import deterministic_pass
 
 
 @pytest.fixture
@@ -180,11 +181,8 @@ def test_fp_controller_training_takes_every_convolution_through_the_ranges(autoc
     def run(kernel):
         monkeypatch.setattr(bk, "KERNEL", kernel)
         calls.clear()
-        model.zero_grad()
-        with deterministic_kernels("cpu"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = model(x)
-            out.float().sum().backward()
-        return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        out, grads = deterministic_pass(model, x, autocast)
+        return out.float(), grads
 
     want = run("fp32")
     assert calls == []

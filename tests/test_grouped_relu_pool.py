@@ -12,6 +12,7 @@ from batmann.models import layers
 from batmann.models.controller import build_controller
 from batmann.utils.determinism import deterministic_kernels
 from crossbar import cpu_features
+from training_helpers import deterministic_pass
 
 POOLS = {"none": None, "2x2": nn.MaxPool2d(2), "3x3 stride 2 padded": nn.MaxPool2d(3, 2, 1),
          "ceil mode": nn.MaxPool2d(2, ceil_mode=True)}
@@ -107,11 +108,7 @@ def test_the_fp_controller_takes_it_where_outputs_are_large_enough(autocast, amx
         monkeypatch.setattr(bk, "KERNEL", kernel)
         monkeypatch.setattr(grp, "MIN_ELEMENTS", threshold)
         calls.clear()
-        model.zero_grad()
-        with deterministic_kernels("cpu"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = model(x)
-            out.float().sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        return deterministic_pass(model, x, autocast)
 
     want = run("auto", 1 << 40)
     assert calls == []
