@@ -1,11 +1,12 @@
-"""The first convolution's weight gradient: the C kernel of ``batmann.models.small_fan_in`` against
-the batched product of the unfolded input it replaces, side by side in one process.
+"""The first convolution in training: the C kernels of ``batmann.models.small_fan_in`` against what
+they replace, side by side in one process. The weight gradient against the batched product of the
+unfolded input; the forward against ``F.conv2d``.
 
 The shape is conv1 of a 20-way 5-shot training episode (200 images 1 x 32 x 32, 128 outputs,
-5 x 5). Both run as training runs them inside ``deterministic_kernels`` (the batched product in
-the image ranges of ``grouped_conv`` on every core), alternated ``--rounds`` times; the table gives
-each one's median milliseconds and the ratio, and the largest difference of their results
-relative to the largest entry.
+5 x 5). All run as training runs them inside ``deterministic_kernels`` (the batched product in
+the image ranges of ``grouped_conv`` on every core, ``F.conv2d`` on torch's one thread there),
+alternated ``--rounds`` times; the table gives each one's median milliseconds and the ratio, and
+the largest difference of their results relative to the largest entry.
 
     .venv/bin/python benchmarks/bench_small_fan_in.py [--rounds 15] [--images 200] [--channels-per-pass 2|4]
 """
@@ -47,28 +48,38 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.images, 1, 32, 32, generator=gen)
     g = torch.randn(args.images, 128, 28, 28, generator=gen)
+    diffs: dict[str, float] = {}
     width = (small_fan_in.using_channels_per_pass(args.channels_per_pass) if args.channels_per_pass
              else contextlib.nullcontext())
-    times: dict[str, list[float]] = {"batched product": [], "C kernel": []}
+    w, b = torch.randn(128, 1, 5, 5, generator=gen), torch.randn(128, generator=gen)
+    ways = {
+        "weight gradient": {"batched product": lambda: batched_product(g, x, 5),
+                            "C kernel": lambda: small_fan_in.grads(g, x, 5, False)[0]},
+        "forward": {"F.conv2d": lambda: F.conv2d(x, w, b), "C kernel": lambda: small_fan_in.forward(x, w, b)},
+    }
+    threads = torch.get_num_threads()  # the kernels' (and the batched product's ranges'); F.conv2d gets one
     with deterministic_kernels("cpu", enabled=True), width:
-        ways = {"batched product": lambda: batched_product(g, x, 5), "C kernel": lambda: small_fan_in.grads(g, x, 5, False)[0]}
-        results = {name: fn() for name, fn in ways.items()}  # warm-up
-        for _ in range(args.rounds):
-            for name, fn in ways.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
         per_pass = small_fan_in.channels_per_pass()
-    base = results["batched product"]
-    diff = float((results["C kernel"] - base).abs().max() / base.abs().max())
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    print(f"conv1 weight gradient, {args.images} x 1 x 32 x 32 -> 128 x 28 x 28 (5 x 5), "
-          f"{torch.get_num_threads()} threads, kernel {per_pass} channels per pass, median of {args.rounds}")
-    print("| way | ms | speed-up |")
-    print("|---|---|---|")
-    for name, t in ms.items():
-        print(f"| {name} | {t:.2f} | {ms['batched product'] / t:.2f}x |")
-    print(f"largest difference / largest entry: {diff:.1e}")
+        print(f"conv1, {args.images} x 1 x 32 x 32 -> 128 x 28 x 28 (5 x 5), {threads} threads, "
+              f"kernel {per_pass} channels per pass, median of {args.rounds}")
+        print("| what | way | ms | speed-up |")
+        print("|---|---|---|---|")
+        for what, pair in ways.items():
+            results = {name: fn() for name, fn in pair.items()}  # warm-up
+            times: dict[str, list[float]] = {name: [] for name in pair}
+            for _ in range(args.rounds):
+                for name, fn in pair.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+            base_name = next(iter(pair))
+            ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            for name, t in ms.items():
+                print(f"| {what} | {name} | {t:.2f} | {ms[base_name] / t:.2f}x |")
+            base = results[base_name]
+            diffs[what] = float((results["C kernel"] - base).abs().max() / base.abs().max())
+    for what, diff in diffs.items():
+        print(f"{what}: largest difference / largest entry {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The first convolution's weight gradient in training: the C kernel of ``small_fan_in`` where it
-applies, else one batched product of the unfolded input."""
+"""The first convolution in training: its forward and weight gradient on the C kernels of
+``small_fan_in`` where they apply, else ``F.conv2d`` and one batched product of the unfolded input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from batmann.models import binary_kernels as bk
-from batmann.models import layers, small_fan_in
+from batmann.models import layers, quantizers, small_fan_in
 
 needs_kernel = pytest.mark.skipif(not small_fan_in.available(), reason="small fan-in kernel unavailable")
 
@@ -35,12 +35,15 @@ def test_the_same_forward_and_gradients_to_rounding(cin, k, stride, padding, bia
 
     want = run("fp32")  # plain autograd
     calls, kernel_calls = [], []
-    real, real_grads = layers._SmallFanInConv.apply, small_fan_in.grads
+    real, real_grads, real_forward = layers._SmallFanInConv.apply, small_fan_in.grads, small_fan_in.forward
     monkeypatch.setattr(layers._SmallFanInConv, "apply", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(small_fan_in, "grads", lambda *a: kernel_calls.append(1) or real_grads(*a))
+    monkeypatch.setattr(small_fan_in, "grads", lambda *a: kernel_calls.append("grads") or real_grads(*a))
+    monkeypatch.setattr(small_fan_in, "forward", lambda *a: kernel_calls.append("forward") or real_forward(*a))
     got = run("auto")
-    assert calls == [1] and torch.equal(got[0], want[0]) and kernel_calls == ([1] if kernel else [])
-    for g, w in zip(got[1:], want[1:]):
+    assert calls == [1] and kernel_calls == (["forward", "grads"] if kernel else [])
+    if not kernel:
+        assert torch.equal(got[0], want[0])  # F.conv2d itself
+    for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
@@ -124,6 +127,57 @@ def test_the_kernel_sums_to_float64_within_float32_rounding(b, c, size, o, k, pe
     scale = float(g.abs().sum((0, 2, 3)).max())  # the largest sum of |terms|: float32 rounding is ~1e-7 of it
     assert float((gw.double() - want_w).abs().max()) < 1e-6 * scale
     assert float((gb.double() - want_b).abs().max()) < 1e-6 * scale
+
+
+@needs_kernel
+@pytest.mark.parametrize("per_pass", [2, 4])
+@pytest.mark.parametrize("b, c, size, o, k, bias", [
+    (5, 1, 32, 12, 5, True),  # the first layer's shape: an output 28 wide (a last group of 4 columns)
+    (3, 1, 12, 7, 5, True),  # an output 8 wide; an odd channel count (a pass past the last channel)
+    (2, 3, 10, 5, 3, False),  # three input channels, no bias
+    (4, 1, 40, 6, 7, True),  # an output 34 wide: five column groups (passes of four and one)
+    (3, 2, 9, 1, 1, True),  # one output channel, a 1 x 1 kernel
+])
+def test_the_forward_sums_to_float64_within_float32_rounding(b, c, size, o, k, bias, per_pass):
+    gen = torch.Generator().manual_seed(size * o + k)
+    x = torch.randn(b, c, size, size, generator=gen)
+    w = torch.randn(o, c, k, k, generator=gen)
+    bv = torch.randn(o, generator=gen) if bias else None
+    with small_fan_in.using_channels_per_pass(per_pass):
+        y = small_fan_in.forward(x, w, bv)
+    want = torch.nn.functional.conv2d(x.double(), w.double(), None if bv is None else bv.double())
+    assert y.dtype == torch.float32 and y.shape == want.shape and y.is_contiguous()
+    # float32 rounding: ~1e-7 of the largest sum of |terms|
+    scale = float(torch.nn.functional.conv2d(x.double().abs(), w.double().abs()).max()) + (
+        0.0 if bv is None else float(bv.abs().max()))
+    assert float((y.double() - want).abs().max()) < 1e-6 * scale
+
+
+@needs_kernel
+def test_the_forward_gives_the_same_bits_on_any_thread_count_and_pass_width():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(11, 1, 20, 20, generator=gen)
+    w, bv = torch.randn(10, 1, 5, 5, generator=gen), torch.randn(10, generator=gen)
+    got = []
+    for threads in (1, 2):
+        for per_pass in (2, 4):
+            with _threads(threads), small_fan_in.using_channels_per_pass(per_pass):
+                got.append(small_fan_in.forward(x, w, bv))
+    assert all(torch.equal(y, got[0]) for y in got[1:])
+
+
+@needs_kernel
+def test_the_layer_keeps_f_conv2d_for_a_channels_last_input(monkeypatch):
+    """One input channel in channels-last strides: torch's output is channels-last, so the
+    layer keeps ``F.conv2d`` (its layout and bits) there."""
+    monkeypatch.setattr(bk, "KERNEL", "auto")
+    monkeypatch.setattr(small_fan_in, "forward", lambda *a: pytest.fail("C forward on a channels-last input"))
+    conv = layers.Int8Conv2d(1, 4, 5)
+    x = torch.randn(3, 12, 12, 1).permute(0, 3, 1, 2)
+    out = conv(x.requires_grad_())
+    with torch.no_grad():
+        want = torch.nn.functional.conv2d(x, quantizers.int8_quantize_ste(conv.weight, conv.scale_mode), conv.bias)
+    assert torch.equal(out, want) and out.stride() == want.stride()
 
 
 @needs_kernel

@@ -50,6 +50,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._prims_common import suggest_memory_format
 
 from batmann.models import binary_kernels, fused, grouped_conv, grouped_relu_pool, pooled_grad, small_fan_in
 from batmann.models import quantizers as q
@@ -931,10 +932,11 @@ SMALL_FAN_IN = 64
 
 
 class _SmallFanInConv(torch.autograd.Function):
-    """``F.conv2d`` (the same forward) whose weight gradient, for a small fan-in (the first
-    convolution: 1 x 5 x 5), is the C kernel of :mod:`batmann.models.small_fan_in` where it
-    applies (stride 1, no padding; with the bias gradient; every core, the same bits on any thread
-    count), else one batched matrix product of the output gradient with the unfolded input,
+    """``F.conv2d`` whose forward and weight gradient, for a small fan-in (the first convolution:
+    1 x 5 x 5), are the C kernels of :mod:`batmann.models.small_fan_in` where they apply (stride 1,
+    no padding, a contiguous input; with the bias gradient; every core, the same bits on any
+    thread count; the forward equals ``F.conv2d``'s to float32 rounding), else ``F.conv2d`` and
+    one batched matrix product of the output gradient with the unfolded input,
     summed over the batch (about 5x faster on CPU than ``convolution_backward``'s; inside
     ``deterministic_kernels`` summed in the image ranges of :mod:`batmann.models.grouped_conv`).
     Either equals ``convolution_backward``'s to float32 rounding. The input gradient, when asked
@@ -944,6 +946,8 @@ class _SmallFanInConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, layer: nn.Module) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x, w)
         ctx.layer, ctx.has_bias = layer, bias is not None
+        if small_fan_in.supports(x, w, layer) and suggest_memory_format(x) == torch.contiguous_format:
+            return small_fan_in.forward(x, w, bias)  # every core, the same bits on any count
         return _op(layer, x, w, bias)
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""The weight and bias gradients of a convolution with a small fan-in, in C on every core.
+"""A convolution with a small fan-in in training, in C on every core: its forward, and its weight
+and bias gradients.
 
 The first convolution of the controllers (1 input channel, 5 x 5, 128 outputs on 28 x 28) has a
 weight gradient of only ``O x C x k x k`` sums, each over every image and output position.
@@ -9,6 +10,11 @@ same cores. They equal ``convolution_backward``'s to float32 rounding (another s
 and are the same bits on any thread count: the batch is cut into the image ranges of
 :func:`batmann.models.grouped_conv.bounds` (fixed by its size), each summed in one order, the
 ranges added in order.
+
+:func:`forward` computes the convolution itself (for the training forward, where torch's
+``deterministic_kernels`` hold its own to one thread): each output is one thread's sum over
+(c, dy, dx) in that order, then the bias, so any split of the images gives the same bits; they
+equal ``F.conv2d``'s to float32 rounding.
 
 Built like the other kernels (:mod:`batmann.models.native`); where it does not build,
 :func:`available` is False and the caller keeps the batched product.
@@ -34,6 +40,8 @@ _P = ctypes.c_void_p
 def _declare(lib: ctypes.CDLL) -> None:
     lib.small_fan_in_grad.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]
     lib.small_fan_in_grad.restype = ctypes.c_int
+    lib.small_fan_in_forward.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _P]
+    lib.small_fan_in_forward.restype = None
     lib.small_fan_in_channels.argtypes = [ctypes.c_int]
     lib.small_fan_in_channels.restype = ctypes.c_int
     lib.small_fan_in_channels(0)  # settled once here, before any kernel runs on the pool's threads
@@ -115,3 +123,22 @@ def grads(g: Tensor, x: Tensor, k: int, bias: bool) -> tuple[Tensor, Tensor | No
         raise MemoryError("the small fan-in kernel could not allocate its buffers")
     gb = None if bparts is None else grouped_conv.sum_in_order(list(bparts))
     return grouped_conv.sum_in_order(list(parts)), gb
+
+
+def forward(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``F.conv2d(x, w, b)`` (stride 1, no padding; see :func:`supports`) for ``x`` (B, C, H, W) and
+    ``w`` (O, C, k, k): float32 (B, O, H - k + 1, W - k + 1), contiguous, to float32 rounding of
+    torch's (the same bits on any thread count)."""
+    lib = LIBRARY.load()
+    if lib is None:
+        raise RuntimeError(f"small fan-in kernel unavailable: {LIBRARY.reason}")
+    bn, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    xc = x.detach().to(torch.float32).contiguous()
+    wc = w.detach().to(torch.float32).contiguous()
+    bc = None if b is None else b.detach().to(torch.float32).contiguous()
+    y = torch.empty(bn, o, h - k + 1, wd - k + 1, dtype=torch.float32)
+    native.parallel(lambda lo, hi: lib.small_fan_in_forward(
+        xc.data_ptr(), wc.data_ptr(), None if bc is None else bc.data_ptr(), lo, hi, o, c, h, wd, k,
+        y.data_ptr()), bn)
+    return y

@@ -15,6 +15,11 @@
  * each input row loaded once for every channel of the pass. Every accumulator sums the same terms
  * in the same order either way: the same bits.
  *
+ * The forward (small_fan_in_forward) runs along output rows too: for each image row and pass of
+ * output channels, the row's column groups (as above, the last one ending at Wo) take every
+ * (c, dy, dx) term in that order, one multiply-add each, then the bias: each output is one
+ * thread's sum in one order, the same bits on any thread count and either channel count.
+ *
  * Loaded by batmann/models/small_fan_in.py (ctypes); built with -O3 -mavx2 -mfma.
  */
 #include <immintrin.h>
@@ -147,4 +152,75 @@ int small_fan_in_grad(const float *g, const float *x, int64_t lo, int64_t hi, in
         for (int64_t o = 0; o < O; o++) gb[o] = lanes(bias + 8 * o);
     free(part); free(bias);
     return 0;
+}
+
+/* NO output channels [o, o + NO) (rows past O repeat O - 1; their stores are skipped) of one output
+ * row (image n, row y), the gn column groups at at[]: y[o, y, at + :8] = the sum over (c, dy, dx) of
+ * w[o, c, dy, dx] * x[c, y + dy, at + dx + :8], then + b[o] */
+#define FORWARD(NAME, NO, ATTR)                                                                              \
+    static inline __attribute__((always_inline)) ATTR void NAME##_at(                                       \
+        const float *xn, const float *w, const float *b, float *yn, int64_t o, int64_t O, int64_t C,         \
+        int64_t H, int64_t W, int64_t k, int64_t y, const int64_t *at, int gn) {                             \
+        const int64_t Ho = H - k + 1, Wo = W - k + 1, F = C * k * k;                                         \
+        const float *wr[NO];                                                                                 \
+        for (int i = 0; i < NO; i++) wr[i] = w + (o + i < O ? o + i : O - 1) * F;                            \
+        __m256 acc[NO][4];                                                                                   \
+        for (int i = 0; i < NO; i++)                                                                         \
+            for (int j = 0; j < gn; j++) acc[i][j] = _mm256_setzero_ps();                                    \
+        for (int64_t c = 0; c < C; c++)                                                                      \
+            for (int64_t dy = 0; dy < k; dy++) {                                                             \
+                const float *rx = xn + (c * H + y + dy) * W;                                                 \
+                const int64_t f0 = (c * k + dy) * k;                                                         \
+                for (int64_t dx = 0; dx < k; dx++) {                                                         \
+                    __m256 wv[NO];                                                                           \
+                    for (int i = 0; i < NO; i++) wv[i] = _mm256_broadcast_ss(wr[i] + f0 + dx);               \
+                    for (int j = 0; j < gn; j++) {                                                           \
+                        const __m256 v = _mm256_loadu_ps(rx + at[j] + dx);                                   \
+                        for (int i = 0; i < NO; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], v, acc[i][j]);       \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        for (int i = 0; i < NO && o + i < O; i++) {                                                          \
+            const __m256 bv = _mm256_set1_ps(b ? b[o + i] : 0.0f);                                           \
+            for (int j = 0; j < gn; j++)                                                                     \
+                _mm256_storeu_ps(yn + ((o + i) * Ho + y) * Wo + at[j], b ? _mm256_add_ps(acc[i][j], bv) : acc[i][j]); \
+        }                                                                                                    \
+    }                                                                                                        \
+    /* every column group of the row, four at a time (gn a constant in each case: registers) */              \
+    static ATTR void NAME(const float *xn, const float *w, const float *b, float *yn, int64_t o, int64_t O,  \
+                          int64_t C, int64_t H, int64_t W, int64_t k, int64_t y) {                          \
+        const int64_t Wo = W - k + 1, ng = (Wo + 7) / 8;                                                     \
+        for (int64_t g0 = 0; g0 < ng; g0 += 4) {                                                             \
+            int64_t at[4];                                                                                   \
+            const int gn = (int)(ng - g0 < 4 ? ng - g0 : 4);                                                 \
+            for (int j = 0; j < gn; j++) at[j] = 8 * (g0 + j) + 8 <= Wo ? 8 * (g0 + j) : Wo - 8;             \
+            switch (gn) {                                                                                    \
+            case 4: NAME##_at(xn, w, b, yn, o, O, C, H, W, k, y, at, 4); break;                              \
+            case 3: NAME##_at(xn, w, b, yn, o, O, C, H, W, k, y, at, 3); break;                              \
+            case 2: NAME##_at(xn, w, b, yn, o, O, C, H, W, k, y, at, 2); break;                              \
+            default: NAME##_at(xn, w, b, yn, o, O, C, H, W, k, y, at, 1); break;                             \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+FORWARD(forward2, 2, )
+FORWARD(forward4, 4, __attribute__((target("avx2,fma,avx512f,avx512vl"))))
+
+/* y (n, O, Ho, Wo), images [lo, hi) written: the convolution of x (n, C, H, W) with w (O, C, k, k)
+ * (stride 1, no padding), plus b (O,) unless NULL */
+void small_fan_in_forward(const float *x, const float *w, const float *b, int64_t lo, int64_t hi, int64_t O,
+                          int64_t C, int64_t H, int64_t W, int64_t k, float *y) {
+    const int no = small_fan_in_channels(0);
+    const int64_t Ho = H - k + 1, Wo = W - k + 1;
+    for (int64_t n = lo; n < hi; n++) {
+        const float *xn = x + n * C * H * W;
+        float *yn = y + n * O * Ho * Wo;
+        for (int64_t o = 0; o < O; o += no)
+            for (int64_t r = 0; r < Ho; r++) {
+                if (no == 4)
+                    forward4(xn, w, b, yn, o, O, C, H, W, k, r);
+                else
+                    forward2(xn, w, b, yn, o, O, C, H, W, k, r);
+            }
+    }
 }
