@@ -438,7 +438,7 @@ def test_the_training_log_names_the_convolutions_path(kernels, monkeypatch):
     isa = pg.ISAS[pg.isa()]
     pooled = f"pooled layers: float32 gradients from the pooled gradient ({isa} loops)"
     monkeypatch.setattr(cpu_features, "has_bf16_matrix_units", lambda device: False)
-    first = (f"; conv1's weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
+    first = (f"; conv1's forward and weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
              if small_fan_in.available() else "")
     assert layers.describe_training_path("fp", "fp32", "cpu") == pooled + first
     assert layers.describe_training_path("fp", "bf16", "cpu") == f"bf16 products; {pooled}"  # conv1 under autocast

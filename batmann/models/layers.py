@@ -551,9 +551,9 @@ def describe_training_path(controller: str, precision: str, device: torch.device
     if not pooled_grad.available():
         return f"autograd (pooled kernels unavailable: {pooled_grad.unavailable_reason()})"
     pooled = f"pooled layers: float32 gradients from the pooled gradient ({pooled_grad.ISAS[pooled_grad.isa()]} loops)"
-    first = ""  # conv1 outside autocast: its weight gradient on the small fan-in kernel
+    first = ""  # conv1 outside autocast: its forward and weight gradient on the small fan-in kernels
     if small_fan_in.available() and (precision != "bf16" or controller.startswith("xnor")):
-        first = f"; conv1's weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
+        first = f"; conv1's forward and weight gradient in C ({small_fan_in.channels_per_pass()} output channels per pass)"
     if controller.startswith("xnor"):
         if binary_kernels.kernel_for(device) is None:
             return "autograd (no exact +-1 kernel here)"
