@@ -61,6 +61,18 @@ def test_forward_and_backward_are_torchs_bit_for_bit(pool, dtype, channels_last)
     assert got_y.dtype == want_y.dtype == got_g.dtype == dtype
 
 
+def test_one_channel_in_channels_last_strides_keeps_torchs_layout():
+    """One channel fits both layouts' strides (the same memory either way); the outputs keep the
+    strides torch's ReLU and pool give them."""
+    x = torch.randn(5, 9, 9, 1, generator=torch.Generator().manual_seed(2)).permute(0, 3, 1, 2)
+    g_of = lambda y: torch.ones_like(y)  # noqa: E731
+    with deterministic_kernels("cpu"):
+        got_y, got_g = _through(lambda t: grp.relu_pool(t, nn.MaxPool2d(2)), x, g_of)
+    want_y, want_g = _through(lambda t: nn.MaxPool2d(2)(torch.relu(t)), x, g_of)
+    assert torch.equal(got_y, want_y) and torch.equal(got_g, want_g)
+    assert got_y.stride() == want_y.stride() and got_g.stride() == want_g.stride()
+
+
 def test_the_same_bits_on_one_and_two_threads():
     x, gen = _input(torch.float32, True, b=17, seed=1)
     g = torch.randn(17, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
