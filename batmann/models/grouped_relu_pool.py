@@ -52,6 +52,8 @@ class GroupedReluPool(torch.autograd.Function):
         out = idx = None
         if params is not None:
             shape = torch.ops.aten.max_pool2d_with_indices(x[:1], *params)[0].shape[1:]
+            # torch's pool reads a tensor that fits both layouts (one channel) as contiguous, unlike the
+            # convolution's stride test in grouped_conv (tests/test_grouped_relu_pool.py checks both)
             fmt = (torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
                    else torch.contiguous_format)
             out = torch.empty((x.shape[0], *shape), dtype=x.dtype, memory_format=fmt)
